@@ -1,0 +1,6 @@
+//! # assimd-models
+//!
+//! The forecast models of assimd's testbeds (Lorenz-96 and the two-layer quasi-geostrophic model) as
+//! implementations of [`assimd_filter::Dynamics`].
+
+pub mod qg2l;
