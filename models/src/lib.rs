@@ -5,3 +5,4 @@
 
 pub mod l96;
 pub mod qg2l;
+pub mod testbed;

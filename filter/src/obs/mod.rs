@@ -18,7 +18,7 @@ mod error;
 mod operator;
 
 pub use error::ErrorModel;
-pub use operator::{ObservationOperator, SparseOperator};
+pub use operator::{checks, ObservationOperator, SparseOperator};
 
 use crate::geometry::StateSpace;
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,237 @@
+//! # Offline cycled OSSE (`assimd experiment`)
+//!
+//! A truth run of the testbed, its network's observations every cycle (the simulator's messages,
+//! decoded and validated exactly as the daemon does), and one filter cycling on them:
+//! forecast every member with the dynamics, analyse, score against the truth. Scores are the time
+//! means, after a burn-in, of the per-cycle RMSE of the ensemble mean (analysis `rmse_a`,
+//! background `rmse_f`), the spread, and the CRPS, all from [`assimd_filter::stats`].
+//!
+//! Reference methods that need no filter:
+//! - `free`: the initial ensemble (climatological draws) forecast without assimilation;
+//! - `climatology`: analysis = the climatological mean, spread = the climatological standard
+//!   deviation; its CRPS is that of the Gaussian N(mean, std²).
+
+use crate::simulate::Simulator;
+use crate::wire::{self, Feature, Limits};
+use anyhow::{bail, Context, Result};
+use assimd_filter::obs::{ObsBatch, Observation};
+use assimd_filter::{stats, Ensemble};
+use assimd_models::testbed::{NetworkKind, Testbed, TestbedKind};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use serde::Serialize;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Instant;
+
+/// The analysis methods `experiment` can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterKind {
+    /// No assimilation.
+    Free,
+    /// The climatological mean and standard deviation.
+    Climatology,
+}
+
+impl FromStr for FilterKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "free" => Ok(FilterKind::Free),
+            "climatology" => Ok(FilterKind::Climatology),
+            _ => Err(format!("unknown filter '{s}': use free or climatology")),
+        }
+    }
+}
+
+impl fmt::Display for FilterKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FilterKind::Free => "free",
+            FilterKind::Climatology => "climatology",
+        })
+    }
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct ExperimentSpec {
+    /// Testbed.
+    pub testbed: TestbedKind,
+    /// Filter.
+    pub filter: FilterKind,
+    /// Observing network.
+    pub network: NetworkKind,
+    /// Ensemble size N.
+    pub members: usize,
+    /// Number of cycles K.
+    pub cycles: usize,
+    /// Seed of the truth, the observation errors and the initial ensemble.
+    pub seed: u64,
+    /// Cycles left out of the time means; `None` = K/10.
+    pub burn_in: Option<usize>,
+}
+
+/// The JSON summary of DESIGN §10 (time means after burn-in, against the truth).
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    /// Testbed name.
+    pub testbed: String,
+    /// Filter name.
+    pub filter: String,
+    /// Network name.
+    pub network: String,
+    /// Ensemble size.
+    pub members: usize,
+    /// Cycles run.
+    pub cycles: usize,
+    /// Seed.
+    pub seed: u64,
+    /// Time-mean analysis RMSE of the ensemble mean.
+    pub rmse_a: f64,
+    /// Time-mean background (forecast) RMSE.
+    pub rmse_f: f64,
+    /// Time-mean analysis spread.
+    pub spread_a: f64,
+    /// spread_a / rmse_a.
+    pub spread_skill: f64,
+    /// Time-mean analysis CRPS.
+    pub crps_a: f64,
+    /// Wall-clock seconds per cycle (forecast + observations + analysis + scoring).
+    pub seconds_per_cycle: f64,
+    /// Time-mean RMSE of the analysis mean against the withheld verification stations' reports.
+    pub rmse_withheld_a: f64,
+    /// Burn-in cycles excluded from the means.
+    pub burn_in: usize,
+}
+
+/// Run one experiment.
+pub fn run(spec: &ExperimentSpec) -> Result<Summary> {
+    if spec.members == 0 {
+        bail!("--members must be at least 1");
+    }
+    if spec.cycles == 0 {
+        bail!("--cycles must be at least 1");
+    }
+    let burn_in = spec.burn_in.unwrap_or(spec.cycles / 10);
+    if burn_in >= spec.cycles {
+        bail!("--burn-in {burn_in} leaves no cycle to score out of {}", spec.cycles);
+    }
+    let testbed = Testbed::new(spec.testbed);
+    let network = testbed.network(spec.network).map_err(anyhow::Error::msg)?;
+    let space = testbed.space.clone();
+    let np = space.geometry.n_points();
+    let clim = testbed.climatology();
+    let (clim_mean, clim_std) = (clim.mean_state(np), clim.std_state(np));
+    let dynamics = testbed.dynamics.clone();
+    let mut sim = Simulator::new(testbed.clone(), network, spec.seed);
+    let mut ens = Ensemble::from_members(testbed.climatological_draws(spec.members, spec.seed))?;
+    let limits = Limits::default();
+    let _rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x616e_616c);
+
+    let mut acc = Accumulator::default();
+    let start = Instant::now();
+    for k in 1..=spec.cycles {
+        sim.step();
+        forecast(&*dynamics, &mut ens);
+        let (assim, verif) = decode_cycle(&sim, &space, &limits)?;
+        let _batch = ObsBatch::new(&space, assim).context("building the observation operator")?;
+        let verif = ObsBatch::new(&space, verif).context("building the verification operator")?;
+        let truth = sim.truth();
+        let scored = k > burn_in;
+        match spec.filter {
+            FilterKind::Free => {
+                if scored {
+                    let mean = ens.mean();
+                    let rmse = stats::rmse(&mean, truth);
+                    acc.add(rmse, rmse, stats::spread(&ens), stats::crps_ensemble(&ens, truth), withheld_rmse(&verif, &mean));
+                }
+            }
+            FilterKind::Climatology => {
+                if scored {
+                    let rmse = stats::rmse(&clim_mean, truth);
+                    let crps = stats::crps_gaussian_field(&clim_mean, &clim_std, truth);
+                    acc.add(rmse, rmse, stats::rms(&clim_std), crps, withheld_rmse(&verif, &clim_mean));
+                }
+            }
+        }
+    }
+    let seconds_per_cycle = start.elapsed().as_secs_f64() / spec.cycles as f64;
+    Ok(acc.summary(spec, burn_in, seconds_per_cycle))
+}
+
+/// Forecast every member one cycle, in parallel when the state is large enough to pay for it.
+fn forecast(dynamics: &dyn assimd_filter::Dynamics, ens: &mut Ensemble) {
+    if ens.dim() >= 1024 {
+        ens.as_flat_mut().par_chunks_mut(dynamics.state_dim()).for_each(|m| dynamics.forecast(m));
+    } else {
+        ens.members_mut().for_each(|m| dynamics.forecast(m));
+    }
+}
+
+/// The simulator's messages of this cycle, through the daemon's validation: (assimilated, withheld).
+fn decode_cycle(sim: &Simulator, space: &assimd_filter::StateSpace, limits: &Limits) -> Result<(Vec<Observation>, Vec<Observation>)> {
+    let (mut assim, mut verif) = (Vec::new(), Vec::new());
+    for m in sim.messages() {
+        let v = wire::validate(&m.feature, space, None, limits)
+            .with_context(|| format!("the simulator produced an invalid message on {}", m.topic))?;
+        debug_assert!(matches!(m.feature, Feature::Station(_) | Feature::Satellite(_)));
+        if m.withheld {
+            verif.extend(v.obs);
+        } else {
+            assim.extend(v.obs);
+        }
+    }
+    Ok((assim, verif))
+}
+
+fn withheld_rmse(verif: &ObsBatch, x: &[f64]) -> f64 {
+    if verif.is_empty() {
+        return f64::NAN;
+    }
+    let mut hx = vec![0.0; verif.len()];
+    assimd_filter::obs::ObservationOperator::apply(&verif.op, x, &mut hx);
+    stats::rmse(&hx, &verif.y)
+}
+
+#[derive(Default)]
+struct Accumulator {
+    n: usize,
+    rmse_a: f64,
+    rmse_f: f64,
+    spread_a: f64,
+    crps_a: f64,
+    withheld: f64,
+}
+
+impl Accumulator {
+    fn add(&mut self, rmse_a: f64, rmse_f: f64, spread_a: f64, crps_a: f64, withheld: f64) {
+        self.n += 1;
+        self.rmse_a += rmse_a;
+        self.rmse_f += rmse_f;
+        self.spread_a += spread_a;
+        self.crps_a += crps_a;
+        self.withheld += withheld;
+    }
+
+    fn summary(&self, spec: &ExperimentSpec, burn_in: usize, seconds_per_cycle: f64) -> Summary {
+        let n = self.n as f64;
+        Summary {
+            testbed: spec.testbed.to_string(),
+            filter: spec.filter.to_string(),
+            network: spec.network.to_string(),
+            members: spec.members,
+            cycles: spec.cycles,
+            seed: spec.seed,
+            rmse_a: self.rmse_a / n,
+            rmse_f: self.rmse_f / n,
+            spread_a: self.spread_a / n,
+            spread_skill: self.spread_a / self.rmse_a,
+            crps_a: self.crps_a / n,
+            seconds_per_cycle,
+            rmse_withheld_a: self.withheld / n,
+            burn_in,
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! # Wire formats
+//!
+//! Observation messages are GeoJSON Features (DESIGN §4), the convention of WMO WIS2 notifications:
+//! a station report is a `Point` feature with a list of `{var, value, sigma}`, a satellite granule a
+//! `MultiPoint` feature with one value per footprint centre. [`parse`] turns raw bytes into a
+//! [`Feature`]; [`validate`] checks it against the testbed's state space and turns it into
+//! [`Observation`]s. Every failure names a [`RejectReason`], the label of the rejection counter.
+//! GeoJSON allows foreign members, so unknown fields are ignored; known fields must have their types.
+
+use assimd_filter::obs::{Footprint, Modality, Observation};
+use assimd_filter::StateSpace;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Why a message was rejected; `as_str` is the metrics label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// Not JSON at all, or truncated.
+    MalformedJson,
+    /// JSON, but not the schema: missing fields, wrong types, wrong GeoJSON type.
+    Schema,
+    /// A number is NaN or infinite.
+    NonFinite,
+    /// An error σ is not strictly positive.
+    BadSigma,
+    /// A position lies outside the model domain (or is not a valid latitude/longitude).
+    OutOfDomain,
+    /// The message, or one of its lists, is larger than the configured limits.
+    Oversized,
+    /// The observation time is not an RFC 3339 UTC time.
+    BadTime,
+    /// The observation time lies too far in the future.
+    FutureTime,
+    /// The variable is not observable in this testbed.
+    UnknownVariable,
+    /// A granule's values and coordinates differ in number, or a list is empty.
+    LengthMismatch,
+}
+
+impl RejectReason {
+    /// Every reason, for pre-registering counters.
+    pub const ALL: [RejectReason; 10] = [
+        RejectReason::MalformedJson,
+        RejectReason::Schema,
+        RejectReason::NonFinite,
+        RejectReason::BadSigma,
+        RejectReason::OutOfDomain,
+        RejectReason::Oversized,
+        RejectReason::BadTime,
+        RejectReason::FutureTime,
+        RejectReason::UnknownVariable,
+        RejectReason::LengthMismatch,
+    ];
+
+    /// Metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::MalformedJson => "malformed_json",
+            RejectReason::Schema => "schema",
+            RejectReason::NonFinite => "non_finite",
+            RejectReason::BadSigma => "bad_sigma",
+            RejectReason::OutOfDomain => "out_of_domain",
+            RejectReason::Oversized => "oversized",
+            RejectReason::BadTime => "bad_time",
+            RejectReason::FutureTime => "future_time",
+            RejectReason::UnknownVariable => "unknown_variable",
+            RejectReason::LengthMismatch => "length_mismatch",
+        }
+    }
+}
+
+/// A rejection: the reason (counted) and a human detail (logged, rate-limited).
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{}: {detail}", reason.as_str())]
+pub struct Reject {
+    /// Counter label.
+    pub reason: RejectReason,
+    /// What exactly was wrong.
+    pub detail: String,
+}
+
+fn reject(reason: RejectReason, detail: impl Into<String>) -> Reject {
+    Reject { reason, detail: detail.into() }
+}
+
+/// Size limits of incoming messages.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Largest accepted payload in bytes: a station report is ~300 B, a granule of 1,000
+    /// footprints ~40 kB.
+    pub max_bytes: usize,
+    /// Most observations in one station report.
+    pub max_station_values: usize,
+    /// Most footprints in one granule.
+    pub max_granule_values: usize,
+    /// How far in the future (seconds, beyond the reference clock) an observation time may lie,
+    /// for clock skew between datalogger and daemon.
+    pub max_future_seconds: i64,
+    /// Longest id, station, platform or instrument name.
+    pub max_name_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_bytes: 256 * 1024, max_station_values: 64, max_granule_values: 4096, max_future_seconds: 3600, max_name_len: 128 }
+    }
+}
+
+/// A GeoJSON Feature: a station report or a satellite granule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Feature {
+    /// `Point` geometry: a station report.
+    Station(StationFeature),
+    /// `MultiPoint` geometry: a satellite granule.
+    Satellite(SatelliteFeature),
+}
+
+/// The literal GeoJSON type tag "Feature".
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum FeatureTag {
+    /// "Feature".
+    Feature,
+}
+
+/// A station report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StationFeature {
+    /// Always "Feature".
+    #[serde(rename = "type")]
+    pub kind: FeatureTag,
+    /// Unique message id, e.g. `KXYZ/2026-11-22T12:00:00Z`; redelivery with the same id is dropped.
+    pub id: String,
+    /// The station's position.
+    pub geometry: PointGeometry,
+    /// The report.
+    pub properties: StationProperties,
+}
+
+/// GeoJSON Point.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PointGeometry {
+    /// Always "Point".
+    #[serde(rename = "type")]
+    pub kind: PointTag,
+    /// lon, lat[, altitude m].
+    pub coordinates: Vec<f64>,
+}
+
+/// The literal "Point".
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PointTag {
+    /// "Point".
+    Point,
+}
+
+/// A station report's properties.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StationProperties {
+    /// Station identifier.
+    pub station: String,
+    /// Observation time, RFC 3339 UTC.
+    pub time: String,
+    /// Reported values.
+    pub observations: Vec<StationValue>,
+}
+
+/// One reported value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StationValue {
+    /// Variable name.
+    pub var: String,
+    /// Value in the variable's unit.
+    pub value: f64,
+    /// Error standard deviation.
+    pub sigma: f64,
+}
+
+/// A satellite granule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SatelliteFeature {
+    /// Always "Feature".
+    #[serde(rename = "type")]
+    pub kind: FeatureTag,
+    /// Unique message id, e.g. `sat1/2026-11-22T12:00:00Z/0001`.
+    pub id: String,
+    /// Footprint centres.
+    pub geometry: MultiPointGeometry,
+    /// The granule.
+    pub properties: SatelliteProperties,
+}
+
+/// GeoJSON MultiPoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MultiPointGeometry {
+    /// Always "MultiPoint".
+    #[serde(rename = "type")]
+    pub kind: MultiPointTag,
+    /// [[lon, lat], …].
+    pub coordinates: Vec<Vec<f64>>,
+}
+
+/// The literal "MultiPoint".
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub enum MultiPointTag {
+    /// "MultiPoint".
+    MultiPoint,
+}
+
+/// A granule's properties.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SatelliteProperties {
+    /// Platform (satellite) name.
+    pub platform: String,
+    /// Instrument name.
+    pub instrument: String,
+    /// Observation time, RFC 3339 UTC.
+    pub time: String,
+    /// Observed variable.
+    pub var: String,
+    /// Footprint diameter in km.
+    pub footprint_km: f64,
+    /// Error σ of each footprint value.
+    pub sigma: f64,
+    /// values[i] is seen at coordinates[i].
+    pub values: Vec<f64>,
+}
+
+/// Where a message came from: a station, or an instrument on a platform.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// A station id.
+    Station(String),
+    /// (platform, instrument).
+    Satellite(String, String),
+}
+
+/// A message that passed validation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidMessage {
+    /// Message id (for de-duplication).
+    pub id: String,
+    /// Observation time.
+    pub time: DateTime<Utc>,
+    /// Who observed.
+    pub source: Source,
+    /// The observations, in message order.
+    pub obs: Vec<Observation>,
+}
+
+/// Parse raw bytes into a feature. Checks only the size and the JSON schema.
+pub fn parse(bytes: &[u8], limits: &Limits) -> Result<Feature, Reject> {
+    if bytes.len() > limits.max_bytes {
+        return Err(reject(RejectReason::Oversized, format!("{} bytes > limit {}", bytes.len(), limits.max_bytes)));
+    }
+    // Parse to a Value first so that syntax errors and schema errors are told apart.
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        // JSON has no NaN or Infinity, but Python's json module and many dataloggers write them:
+        // call that what it is. Numbers beyond f64's range are refused by serde_json as well.
+        let text = String::from_utf8_lossy(bytes);
+        if e.to_string().contains("out of range") || text.contains("NaN") || text.contains("Infinity") {
+            reject(RejectReason::NonFinite, e.to_string())
+        } else {
+            reject(RejectReason::MalformedJson, e.to_string())
+        }
+    })?;
+    let geometry_type = value.pointer("/geometry/type").and_then(|t| t.as_str());
+    let parsed = match geometry_type {
+        Some("Point") => serde_json::from_value::<StationFeature>(value).map(Feature::Station),
+        Some("MultiPoint") => serde_json::from_value::<SatelliteFeature>(value).map(Feature::Satellite),
+        other => return Err(reject(RejectReason::Schema, format!("geometry.type must be Point or MultiPoint, got {other:?}"))),
+    };
+    parsed.map_err(|e| reject(RejectReason::Schema, e.to_string()))
+}
+
+fn check_name(what: &str, s: &str, limits: &Limits) -> Result<(), Reject> {
+    if s.is_empty() {
+        return Err(reject(RejectReason::Schema, format!("{what} is empty")));
+    }
+    if s.len() > limits.max_name_len {
+        return Err(reject(RejectReason::Oversized, format!("{what} is {} bytes > {}", s.len(), limits.max_name_len)));
+    }
+    if s.chars().any(|c| c.is_control() || c == '+' || c == '#') {
+        return Err(reject(RejectReason::Schema, format!("{what} contains control or MQTT wildcard characters")));
+    }
+    Ok(())
+}
+
+fn check_time(s: &str, now: Option<DateTime<Utc>>, limits: &Limits) -> Result<DateTime<Utc>, Reject> {
+    let t = DateTime::parse_from_rfc3339(s)
+        .map_err(|e| reject(RejectReason::BadTime, format!("time {s:?}: {e}")))?
+        .with_timezone(&Utc);
+    if let Some(now) = now {
+        if (t - now).num_seconds() > limits.max_future_seconds {
+            return Err(reject(RejectReason::FutureTime, format!("time {s} is more than {} s after {now}", limits.max_future_seconds)));
+        }
+    }
+    Ok(t)
+}
+
+fn check_position(space: &StateSpace, c: &[f64]) -> Result<(f64, f64), Reject> {
+    if c.len() < 2 || c.len() > 3 {
+        return Err(reject(RejectReason::Schema, format!("a position has 2 or 3 numbers, got {}", c.len())));
+    }
+    if c.iter().any(|v| !v.is_finite()) {
+        return Err(reject(RejectReason::NonFinite, "a coordinate is not finite"));
+    }
+    let (lon, lat) = (c[0], c[1]);
+    if !space.geometry.contains(lat, lon) {
+        return Err(reject(RejectReason::OutOfDomain, format!("(lon {lon}, lat {lat}) is outside the model domain")));
+    }
+    Ok((lat, lon))
+}
+
+fn check_value(value: f64, sigma: f64) -> Result<(), Reject> {
+    if !value.is_finite() || !sigma.is_finite() {
+        return Err(reject(RejectReason::NonFinite, "a value or sigma is not finite"));
+    }
+    if sigma <= 0.0 {
+        return Err(reject(RejectReason::BadSigma, format!("sigma must be > 0, got {sigma}")));
+    }
+    Ok(())
+}
+
+fn variable(space: &StateSpace, name: &str) -> Result<usize, Reject> {
+    space.variable(name).ok_or_else(|| {
+        let known: Vec<&str> = space.variables.iter().map(|v| v.name.as_str()).collect();
+        reject(RejectReason::UnknownVariable, format!("variable {name:?} is not one of {known:?}"))
+    })
+}
+
+/// Validate a parsed feature against the state space (`now`: the reference clock for the
+/// future-time check, `None` to skip it) and turn it into observations.
+pub fn validate(f: &Feature, space: &StateSpace, now: Option<DateTime<Utc>>, limits: &Limits) -> Result<ValidMessage, Reject> {
+    match f {
+        Feature::Station(s) => {
+            check_name("id", &s.id, limits)?;
+            check_name("station", &s.properties.station, limits)?;
+            let time = check_time(&s.properties.time, now, limits)?;
+            let (lat, lon) = check_position(space, &s.geometry.coordinates)?;
+            let values = &s.properties.observations;
+            if values.is_empty() {
+                return Err(reject(RejectReason::LengthMismatch, "a station report needs at least one observation"));
+            }
+            if values.len() > limits.max_station_values {
+                return Err(reject(RejectReason::Oversized, format!("{} observations > {}", values.len(), limits.max_station_values)));
+            }
+            let obs = values
+                .iter()
+                .map(|v| {
+                    check_value(v.value, v.sigma)?;
+                    Ok(Observation {
+                        modality: Modality::Station,
+                        var: variable(space, &v.var)?,
+                        lat,
+                        lon,
+                        footprint: Footprint::Point,
+                        value: v.value,
+                        sigma: v.sigma,
+                    })
+                })
+                .collect::<Result<Vec<_>, Reject>>()?;
+            Ok(ValidMessage { id: s.id.clone(), time, source: Source::Station(s.properties.station.clone()), obs })
+        }
+        Feature::Satellite(g) => {
+            let p = &g.properties;
+            check_name("id", &g.id, limits)?;
+            check_name("platform", &p.platform, limits)?;
+            check_name("instrument", &p.instrument, limits)?;
+            let time = check_time(&p.time, now, limits)?;
+            let var = variable(space, &p.var)?;
+            check_value(p.footprint_km, p.sigma)?;
+            if p.footprint_km <= 0.0 {
+                return Err(reject(RejectReason::Schema, format!("footprint_km must be > 0, got {}", p.footprint_km)));
+            }
+            if p.values.len() > limits.max_granule_values {
+                return Err(reject(RejectReason::Oversized, format!("{} footprints > {}", p.values.len(), limits.max_granule_values)));
+            }
+            if p.values.is_empty() || p.values.len() != g.geometry.coordinates.len() {
+                return Err(reject(
+                    RejectReason::LengthMismatch,
+                    format!("{} values for {} coordinates", p.values.len(), g.geometry.coordinates.len()),
+                ));
+            }
+            let obs = p
+                .values
+                .iter()
+                .zip(&g.geometry.coordinates)
+                .map(|(&value, c)| {
+                    check_value(value, p.sigma)?;
+                    let (lat, lon) = check_position(space, c)?;
+                    Ok(Observation {
+                        modality: Modality::Satellite,
+                        var,
+                        lat,
+                        lon,
+                        footprint: Footprint::Disc { diameter_km: p.footprint_km },
+                        value,
+                        sigma: p.sigma,
+                    })
+                })
+                .collect::<Result<Vec<_>, Reject>>()?;
+            Ok(ValidMessage { id: g.id.clone(), time, source: Source::Satellite(p.platform.clone(), p.instrument.clone()), obs })
+        }
+    }
+}
+
+/// Parse and validate in one go.
+pub fn decode(bytes: &[u8], space: &StateSpace, now: Option<DateTime<Utc>>, limits: &Limits) -> Result<ValidMessage, Reject> {
+    validate(&parse(bytes, limits)?, space, now, limits)
+}
+
+/// Format a time as the RFC 3339 UTC string used in messages (whole seconds, `Z`).
+pub fn format_time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
