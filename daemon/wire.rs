@@ -416,3 +416,132 @@ pub fn decode(bytes: &[u8], space: &StateSpace, now: Option<DateTime<Utc>>, limi
 pub fn format_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::simulate::Simulator;
+    use assimd_models::testbed::{NetworkKind, Testbed, TestbedKind};
+
+    fn l96() -> StateSpace {
+        Testbed::new(TestbedKind::L96).space
+    }
+
+    const STATION: &str = r#"{"type":"Feature","id":"S02/2026-01-01T06:00:00Z",
+        "geometry":{"type":"Point","coordinates":[18.0,45.0,120.0]},
+        "properties":{"station":"S02","time":"2026-01-01T06:00:00Z",
+                      "observations":[{"var":"x","value":3.2,"sigma":1.0}]}}"#;
+
+    const GRANULE: &str = r#"{"type":"Feature","id":"sat1/2026-01-01T06:00:00Z/0001",
+        "geometry":{"type":"MultiPoint","coordinates":[[13.5,45.0],[49.5,45.0]]},
+        "properties":{"platform":"sat1","instrument":"blk4","time":"2026-01-01T06:00:00Z","var":"x",
+                      "footprint_km":2830,"sigma":1.0,"values":[1.5,-2.0]}}"#;
+
+    fn reason(s: &str) -> RejectReason {
+        decode(s.as_bytes(), &l96(), None, &Limits::default()).unwrap_err().reason
+    }
+
+    #[test]
+    fn valid_station_and_granule_decode() {
+        let m = decode(STATION.as_bytes(), &l96(), None, &Limits::default()).unwrap();
+        assert_eq!(m.source, Source::Station("S02".into()));
+        assert_eq!(m.obs.len(), 1);
+        assert_eq!((m.obs[0].lat, m.obs[0].lon, m.obs[0].value, m.obs[0].sigma), (45.0, 18.0, 3.2, 1.0));
+        assert_eq!(format_time(m.time), "2026-01-01T06:00:00Z");
+        let g = decode(GRANULE.as_bytes(), &l96(), None, &Limits::default()).unwrap();
+        assert_eq!(g.source, Source::Satellite("sat1".into(), "blk4".into()));
+        assert_eq!(g.obs.iter().map(|o| o.value).collect::<Vec<_>>(), vec![1.5, -2.0]);
+        assert_eq!(g.obs[1].footprint, Footprint::Disc { diameter_km: 2830.0 });
+    }
+
+    #[test]
+    fn simulator_messages_round_trip_through_json() {
+        for (tb, net) in [(TestbedKind::L96, NetworkKind::StationsSatellite), (TestbedKind::Qg2l, NetworkKind::StationsSatellite)] {
+            let testbed = Testbed::new(tb);
+            let network = testbed.network(net).unwrap();
+            let mut sim = Simulator::new(testbed.clone(), network, 5);
+            sim.step();
+            let (assim, verif) = sim.observations();
+            let mut decoded = (Vec::new(), Vec::new());
+            for m in sim.messages() {
+                let text = serde_json::to_string(&m.feature).unwrap();
+                let back = parse(text.as_bytes(), &Limits::default()).unwrap();
+                assert_eq!(back, m.feature, "{tb}: {text}");
+                let v = validate(&back, &testbed.space, Some(sim.time_of(1)), &Limits::default()).unwrap();
+                if m.withheld { decoded.1.extend(v.obs) } else { decoded.0.extend(v.obs) }
+            }
+            assert_eq!(decoded, (assim, verif), "{tb}: decoded observations differ from the simulator's");
+        }
+    }
+
+    #[test]
+    fn wrong_types_and_broken_json_are_rejected() {
+        assert_eq!(reason(&STATION.replace("3.2", "\"3.2\"")), RejectReason::Schema);
+        assert_eq!(reason(&STATION.replace("\"Feature\"", "\"FeatureCollection\"")), RejectReason::Schema);
+        assert_eq!(reason(&STATION.replace("\"Point\"", "\"Polygon\"")), RejectReason::Schema);
+        assert_eq!(reason(&STATION.replace("\"observations\"", "\"obs\"")), RejectReason::Schema);
+        assert_eq!(reason(&STATION.replace("\"S02\",", "7,")), RejectReason::Schema);
+        assert_eq!(reason(&STATION[..STATION.len() - 3]), RejectReason::MalformedJson);
+        assert_eq!(reason("not json"), RejectReason::MalformedJson);
+        assert_eq!(reason(&STATION.replace("[18.0,45.0,120.0]", "[18.0]")), RejectReason::Schema);
+    }
+
+    #[test]
+    fn non_finite_numbers_are_rejected() {
+        assert_eq!(reason(&STATION.replace("3.2", "NaN")), RejectReason::NonFinite);
+        assert_eq!(reason(&STATION.replace("3.2", "1e999")), RejectReason::NonFinite);
+        assert_eq!(reason(&GRANULE.replace("-2.0", "-Infinity")), RejectReason::NonFinite);
+    }
+
+    #[test]
+    fn sigma_must_be_positive() {
+        assert_eq!(reason(&STATION.replace("\"sigma\":1.0", "\"sigma\":0")), RejectReason::BadSigma);
+        assert_eq!(reason(&GRANULE.replace("\"sigma\":1.0", "\"sigma\":-0.5")), RejectReason::BadSigma);
+    }
+
+    #[test]
+    fn positions_outside_the_domain_are_rejected() {
+        assert_eq!(reason(&STATION.replace("[18.0,45.0,120.0]", "[18.0,60.0]")), RejectReason::OutOfDomain);
+        assert_eq!(reason(&STATION.replace("[18.0,45.0,120.0]", "[200.0,45.0]")), RejectReason::OutOfDomain);
+        assert_eq!(reason(&GRANULE.replace("[49.5,45.0]", "[49.5,-45.0]")), RejectReason::OutOfDomain);
+        // A position on the l96 ring is far outside the QG box.
+        let qg = Testbed::new(TestbedKind::Qg2l).space;
+        let s = STATION.replace("\"var\":\"x\"", "\"var\":\"pressure\"");
+        assert_eq!(decode(s.as_bytes(), &qg, None, &Limits::default()).unwrap_err().reason, RejectReason::OutOfDomain);
+    }
+
+    #[test]
+    fn oversized_messages_are_rejected() {
+        let small = Limits { max_bytes: 100, ..Limits::default() };
+        assert_eq!(decode(STATION.as_bytes(), &l96(), None, &small).unwrap_err().reason, RejectReason::Oversized);
+        let few = Limits { max_granule_values: 1, ..Limits::default() };
+        assert_eq!(decode(GRANULE.as_bytes(), &l96(), None, &few).unwrap_err().reason, RejectReason::Oversized);
+        let long = "S".repeat(200);
+        assert_eq!(reason(&STATION.replace("\"station\":\"S02\"", &format!("\"station\":\"{long}\""))), RejectReason::Oversized);
+    }
+
+    #[test]
+    fn times_must_parse_and_not_lie_in_the_future() {
+        assert_eq!(reason(&STATION.replace("\"time\":\"2026-01-01T06:00:00Z\"", "\"time\":\"yesterday\"")), RejectReason::BadTime);
+        let now = DateTime::parse_from_rfc3339("2026-01-01T04:00:00Z").unwrap().with_timezone(&Utc);
+        let e = decode(STATION.as_bytes(), &l96(), Some(now), &Limits::default()).unwrap_err();
+        assert_eq!(e.reason, RejectReason::FutureTime);
+        let later = now + chrono::Duration::hours(1);
+        assert!(decode(STATION.as_bytes(), &l96(), Some(later), &Limits::default()).is_ok());
+    }
+
+    #[test]
+    fn unknown_variables_and_length_mismatches_are_rejected() {
+        assert_eq!(reason(&STATION.replace("\"var\":\"x\"", "\"var\":\"humidity\"")), RejectReason::UnknownVariable);
+        assert_eq!(reason(&GRANULE.replace("[1.5,-2.0]", "[1.5]")), RejectReason::LengthMismatch);
+        assert_eq!(reason(&STATION.replace("[{\"var\":\"x\",\"value\":3.2,\"sigma\":1.0}]", "[]")), RejectReason::LengthMismatch);
+    }
+
+    #[test]
+    fn every_reason_has_a_distinct_label() {
+        let mut labels: Vec<&str> = RejectReason::ALL.iter().map(|r| r.as_str()).collect();
+        labels.sort();
+        labels.dedup();
+        assert_eq!(labels.len(), RejectReason::ALL.len());
+    }
+}
