@@ -489,3 +489,108 @@ pub const CLIMATOLOGY_SEED: u64 = 0xC11A_0000;
 pub const L96_CLIM: (f64, f64) = (2.35, 3.63);
 /// qg2l climatology (mean ψ1, std ψ1, mean ψ2, std ψ2) in m²/s.
 pub const QG_CLIM: (f64, f64, f64, f64) = (0.0, 1.0, 0.0, 1.0);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use assimd_filter::obs::{checks, Modality, ObsBatch};
+
+    const ALL: [NetworkKind; 5] =
+        [NetworkKind::Full, NetworkKind::Sparse, NetworkKind::Stations, NetworkKind::Satellite, NetworkKind::StationsSatellite];
+
+    #[test]
+    fn names_parse_and_print() {
+        for n in ALL {
+            assert_eq!(n.to_string().parse::<NetworkKind>().unwrap(), n);
+        }
+        assert_eq!("qg2l".parse::<TestbedKind>().unwrap(), TestbedKind::Qg2l);
+        assert!("l63".parse::<TestbedKind>().unwrap_err().contains("l96 or qg2l"));
+        assert!(Testbed::new(TestbedKind::Qg2l).network(NetworkKind::Sparse).is_err());
+    }
+
+    #[test]
+    fn l96_networks_have_the_designed_sizes() {
+        let tb = Testbed::new(TestbedKind::L96);
+        let x: Vec<f64> = (0..40).map(|i| i as f64).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let count = |k| {
+            let (a, v) = tb.network(k).unwrap().observe(&tb.space, &x, 3, &mut ChaCha8Rng::seed_from_u64(0));
+            (a.len(), v.len())
+        };
+        assert_eq!(count(NetworkKind::Full), (40, 4));
+        assert_eq!(count(NetworkKind::Sparse), (20, 4));
+        assert_eq!(count(NetworkKind::StationsSatellite), (25, 4));
+        let sparse = tb.network(NetworkKind::Sparse).unwrap();
+        assert!((sparse.stations[0].vars[0].1.powi(2) - 1.5).abs() < 1e-12);
+        // The satellite's 5 blocks cover 20 consecutive points, 10 points further east each cycle.
+        let sat = tb.network(NetworkKind::Satellite).unwrap().satellite.unwrap();
+        assert_eq!(sat.footprints(0)[0], (45.0, 13.5));
+        assert_eq!(sat.footprints(1)[0], (45.0, 103.5));
+        let batch = ObsBatch::new(&tb.space, {
+            let mut o = tb.network(NetworkKind::Satellite).unwrap().observe(&tb.space, &x, 0, &mut rng).0;
+            o.iter_mut().for_each(|o| o.value = 0.0);
+            o
+        })
+        .unwrap();
+        let mut y = vec![0.0; 5];
+        assimd_filter::obs::ObservationOperator::apply(&batch.op, &x, &mut y);
+        assert_eq!(y, vec![1.5, 5.5, 9.5, 13.5, 17.5]);
+    }
+
+    #[test]
+    fn qg2l_footprints_stay_inside_the_box_and_stations_are_fixed() {
+        let tb = Testbed::new(TestbedKind::Qg2l);
+        let net = tb.network(NetworkKind::StationsSatellite).unwrap();
+        assert_eq!(net.stations.iter().filter(|s| !s.withheld).count(), 60);
+        assert_eq!(net.stations.iter().filter(|s| s.withheld).count(), 8);
+        assert_eq!(tb.network(NetworkKind::Stations).unwrap().stations[..60], net.stations[..60]);
+        let sat = net.satellite.as_ref().unwrap();
+        for k in 0..20 {
+            let fp = sat.footprints(k);
+            assert_eq!(fp.len(), 64);
+            assert!(fp.iter().all(|&(lat, lon)| tb.space.geometry.contains(lat, lon)), "cycle {k}");
+        }
+        assert_ne!(sat.footprints(0), sat.footprints(1));
+    }
+
+    #[test]
+    fn every_network_operator_passes_the_adjoint_and_jacobian_tests() {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for kind in [TestbedKind::L96, TestbedKind::Qg2l] {
+            let tb = Testbed::new(kind);
+            let x: Vec<f64> = (0..tb.space.dim()).map(|i| (0.37 * i as f64).sin() * 1e3).collect();
+            for net in ALL {
+                let Ok(network) = tb.network(net) else { continue };
+                for cycle in [0, 7] {
+                    let (assim, verif) = network.observe(&tb.space, &x, cycle, &mut rng);
+                    for obs in [assim, verif] {
+                        let modalities: Vec<Modality> = obs.iter().map(|o| o.modality).collect();
+                        let batch = ObsBatch::new(&tb.space, obs).unwrap();
+                        let adj = checks::adjoint_mismatch(&batch.op, &x, &mut rng);
+                        let jac = checks::jacobian_mismatch(&batch.op, &x, 1e-2, &mut rng);
+                        assert!(adj < 1e-12, "{kind} {net} {modalities:?}: adjoint mismatch {adj}");
+                        assert!(jac < 1e-8, "{kind} {net}: Jacobian mismatch {jac}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn footprint_mean_of_a_constant_field_is_that_constant() {
+        let tb = Testbed::new(TestbedKind::Qg2l);
+        let net = tb.network(NetworkKind::Satellite).unwrap();
+        // ψ1 - ψ2 = 1 m²/s everywhere: every footprint sees exactly the temperature coefficient.
+        let x: Vec<f64> = (0..8192).map(|i| if i < 4096 { 1.0 } else { 0.0 }).collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let obs = net.observe(&tb.space, &x, 2, &mut rng).0;
+        let batch = ObsBatch::new(&tb.space, obs).unwrap();
+        let mut y = vec![0.0; batch.len()];
+        assimd_filter::obs::ObservationOperator::apply(&batch.op, &x, &mut y);
+        let c = tb.space.variables[2].terms[0].1;
+        assert!(y.iter().all(|v| (v - c).abs() < 1e-12 * c));
+        // The 60 km disc on the 15.6 km grid holds about π·30²/15.6² ≈ 11.6 points.
+        let sizes: Vec<usize> = batch.op.rows().iter().map(|r| r.len() / 2).collect();
+        assert!(sizes.iter().all(|&n| (9..=16).contains(&n)), "{sizes:?}");
+    }
+}
