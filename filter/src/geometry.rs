@@ -89,6 +89,31 @@ impl Geometry {
         }
     }
 
+    /// Plane coordinates (km) of a position: the local projection of the module docs for a box; the
+    /// arc length east of longitude 0 along the circle (y = 0) for a ring.
+    pub fn to_plane(&self, lat: f64, lon: f64) -> (f64, f64) {
+        self.latlon_to_xy(lat, lon)
+    }
+
+    /// Distance in km between two positions given in plane coordinates (see [`Self::to_plane`]);
+    /// equal to [`Self::distance_km`] of the positions, without the trigonometry.
+    pub fn plane_distance_km(&self, a: (f64, f64), b: (f64, f64)) -> f64 {
+        match self {
+            Geometry::Ring { lat_deg, .. } => {
+                let c = 2.0 * std::f64::consts::PI * EARTH_RADIUS_KM * lat_deg.to_radians().cos();
+                let d = (a.0 - b.0).rem_euclid(c);
+                d.min(c - d)
+            }
+            Geometry::PeriodicBox { length_km, .. } => {
+                let min_image = |d: f64| {
+                    let d = d.rem_euclid(*length_km);
+                    d.min(length_km - d)
+                };
+                min_image(a.0 - b.0).hypot(min_image(a.1 - b.1))
+            }
+        }
+    }
+
     fn latlon_to_xy(&self, lat: f64, lon: f64) -> (f64, f64) {
         match self {
             Geometry::PeriodicBox { lat0_deg, lon0_deg, .. } => {
@@ -167,28 +192,17 @@ impl Geometry {
     /// Distance in km between two positions: arc length along the circle for a ring, the periodic
     /// (minimum-image) plane distance in a box.
     pub fn distance_km(&self, a: (f64, f64), b: (f64, f64)) -> f64 {
-        let (xa, ya) = self.latlon_to_xy(a.0, a.1);
-        let (xb, yb) = self.latlon_to_xy(b.0, b.1);
-        match self {
-            Geometry::Ring { lat_deg, .. } => {
-                let c = 2.0 * std::f64::consts::PI * EARTH_RADIUS_KM * lat_deg.to_radians().cos();
-                let d = (xa - xb).rem_euclid(c);
-                d.min(c - d)
-            }
-            Geometry::PeriodicBox { length_km, .. } => {
-                let min_image = |d: f64| {
-                    let d = d.rem_euclid(*length_km);
-                    d.min(length_km - d)
-                };
-                min_image(xa - xb).hypot(min_image(ya - yb))
-            }
-        }
+        self.plane_distance_km(self.latlon_to_xy(a.0, a.1), self.latlon_to_xy(b.0, b.1))
     }
 
     /// Grid points whose distance to (lat, lon) is at most `radius_km`.
     pub fn points_within(&self, lat: f64, lon: f64, radius_km: f64) -> Vec<usize> {
+        let c = self.latlon_to_xy(lat, lon);
         (0..self.n_points())
-            .filter(|&p| self.distance_km((lat, lon), self.point_latlon(p)) <= radius_km)
+            .filter(|&p| {
+                let (plat, plon) = self.point_latlon(p);
+                self.plane_distance_km(c, self.latlon_to_xy(plat, plon)) <= radius_km
+            })
             .collect()
     }
 

@@ -5,13 +5,16 @@
 //! ensembles, and skill statistics. No I/O, no async runtime: every algorithm here is testable with
 //! analytic stand-ins.
 
+pub mod analysis;
 pub mod dynamics;
+pub mod enkf;
 pub mod ensemble;
 mod error;
 pub mod geometry;
 pub mod obs;
 pub mod stats;
 
+pub use analysis::Analysis;
 pub use dynamics::Dynamics;
 pub use ensemble::Ensemble;
 pub use error::FilterError;
