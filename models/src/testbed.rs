@@ -406,8 +406,10 @@ impl Testbed {
     }
 }
 
-/// qg2l observation error σ (pressure hPa, temperature K, brightness temperature K).
-pub const QG_SIGMAS: (f64, f64, f64) = (0.1, 0.1, 0.1);
+/// qg2l observation error σ (pressure hPa, temperature K, brightness temperature K): about a sixth
+/// of each quantity's climatological RMS (0.32 hPa, 0.24 K; `qg2l_observable_statistics`), the
+/// accuracy of good in-situ sensors relative to the synoptic signal, a little worse for the satellite.
+pub const QG_SIGMAS: (f64, f64, f64) = (0.05, 0.04, 0.05);
 
 /// Climatological statistics of a testbed, per field (every field is statistically homogeneous in
 /// space, so one mean and one standard deviation per field describe its climatology).
@@ -486,9 +488,9 @@ impl Testbed {
 pub const CLIMATOLOGY_SEED: u64 = 0xC11A_0000;
 
 /// l96 climatology (mean, std) of `x`.
-pub const L96_CLIM: (f64, f64) = (2.35, 3.63);
+pub const L96_CLIM: (f64, f64) = (2.349, 3.643);
 /// qg2l climatology (mean ψ1, std ψ1, mean ψ2, std ψ2) in m²/s.
-pub const QG_CLIM: (f64, f64, f64, f64) = (0.0, 1.0, 0.0, 1.0);
+pub const QG_CLIM: (f64, f64, f64, f64) = (0.0, 1532.2, 0.0, 322.1);
 
 #[cfg(test)]
 mod tests {
@@ -592,5 +594,45 @@ mod tests {
         // The 60 km disc on the 15.6 km grid holds about π·30²/15.6² ≈ 11.6 points.
         let sizes: Vec<usize> = batch.op.rows().iter().map(|r| r.len() / 2).collect();
         assert!(sizes.iter().all(|&n| (9..=16).contains(&n)), "{sizes:?}");
+    }
+}
+
+#[cfg(test)]
+mod climatology_tests {
+    use super::*;
+
+    #[test]
+    fn recorded_climatology_matches_a_fresh_estimate() {
+        // Sampling error of the estimates: l96 from 100,000 cycles, qg2l from 2 years, pooled over
+        // points; the qg2l spread between independent 2-year estimates is a few percent.
+        for (kind, cycles, tol) in [(TestbedKind::L96, 100_000, 0.01), (TestbedKind::Qg2l, 1_460, 0.05)] {
+            let tb = Testbed::new(kind);
+            let est = tb.estimate_climatology(CLIMATOLOGY_SEED, cycles);
+            let rec = tb.climatology();
+            eprintln!("{kind}: estimated {est:?}, recorded {rec:?}");
+            for f in 0..rec.std.len() {
+                assert!((est.std[f] / rec.std[f] - 1.0).abs() < tol, "{kind} field {f}: std {} vs {}", est.std[f], rec.std[f]);
+                assert!((est.mean[f] - rec.mean[f]).abs() < tol * rec.std[f], "{kind} field {f}: mean {} vs {}", est.mean[f], rec.mean[f]);
+            }
+        }
+    }
+
+    #[test]
+    #[ignore = "prints the qg2l observable statistics used to set the observation errors"]
+    fn qg2l_observable_statistics() {
+        let tb = Testbed::new(TestbedKind::Qg2l);
+        let mut x = tb.initial_truth(CLIMATOLOGY_SEED);
+        let mut s2 = [0.0; 3];
+        let n = 200;
+        for _ in 0..n {
+            tb.dynamics.forecast(&mut x);
+            for (v, acc) in s2.iter_mut().enumerate() {
+                let f = tb.space.variable_field(v, &x);
+                *acc += f.iter().map(|a| a * a).sum::<f64>() / f.len() as f64;
+            }
+        }
+        for (v, acc) in s2.iter().enumerate() {
+            eprintln!("{}: rms {}", tb.space.variables[v].name, (acc / n as f64).sqrt());
+        }
     }
 }
