@@ -10,17 +10,23 @@
 //! - `free`: the initial ensemble (climatological draws) forecast without assimilation;
 //! - `climatology`: analysis = the climatological mean, spread = the climatological standard
 //!   deviation; its CRPS is that of the Gaussian N(mean, std²).
+//!
+//! and the EnKF family of [`assimd_filter::enkf`] (`enkf`, `etkf`, `letkf`). The initial ensemble
+//! is N climatological draws independent of the truth. Tuned settings live in
+//! `configs/experiments/*.toml`, named after the experiment, with the skill they are expected to reach.
 
 use crate::simulate::Simulator;
 use crate::wire::{self, Feature, Limits};
 use anyhow::{bail, Context, Result};
 use assimd_filter::obs::{ObsBatch, Observation};
-use assimd_filter::{stats, Ensemble};
+use assimd_filter::enkf::{Etkf, Inflation, Letkf, StochasticEnkf};
+use assimd_filter::{stats, Analysis, Ensemble};
 use assimd_models::testbed::{NetworkKind, Testbed, TestbedKind};
 use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 use std::time::Instant;
@@ -32,6 +38,12 @@ pub enum FilterKind {
     Free,
     /// The climatological mean and standard deviation.
     Climatology,
+    /// Stochastic (perturbed-observation) EnKF.
+    Enkf,
+    /// Global ETKF.
+    Etkf,
+    /// LETKF.
+    Letkf,
 }
 
 impl FromStr for FilterKind {
@@ -40,7 +52,10 @@ impl FromStr for FilterKind {
         match s {
             "free" => Ok(FilterKind::Free),
             "climatology" => Ok(FilterKind::Climatology),
-            _ => Err(format!("unknown filter '{s}': use free or climatology")),
+            "enkf" => Ok(FilterKind::Enkf),
+            "etkf" => Ok(FilterKind::Etkf),
+            "letkf" => Ok(FilterKind::Letkf),
+            _ => Err(format!("unknown filter '{s}': use free, climatology, enkf, etkf or letkf")),
         }
     }
 }
@@ -50,7 +65,63 @@ impl fmt::Display for FilterKind {
         f.write_str(match self {
             FilterKind::Free => "free",
             FilterKind::Climatology => "climatology",
+            FilterKind::Enkf => "enkf",
+            FilterKind::Etkf => "etkf",
+            FilterKind::Letkf => "letkf",
         })
+    }
+}
+
+/// An experiment file (`configs/experiments/*.toml`): every field optional, command-line flags
+/// override it.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExperimentFile {
+    /// What the experiment reproduces (free text).
+    pub description: Option<String>,
+    /// Testbed name.
+    pub testbed: Option<String>,
+    /// Filter name.
+    pub filter: Option<String>,
+    /// Network name.
+    pub network: Option<String>,
+    /// Ensemble size.
+    pub members: Option<usize>,
+    /// Cycles.
+    pub cycles: Option<usize>,
+    /// Seed.
+    pub seed: Option<u64>,
+    /// Burn-in cycles.
+    pub burn_in: Option<usize>,
+    /// Multiplicative inflation ρ.
+    pub inflation: Option<f64>,
+    /// RTPS α.
+    pub rtps: Option<f64>,
+    /// LETKF Gaspari–Cohn half-width in km.
+    pub localization_km: Option<f64>,
+    /// Start from the truth plus noise of this standard deviation instead of climatological draws.
+    pub initial_spread: Option<f64>,
+    /// The skill this configuration is expected to reach.
+    pub expected: Option<Expected>,
+}
+
+/// Expected skill recorded with a tuned configuration.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Expected {
+    /// Time-mean analysis RMSE measured with this file.
+    pub rmse_a: f64,
+    /// Spread/skill ratio measured with this file.
+    pub spread_skill: f64,
+    /// Published value or acceptance bound it is compared with.
+    pub reference: String,
+}
+
+impl ExperimentFile {
+    /// Read and parse a file; errors name the file.
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading experiment file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parsing experiment file {}", path.display()))
     }
 }
 
@@ -71,6 +142,47 @@ pub struct ExperimentSpec {
     pub seed: u64,
     /// Cycles left out of the time means; `None` = K/10.
     pub burn_in: Option<usize>,
+    /// Multiplicative inflation ρ (EnKF family).
+    pub inflation: f64,
+    /// RTPS α (EnKF family).
+    pub rtps: f64,
+    /// LETKF localisation half-width in km.
+    pub localization_km: f64,
+    /// `None`: the initial ensemble is N climatological draws independent of the truth (the
+    /// honest start, and the daemon's). `Some(σ0)`: truth + σ0·N(0, I), the start of the published
+    /// Lorenz-96 benchmarks (Sakov & Oke 2008; DAPPER), which global filters need to avoid
+    /// collapsing on their first analysis.
+    pub initial_spread: Option<f64>,
+}
+
+impl ExperimentSpec {
+    /// Defaults for everything but what must be chosen.
+    pub fn new(testbed: TestbedKind, filter: FilterKind, network: NetworkKind) -> Self {
+        ExperimentSpec {
+            testbed,
+            filter,
+            network,
+            members: 20,
+            cycles: 1000,
+            seed: 1,
+            burn_in: None,
+            inflation: 1.0,
+            rtps: 0.0,
+            localization_km: f64::INFINITY,
+            initial_spread: None,
+        }
+    }
+
+    /// The analysis of this spec's filter, for the EnKF family.
+    fn analysis(&self, space: &assimd_filter::StateSpace) -> Result<Option<Box<dyn Analysis>>> {
+        let inflation = Inflation::new(self.inflation, self.rtps)?;
+        Ok(match self.filter {
+            FilterKind::Free | FilterKind::Climatology => None,
+            FilterKind::Enkf => Some(Box::new(StochasticEnkf { inflation })),
+            FilterKind::Etkf => Some(Box::new(Etkf { inflation })),
+            FilterKind::Letkf => Some(Box::new(Letkf::new(space, self.localization_km, inflation)?)),
+        })
+    }
 }
 
 /// The JSON summary of DESIGN §10 (time means after burn-in, against the truth).
@@ -126,9 +238,22 @@ pub fn run(spec: &ExperimentSpec) -> Result<Summary> {
     let (clim_mean, clim_std) = (clim.mean_state(np), clim.std_state(np));
     let dynamics = testbed.dynamics.clone();
     let mut sim = Simulator::new(testbed.clone(), network, spec.seed);
-    let mut ens = Ensemble::from_members(testbed.climatological_draws(spec.members, spec.seed))?;
+    let mut ens = match spec.initial_spread {
+        None => Ensemble::from_members(testbed.climatological_draws(spec.members, spec.seed))?,
+        Some(s0) => {
+            if !(s0.is_finite() && s0 >= 0.0) {
+                bail!("initial_spread must be a finite number >= 0, got {s0}");
+            }
+            let mut r = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x696e_6974);
+            let members = (0..spec.members)
+                .map(|_| sim.truth().iter().map(|t| t + s0 * <StandardNormal as Distribution<f64>>::sample(&StandardNormal, &mut r)).collect())
+                .collect();
+            Ensemble::from_members(members)?
+        }
+    };
     let limits = Limits::default();
-    let _rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x616e_616c);
+    let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x616e_616c);
+    let analysis = spec.analysis(&space)?;
 
     let mut acc = Accumulator::default();
     let start = Instant::now();
@@ -136,11 +261,22 @@ pub fn run(spec: &ExperimentSpec) -> Result<Summary> {
         sim.step();
         forecast(&*dynamics, &mut ens);
         let (assim, verif) = decode_cycle(&sim, &space, &limits)?;
-        let _batch = ObsBatch::new(&space, assim).context("building the observation operator")?;
+        let batch = ObsBatch::new(&space, assim).context("building the observation operator")?;
         let verif = ObsBatch::new(&space, verif).context("building the verification operator")?;
         let truth = sim.truth();
         let scored = k > burn_in;
         match spec.filter {
+            _ if analysis.is_some() => {
+                let rmse_f = stats::rmse(&ens.mean(), truth);
+                if let Some(a) = &analysis {
+                    a.analyse(&mut ens, &batch, &mut rng)?;
+                }
+                if scored {
+                    let mean = ens.mean();
+                    let rmse_a = stats::rmse(&mean, truth);
+                    acc.add(rmse_a, rmse_f, stats::spread(&ens), stats::crps_ensemble(&ens, truth), withheld_rmse(&verif, &mean));
+                }
+            }
             FilterKind::Free => {
                 if scored {
                     let mean = ens.mean();
@@ -148,7 +284,7 @@ pub fn run(spec: &ExperimentSpec) -> Result<Summary> {
                     acc.add(rmse, rmse, stats::spread(&ens), stats::crps_ensemble(&ens, truth), withheld_rmse(&verif, &mean));
                 }
             }
-            FilterKind::Climatology => {
+            _ => {
                 if scored {
                     let rmse = stats::rmse(&clim_mean, truth);
                     let crps = stats::crps_gaussian_field(&clim_mean, &clim_std, truth);

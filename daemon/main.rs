@@ -1,7 +1,8 @@
 //! The `assimd` command line.
 
-use anyhow::Result;
-use assimd::experiment::{self, ExperimentSpec, FilterKind};
+use anyhow::{bail, Result};
+use assimd::experiment::{self, ExperimentFile, ExperimentSpec, FilterKind};
+use std::path::PathBuf;
 use assimd_models::testbed::{NetworkKind, TestbedKind};
 use clap::{Parser, Subcommand};
 
@@ -15,40 +16,88 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a cycled OSSE offline and print its skill.
-    Experiment {
-        /// Testbed: l96 or qg2l.
-        #[arg(long)]
-        testbed: TestbedKind,
-        /// Filter: free or climatology.
-        #[arg(long)]
-        filter: FilterKind,
-        /// Observing network: full, sparse (l96), stations, satellite, stations+satellite.
-        #[arg(long)]
-        network: NetworkKind,
-        /// Ensemble size N.
-        #[arg(long, default_value_t = 20)]
-        members: usize,
-        /// Number of cycles.
-        #[arg(long, default_value_t = 1000)]
-        cycles: usize,
-        /// Seed of truth, observation errors and initial ensemble.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Cycles excluded from the time means (default: a tenth of the cycles).
-        #[arg(long)]
-        burn_in: Option<usize>,
-        /// Print one JSON line instead of a table.
-        #[arg(long)]
-        json: bool,
-    },
+    Experiment(ExperimentArgs),
+}
+
+#[derive(clap::Args)]
+struct ExperimentArgs {
+    /// Experiment file (configs/experiments/*.toml); the flags below override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Testbed: l96 or qg2l.
+    #[arg(long)]
+    testbed: Option<TestbedKind>,
+    /// Filter: free, climatology, enkf, etkf or letkf.
+    #[arg(long)]
+    filter: Option<FilterKind>,
+    /// Observing network: full, sparse (l96), stations, satellite, stations+satellite.
+    #[arg(long)]
+    network: Option<NetworkKind>,
+    /// Ensemble size N [default: 20].
+    #[arg(long)]
+    members: Option<usize>,
+    /// Number of cycles [default: 1000].
+    #[arg(long)]
+    cycles: Option<usize>,
+    /// Seed of truth, observation errors and initial ensemble [default: 1].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Cycles excluded from the time means [default: a tenth of the cycles].
+    #[arg(long)]
+    burn_in: Option<usize>,
+    /// Multiplicative inflation ρ of the EnKF family [default: 1.0].
+    #[arg(long)]
+    inflation: Option<f64>,
+    /// RTPS α of the EnKF family [default: 0].
+    #[arg(long)]
+    rtps: Option<f64>,
+    /// LETKF Gaspari–Cohn half-width in km [default: infinite].
+    #[arg(long)]
+    localization_km: Option<f64>,
+    /// Start from the truth plus noise of this σ instead of climatological draws.
+    #[arg(long)]
+    initial_spread: Option<f64>,
+    /// Print one JSON line instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+impl ExperimentArgs {
+    fn spec(self) -> Result<ExperimentSpec> {
+        let file = match &self.config {
+            Some(p) => ExperimentFile::load(p)?,
+            None => ExperimentFile::default(),
+        };
+        fn pick<T: std::str::FromStr<Err = String>>(flag: Option<T>, file: Option<String>, name: &str) -> Result<T> {
+            match (flag, file) {
+                (Some(v), _) => Ok(v),
+                (None, Some(s)) => s.parse().map_err(anyhow::Error::msg),
+                (None, None) => bail!("--{name} is required (or give it in --config)"),
+            }
+        }
+        let mut spec = ExperimentSpec::new(
+            pick(self.testbed, file.testbed, "testbed")?,
+            pick(self.filter, file.filter, "filter")?,
+            pick(self.network, file.network, "network")?,
+        );
+        spec.members = self.members.or(file.members).unwrap_or(spec.members);
+        spec.cycles = self.cycles.or(file.cycles).unwrap_or(spec.cycles);
+        spec.seed = self.seed.or(file.seed).unwrap_or(spec.seed);
+        spec.burn_in = self.burn_in.or(file.burn_in);
+        spec.inflation = self.inflation.or(file.inflation).unwrap_or(spec.inflation);
+        spec.rtps = self.rtps.or(file.rtps).unwrap_or(spec.rtps);
+        spec.localization_km = self.localization_km.or(file.localization_km).unwrap_or(spec.localization_km);
+        spec.initial_spread = self.initial_spread.or(file.initial_spread);
+        Ok(spec)
+    }
 }
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Experiment { testbed, filter, network, members, cycles, seed, burn_in, json } => {
-            let spec = ExperimentSpec { testbed, filter, network, members, cycles, seed, burn_in };
-            let s = experiment::run(&spec)?;
+        Command::Experiment(args) => {
+            let json = args.json;
+            let s = experiment::run(&args.spec()?)?;
             if json {
                 println!("{}", serde_json::to_string(&s)?);
             } else {
