@@ -101,6 +101,8 @@ pub struct ExperimentFile {
     pub localization_km: Option<f64>,
     /// Start from the truth plus noise of this standard deviation instead of climatological draws.
     pub initial_spread: Option<f64>,
+    /// LETKF weight interpolation stride.
+    pub weight_stride: Option<usize>,
     /// The skill this configuration is expected to reach.
     pub expected: Option<Expected>,
 }
@@ -156,6 +158,8 @@ pub struct ExperimentSpec {
     /// Lorenz-96 benchmarks (Sakov & Oke 2008; DAPPER), which global filters need to avoid
     /// collapsing on their first analysis.
     pub initial_spread: Option<f64>,
+    /// LETKF weight interpolation stride (1 = exact).
+    pub weight_stride: usize,
 }
 
 impl ExperimentSpec {
@@ -173,6 +177,7 @@ impl ExperimentSpec {
             rtps: 0.0,
             localization_km: f64::INFINITY,
             initial_spread: None,
+            weight_stride: 1,
         }
     }
 
@@ -183,7 +188,7 @@ impl ExperimentSpec {
             FilterKind::Free | FilterKind::Climatology => None,
             FilterKind::Enkf => Some(Box::new(StochasticEnkf { inflation })),
             FilterKind::Etkf => Some(Box::new(Etkf { inflation })),
-            FilterKind::Letkf => Some(Box::new(Letkf::new(space, self.localization_km, inflation)?)),
+            FilterKind::Letkf => Some(Box::new(Letkf::new(space, self.localization_km, inflation)?.with_stride(self.weight_stride)?)),
         })
     }
 }
@@ -273,6 +278,9 @@ pub fn run(spec: &ExperimentSpec) -> Result<Summary> {
                 let rmse_f = stats::rmse(&ens.mean(), truth);
                 if let Some(a) = &analysis {
                     a.analyse(&mut ens, &batch, &mut rng)?;
+                }
+                if ens.as_flat().iter().any(|v| !v.is_finite()) {
+                    bail!("{} diverged at cycle {k}: the analysis ensemble is not finite (try more inflation or a shorter localisation)", spec.filter);
                 }
                 if scored {
                     let mean = ens.mean();

@@ -57,6 +57,9 @@ struct ExperimentArgs {
     /// Start from the truth plus noise of this σ instead of climatological draws.
     #[arg(long)]
     initial_spread: Option<f64>,
+    /// LETKF weight interpolation stride [default: 1 = exact].
+    #[arg(long)]
+    weight_stride: Option<usize>,
     /// Print one JSON line instead of a table.
     #[arg(long)]
     json: bool,
@@ -88,6 +91,7 @@ impl ExperimentArgs {
         spec.rtps = self.rtps.or(file.rtps).unwrap_or(spec.rtps);
         spec.localization_km = self.localization_km.or(file.localization_km).unwrap_or(spec.localization_km);
         spec.initial_spread = self.initial_spread.or(file.initial_spread);
+        spec.weight_stride = self.weight_stride.or(file.weight_stride).unwrap_or(spec.weight_stride);
         Ok(spec)
     }
 }

@@ -18,6 +18,7 @@ fn spec_of(file: &ExperimentFile) -> ExperimentSpec {
     spec.rtps = file.rtps.unwrap_or(0.0);
     spec.localization_km = file.localization_km.unwrap_or(f64::INFINITY);
     spec.initial_spread = file.initial_spread;
+    spec.weight_stride = file.weight_stride.unwrap_or(1);
     spec
 }
 

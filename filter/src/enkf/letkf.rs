@@ -3,7 +3,7 @@
 use super::{apply_weights, gaspari_cohn, transform, Inflation, ObservedEnsemble};
 use crate::analysis::Analysis;
 use crate::ensemble::Ensemble;
-use crate::geometry::StateSpace;
+use crate::geometry::{Geometry, StateSpace};
 use crate::obs::ObsBatch;
 use crate::FilterError;
 use nalgebra::{DMatrix, DVector};
@@ -18,6 +18,10 @@ pub struct Letkf {
     /// Gaspari–Cohn half-width c in km: observations at distance d get R⁻¹ · GC(d / c), none
     /// beyond 2c. `f64::INFINITY` makes every point use every observation (the global ETKF).
     pub half_width_km: f64,
+    /// Weight interpolation stride s (Yang et al. 2009): the transform is computed at every s-th
+    /// grid point in each direction and interpolated (linearly on a ring, bilinearly in a box) in
+    /// between; 1 = computed at every point (exact LETKF).
+    pub stride: usize,
     space: StateSpace,
     points_xy: Vec<(f64, f64)>,
 }
@@ -37,15 +41,33 @@ impl Letkf {
                 g.to_plane(lat, lon)
             })
             .collect();
-        Ok(Letkf { inflation, half_width_km, space: space.clone(), points_xy })
+        Ok(Letkf { inflation, half_width_km, stride: 1, space: space.clone(), points_xy })
     }
 
-    /// The local analysis at horizontal point `p`: all fields' values for all members, field-major.
-    fn local(&self, p: usize, ens: &Ensemble, oe: &ObservedEnsemble, obs_xy: &[(f64, f64)], sigma: &[f64]) -> Vec<f64> {
+    /// With weight interpolation every `stride` grid points (see [`Letkf::stride`]); the grid size
+    /// along each direction must be a multiple of it.
+    pub fn with_stride(mut self, stride: usize) -> Result<Self, FilterError> {
+        let dims = self.grid_dims();
+        if stride == 0 || dims.0 % stride != 0 || dims.1 % stride.min(dims.1) != 0 {
+            return Err(FilterError::InvalidParameter(format!(
+                "weight interpolation stride must divide the grid size {dims:?} (1 = off), got {stride}"
+            )));
+        }
+        self.stride = stride;
+        Ok(self)
+    }
+
+    /// (points along x, points along y); y = 1 on a ring.
+    fn grid_dims(&self) -> (usize, usize) {
+        match self.space.geometry {
+            Geometry::Ring { n, .. } => (n, 1),
+            Geometry::PeriodicBox { nx, ny, .. } => (nx, ny),
+        }
+    }
+
+    /// The transform W (N × N) at horizontal point `p`.
+    fn weights(&self, p: usize, n: usize, oe: &ObservedEnsemble, obs_xy: &[(f64, f64)], sigma: &[f64]) -> DMatrix<f64> {
         let g = &self.space.geometry;
-        let np = g.n_points();
-        let n = ens.n_members();
-        let idx: Vec<usize> = (0..self.space.fields.len()).map(|f| f * np + p).collect();
         let mut local = Vec::new();
         let mut rinv = Vec::new();
         for (j, xy) in obs_xy.iter().enumerate() {
@@ -59,16 +81,49 @@ impl Letkf {
                 rinv.push(taper / (sigma[j] * sigma[j]));
             }
         }
-        let w = if local.is_empty() {
+        if local.is_empty() {
             DMatrix::identity(n, n) * self.inflation.rho.sqrt()
         } else {
             let y = oe.y_anom.select_rows(local.iter());
             let d = DVector::from_iterator(local.len(), local.iter().map(|&j| oe.innovation[j]));
             transform(&y, &d, &rinv, self.inflation.rho)
+        }
+    }
+
+    /// The transform at every horizontal point: computed at the stride's coarse points and
+    /// interpolated in between.
+    fn all_weights(&self, n: usize, oe: &ObservedEnsemble, obs_xy: &[(f64, f64)], sigma: &[f64], parallel: bool) -> Vec<DMatrix<f64>> {
+        let (nx, ny) = self.grid_dims();
+        let s = self.stride;
+        let (cx, cy) = (nx / s, (ny / s).max(1));
+        let coarse_point = |c: usize| (c / cx) * s * nx + (c % cx) * s;
+        let exact = |p: usize| self.weights(p, n, oe, obs_xy, sigma);
+        let coarse: Vec<DMatrix<f64>> = if parallel {
+            (0..cx * cy).into_par_iter().map(|c| exact(coarse_point(c))).collect()
+        } else {
+            (0..cx * cy).map(|c| exact(coarse_point(c))).collect()
         };
-        let mut out = vec![0.0; idx.len() * n];
-        apply_weights(ens, &idx, &w, &mut out);
-        out
+        if s == 1 {
+            return coarse;
+        }
+        let interp = |p: usize| {
+            let (i, j) = (p % nx, p / nx);
+            let (ci, fi) = (i / s, (i % s) as f64 / s as f64);
+            let (cj, fj) = if ny == 1 { (0, 0.0) } else { (j / s, (j % s) as f64 / s as f64) };
+            let (ci1, cj1) = ((ci + 1) % cx, (cj + 1) % cy);
+            let mut w = &coarse[cj * cx + ci] * ((1.0 - fi) * (1.0 - fj));
+            for (c, f) in [(cj * cx + ci1, fi * (1.0 - fj)), (cj1 * cx + ci, (1.0 - fi) * fj), (cj1 * cx + ci1, fi * fj)] {
+                if f > 0.0 {
+                    w += &coarse[c] * f;
+                }
+            }
+            w
+        };
+        if parallel {
+            (0..nx * ny).into_par_iter().map(interp).collect()
+        } else {
+            (0..nx * ny).map(interp).collect()
+        }
     }
 }
 
@@ -90,10 +145,18 @@ impl Analysis for Letkf {
         let obs_xy: Vec<(f64, f64)> = batch.obs.iter().map(|o| g.to_plane(o.lat, o.lon)).collect();
         let np = g.n_points();
         let n = ens.n_members();
+        let nf = self.space.fields.len();
+        let parallel = np * n >= 4096;
+        let weights = self.all_weights(n, &oe, &obs_xy, &batch.sigma, parallel);
         let results: Vec<Vec<f64>> = {
             let ens_ref: &Ensemble = ens;
-            let run = |p| self.local(p, ens_ref, &oe, &obs_xy, &batch.sigma);
-            if np * n >= 4096 {
+            let run = |p: usize| {
+                let idx: Vec<usize> = (0..nf).map(|f| f * np + p).collect();
+                let mut out = vec![0.0; nf * n];
+                apply_weights(ens_ref, &idx, &weights[p], &mut out);
+                out
+            };
+            if parallel {
                 (0..np).into_par_iter().map(run).collect()
             } else {
                 (0..np).map(run).collect()

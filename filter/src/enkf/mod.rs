@@ -15,7 +15,10 @@
 //!   grid point with only the observations within the localisation support, their R⁻¹ tapered by
 //!   the Gaspari–Cohn function of distance (R-localisation; Greybush et al. 2011). All fields at a
 //!   grid point share its weights. Distances are great-circle/periodic km from [`crate::Geometry`]
-//!   (index distance × grid spacing on the Lorenz-96 ring).
+//!   (index distance × grid spacing on the Lorenz-96 ring). Optionally the transform is computed
+//!   only every s-th point and interpolated between (weight interpolation, Yang et al. 2009), which
+//!   costs s² fewer eigen-decompositions on a 2-D grid and is accurate while s·Δx ≪ the
+//!   localisation half-width.
 //!
 //! Inflation ([`Inflation`]): multiplicative ρ on the background anomalies (inside the ETKF/LETKF
 //! weights as (N-1)/ρ, explicitly for the stochastic EnKF), then optionally relaxation to prior
@@ -31,6 +34,8 @@
 //!   dimensions. QJRMS 125.
 //! - Whitaker, J. S., Hamill, T. M. (2012). Evaluating methods to account for system errors in
 //!   ensemble data assimilation. MWR 140.
+//! - Yang, S.-C., Kalnay, E., Hunt, B., Bowler, N. E. (2009). Weight interpolation for efficient
+//!   data assimilation with the local ensemble transform Kalman filter. QJRMS 135.
 //! - Sakov, P., Oke, P. R. (2008). Implications of the form of the ensemble transformation in the
 //!   ensemble square root filters. MWR 136.
 

@@ -168,3 +168,46 @@ fn invalid_parameters_name_the_fix() {
     assert!(Inflation::new(1.0, 1.5).unwrap_err().to_string().contains("rtps must be in [0, 1]"));
     assert!(Letkf::new(&space(), 0.0, Inflation::default()).is_err());
 }
+
+#[test]
+fn weight_interpolation_stays_close_to_the_exact_letkf() {
+    // A 40-point ring with smoothly correlated members and 10 observations; half-width 8 grid
+    // spacings, weights every 2nd point: interpolation changes the analysis by a small fraction of
+    // the analysis increment.
+    let n_state = 40;
+    let space = StateSpace {
+        geometry: Geometry::Ring { n: n_state, lat_deg: 45.0, lat_tolerance_deg: 0.5 },
+        fields: vec!["x".into()],
+        variables: vec![Variable { name: "x".into(), unit: "1".into(), terms: vec![(0, 1.0)] }],
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let members: Vec<Vec<f64>> = (0..16)
+        .map(|_| {
+            let a: f64 = StandardNormal.sample(&mut rng);
+            let b: f64 = StandardNormal.sample(&mut rng);
+            let ph: f64 = StandardNormal.sample(&mut rng);
+            (0..n_state).map(|i| a * (0.3 * i as f64 + ph).sin() + b * (0.15 * i as f64).cos()).collect()
+        })
+        .collect();
+    let obs: Vec<Observation> = (0..10)
+        .map(|k| {
+            let (lat, lon) = space.geometry.point_latlon(4 * k + 1);
+            Observation { modality: Modality::Station, var: 0, lat, lon, footprint: Footprint::Point, value: 0.5, sigma: 0.5 }
+        })
+        .collect();
+    let batch = ObsBatch::new(&space, obs).unwrap();
+    let c = 8.0 * space.geometry.spacing_km();
+    let bg = Ensemble::from_members(members).unwrap();
+    let (mut exact, mut interp) = (bg.clone(), bg.clone());
+    let letkf = Letkf::new(&space, c, Inflation::default()).unwrap();
+    letkf.analyse(&mut exact, &batch, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+    letkf.with_stride(2).unwrap().analyse(&mut interp, &batch, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+    let increment = crate::stats::rmse(&exact.mean(), &bg.mean());
+    let diff = crate::stats::rmse(&exact.mean(), &interp.mean());
+    assert!(diff < 0.05 * increment, "interpolation error {diff} vs increment {increment}");
+    // Points on the coarse grid are exact.
+    for k in 0..16 {
+        assert!((exact.member(k)[10] - interp.member(k)[10]).abs() < 1e-12);
+    }
+    assert!(Letkf::new(&space, c, Inflation::default()).unwrap().with_stride(3).is_err());
+}
