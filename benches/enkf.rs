@@ -36,7 +36,10 @@ fn analyses(c: &mut Criterion) {
     let (_, ens40, _) = setup(TestbedKind::L96, NetworkKind::Full, 40);
     run(c, "enkf/l96-full-N40", &StochasticEnkf { inflation: infl }, &ens40, &batch, 100);
     let (tb, ens, batch) = setup(TestbedKind::Qg2l, NetworkKind::StationsSatellite, 32);
-    run(c, "letkf/qg2l-stations+satellite-N32", &Letkf::new(&tb.space, 150.0, infl).unwrap(), &ens, &batch, 10);
+    let rtps = Inflation::new(1.0, 0.5).unwrap();
+    let letkf = Letkf::new(&tb.space, 100.0, rtps).unwrap();
+    run(c, "letkf/qg2l-stations+satellite-N32-stride1", &letkf, &ens, &batch, 10);
+    run(c, "letkf/qg2l-stations+satellite-N32-stride2", &letkf.with_stride(2).unwrap(), &ens, &batch, 10);
 }
 
 criterion_group!(benches, analyses);
