@@ -160,6 +160,19 @@ pub struct ExperimentSpec {
     pub initial_spread: Option<f64>,
     /// LETKF weight interpolation stride (1 = exact).
     pub weight_stride: usize,
+    /// Record training triples (truth, background mean, spread[, members]) into this directory.
+    pub record: Option<RecordSpec>,
+}
+
+/// What to record for training (see [`crate::record`]).
+#[derive(Clone, Debug)]
+pub struct RecordSpec {
+    /// Output directory.
+    pub dir: std::path::PathBuf,
+    /// Record every this many cycles after burn-in.
+    pub every: usize,
+    /// Also record the background members.
+    pub members: bool,
 }
 
 impl ExperimentSpec {
@@ -178,6 +191,7 @@ impl ExperimentSpec {
             localization_km: f64::INFINITY,
             initial_spread: None,
             weight_stride: 1,
+            record: None,
         }
     }
 
@@ -263,6 +277,21 @@ pub fn run(spec: &ExperimentSpec) -> Result<Summary> {
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x616e_616c);
     let analysis = spec.analysis(&space)?;
 
+    let mut recorder = match &spec.record {
+        Some(r) => {
+            let meta = serde_json::json!({
+                "testbed": spec.testbed.to_string(), "network": spec.network.to_string(), "filter": spec.filter.to_string(),
+                "seed": spec.seed, "members": spec.members, "cycles": spec.cycles, "burn_in": burn_in, "every": r.every,
+                "inflation": spec.inflation, "rtps": spec.rtps, "localization_km": spec.localization_km,
+                "fields": space.fields, "n_points": np, "grid": match space.geometry {
+                    assimd_filter::Geometry::Ring { n, .. } => vec![n],
+                    assimd_filter::Geometry::PeriodicBox { nx, ny, .. } => vec![ny, nx],
+                },
+            });
+            Some(crate::record::Recorder::create(&r.dir, space.dim(), spec.members, r.members, r.every, meta)?)
+        }
+        None => None,
+    };
     let mut acc = Accumulator::default();
     let start = Instant::now();
     for k in 1..=spec.cycles {
@@ -273,6 +302,11 @@ pub fn run(spec: &ExperimentSpec) -> Result<Summary> {
         let verif = ObsBatch::new(&space, verif).context("building the verification operator")?;
         let truth = sim.truth();
         let scored = k > burn_in;
+        if let Some(r) = &mut recorder {
+            if scored && (k - burn_in) % r.every == 0 {
+                r.push(truth, &ens)?;
+            }
+        }
         match spec.filter {
             _ if analysis.is_some() => {
                 let rmse_f = stats::rmse(&ens.mean(), truth);
@@ -305,6 +339,9 @@ pub fn run(spec: &ExperimentSpec) -> Result<Summary> {
         }
     }
     let seconds_per_cycle = start.elapsed().as_secs_f64() / spec.cycles as f64;
+    if let Some(r) = recorder {
+        r.finish()?;
+    }
     Ok(acc.summary(spec, burn_in, seconds_per_cycle))
 }
 

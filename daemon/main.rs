@@ -60,6 +60,15 @@ struct ExperimentArgs {
     /// LETKF weight interpolation stride [default: 1 = exact].
     #[arg(long)]
     weight_stride: Option<usize>,
+    /// Record training triples (truth, background mean and spread) as .npy files into this directory.
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// With --record: record every this many cycles after burn-in.
+    #[arg(long, default_value_t = 1)]
+    record_every: usize,
+    /// With --record: also record the background members (for the set encoder).
+    #[arg(long)]
+    record_members: bool,
     /// Print one JSON line instead of a table.
     #[arg(long)]
     json: bool,
@@ -92,6 +101,7 @@ impl ExperimentArgs {
         spec.localization_km = self.localization_km.or(file.localization_km).unwrap_or(spec.localization_km);
         spec.initial_spread = self.initial_spread.or(file.initial_spread);
         spec.weight_stride = self.weight_stride.or(file.weight_stride).unwrap_or(spec.weight_stride);
+        spec.record = self.record.map(|dir| experiment::RecordSpec { dir, every: self.record_every, members: self.record_members });
         Ok(spec)
     }
 }
