@@ -1,0 +1,123 @@
+"""Training triples recorded by `assimd experiment --record DIR --record-members`.
+
+Array format (all little-endian float32 .npy, recorded after burn-in, K = records):
+  DIR/truth.npy    (K, P)       true state
+  DIR/mean.npy     (K, P)       background (forecast) ensemble mean
+  DIR/spread.npy   (K, P)       background per-point std over members (ddof = 1)
+  DIR/members.npy  (K, N, P)    background members
+  DIR/meta.json    testbed, network, filter, inflation, rtps, localization_km, seed, burn_in, records ...
+P = 40 for l96 (one variable on the ring). Seeds: 1-99 test, 100-199 tuning, >= 1000 training.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from dataclasses import dataclass, asdict, field
+
+import numpy as np
+
+
+@dataclass
+class Run:
+    name: str
+    network: str
+    seed: int
+    inflation: float
+    localization_km: float | None
+    filter: str = "letkf"
+    rtps: float = 0.0
+    members: int = 20
+    cycles: int = 3000
+    split: str = "train"  # train | val
+
+    def args(self, binary: str, testbed: str, out: str, every: int) -> list[str]:
+        a = [binary, "experiment", "--testbed", testbed, "--network", self.network,
+             "--filter", self.filter, "--members", str(self.members), "--cycles", str(self.cycles),
+             "--seed", str(self.seed), "--inflation", str(self.inflation)]
+        if self.localization_km is not None:
+            a += ["--localization-km", str(self.localization_km)]
+        if self.rtps:
+            a += ["--rtps", str(self.rtps)]
+        a += ["--record", out, "--record-every", str(every), "--record-members", "--json"]
+        return a
+
+
+def l96_runs() -> list[Run]:
+    """Cycled LETKF runs on training seeds: tuned, under-inflated, over-inflated, other localisation,
+    RTPS, on three observing networks. Validation runs use their own seeds (1900+)."""
+    tuned = {"full": (1.02, 8500.0), "sparse": (1.03, 5000.0), "stations+satellite": (1.02, 4500.0)}
+    runs: list[Run] = []
+    seed = 1000
+    for net, (infl, loc) in tuned.items():
+        short = net.replace("stations+satellite", "stsat")
+        variants = [
+            ("tuned-a", infl, loc, 0.0), ("tuned-b", infl, loc, 0.0),
+            ("infl1.00", 1.0, loc, 0.0), ("infl1.005", 1.005, loc, 0.0),
+            ("infl1.08", 1.08, loc, 0.0), ("infl1.15", 1.15, loc, 0.0),
+            ("locnarrow", infl, loc * 0.5, 0.0), ("locwide", infl, loc * 1.6, 0.0),
+            ("rtps0.5", 1.0, loc, 0.5),
+        ]
+        for tag, i, l, r in variants:
+            seed += 1
+            runs.append(Run(f"{short}-{tag}", net, seed, i, l, rtps=r))
+        # held-out validation runs (own seeds): tuned and one mis-tuned
+        runs.append(Run(f"val-{short}-tuned", net, 1900 + len(runs), infl, loc, split="val"))
+        runs.append(Run(f"val-{short}-infl1.08", net, 1950 + len(runs), 1.08, loc, split="val"))
+    return runs
+
+
+RUNS = {"l96": l96_runs}
+
+
+def generate(testbed: str, binary: str, root: str, every: int = 1, max_rmse: float = 2.0) -> list[dict]:
+    """Run assimd for every run of the testbed; keep runs that did not diverge. Returns provenance."""
+    os.makedirs(root, exist_ok=True)
+    kept = []
+    for run in RUNS[testbed]():
+        out = os.path.join(root, run.name)
+        args = run.args(binary, testbed, out, every)
+        res_path = os.path.join(out, "result.json")
+        if os.path.exists(res_path):
+            res = json.load(open(res_path))
+        else:
+            p = subprocess.run(args, capture_output=True, text=True)
+            if p.returncode != 0:
+                msg = (p.stderr + p.stdout).strip().splitlines()[-1:] or [""]
+                print(f"[data] {run.name}: exit {p.returncode} ({msg[0]}) -> dropped", flush=True)
+                continue
+            res = json.loads(p.stdout.strip().splitlines()[-1])
+            json.dump(res, open(res_path, "w"))
+        ok = res.get("rmse_a", 1e9) <= max_rmse
+        print(f"[data] {run.name:28s} seed {run.seed} rmse_a {res['rmse_a']:.3f} "
+              f"spread_a {res['spread_a']:.3f} {'kept' if ok else 'DROPPED (rmse_a > %g)' % max_rmse}",
+              flush=True)
+        if ok:
+            meta = json.load(open(os.path.join(out, "meta.json")))
+            kept.append({**asdict(run), "dir": out, "command": " ".join(args[1:]),
+                         "records": meta["records"], "rmse_a": res["rmse_a"],
+                         "spread_a": res["spread_a"]})
+    json.dump(kept, open(os.path.join(root, "runs.json"), "w"), indent=1)
+    return kept
+
+
+@dataclass
+class Triples:
+    truth: np.ndarray    # (K, P)
+    mean: np.ndarray     # (K, P)
+    spread: np.ndarray   # (K, P)
+    members: np.ndarray  # (K, N, P)
+    run_id: np.ndarray   # (K,)
+
+
+def load(kept: list[dict], split: str) -> Triples:
+    parts = [r for r in kept if r["split"] == split]
+    t, m, s, e, ids = [], [], [], [], []
+    for i, r in enumerate(parts):
+        d = r["dir"]
+        t.append(np.load(os.path.join(d, "truth.npy")))
+        m.append(np.load(os.path.join(d, "mean.npy")))
+        s.append(np.load(os.path.join(d, "spread.npy")))
+        e.append(np.load(os.path.join(d, "members.npy")))
+        ids.append(np.full(len(t[-1]), i, dtype=np.int32))
+    return Triples(*(np.concatenate(a).astype(np.float32) for a in (t, m, s, e)), np.concatenate(ids))
