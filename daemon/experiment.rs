@@ -261,6 +261,8 @@ pub fn run(spec: &ExperimentSpec) -> Result<Summary> {
     let dynamics = testbed.dynamics.clone();
     let mut sim = Simulator::new(testbed.clone(), network, spec.seed);
     let mut ens = match spec.initial_spread {
+        // Climatology carries no ensemble: a single placeholder member that is never forecast.
+        _ if spec.filter == FilterKind::Climatology => Ensemble::from_members(vec![clim_mean.clone()])?,
         None => Ensemble::from_members(testbed.climatological_draws(spec.members, spec.seed))?,
         Some(s0) => {
             if !(s0.is_finite() && s0 >= 0.0) {
@@ -296,7 +298,9 @@ pub fn run(spec: &ExperimentSpec) -> Result<Summary> {
     let start = Instant::now();
     for k in 1..=spec.cycles {
         sim.step();
-        forecast(&*dynamics, &mut ens);
+        if spec.filter != FilterKind::Climatology {
+            forecast(&*dynamics, &mut ens);
+        }
         let (assim, verif) = decode_cycle(&sim, &space, &limits)?;
         let batch = ObsBatch::new(&space, assim).context("building the observation operator")?;
         let verif = ObsBatch::new(&space, verif).context("building the verification operator")?;
