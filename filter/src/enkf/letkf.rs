@@ -146,7 +146,9 @@ impl Analysis for Letkf {
         let np = g.n_points();
         let n = ens.n_members();
         let nf = self.space.fields.len();
-        let parallel = np * n >= 4096;
+        // Each local analysis costs an N × N eigen-decomposition (~20 µs at N = 20): worth a thread
+        // from a few hundred state values on.
+        let parallel = np * n >= 512;
         let weights = self.all_weights(n, &oe, &obs_xy, &batch.sigma, parallel);
         let results: Vec<Vec<f64>> = {
             let ens_ref: &Ensemble = ens;
