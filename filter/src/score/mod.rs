@@ -28,9 +28,11 @@
 //! - Song, Y. et al. (2021). Score-based generative modeling through stochastic differential
 //!   equations. ICLR.
 
+mod filter;
 mod gaussian;
 mod sampler;
 
+pub use filter::{ScoreFilter, ScorePrior, Start};
 pub use gaussian::GaussianDenoiser;
 pub use sampler::{karras_schedule, Sampler, SamplerConfig};
 
