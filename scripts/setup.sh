@@ -1,6 +1,45 @@
 # Sourced by scripts/demo and scripts/test: checks and installs what a fresh machine lacks.
-# Idempotent; prints what it installs.
+# Idempotent; quiet when everything is in place; prints what it installs.
 if ! command -v cargo >/dev/null 2>&1; then
     echo "setup: cargo not found; install Rust >= 1.92 with rustup (https://rustup.rs)" >&2
     exit 1
 fi
+
+# ONNX Runtime for assimd-models' bundles (ort with load-dynamic): the shared library of the PyPI wheel
+# onnxruntime==1.31.1, in a venv at $REPO/.venv. An ORT_DYLIB_PATH already set by the user wins.
+_assimd_setup_ort() {
+    local repo venv lib
+    repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    if [ -n "${ORT_DYLIB_PATH:-}" ]; then
+        if [ ! -f "$ORT_DYLIB_PATH" ]; then
+            echo "setup: ORT_DYLIB_PATH=$ORT_DYLIB_PATH does not exist; unset it to let setup install onnxruntime==1.31.1 in $repo/.venv" >&2
+            return 1
+        fi
+        return 0
+    fi
+    venv="$repo/.venv"
+    if [ ! -x "$venv/bin/python" ]; then
+        if ! command -v python3 >/dev/null 2>&1; then
+            echo "setup: python3 not found; it is needed to install the ONNX Runtime wheel (or set ORT_DYLIB_PATH)" >&2
+            return 1
+        fi
+        echo "setup: creating a Python venv at $venv (for the onnxruntime wheel)"
+        python3 -m venv "$venv" || { echo "setup: python3 -m venv failed (Debian: apt-get install python3-venv)" >&2; return 1; }
+    fi
+    if ! "$venv/bin/python" -c 'import onnxruntime, sys; sys.exit(onnxruntime.__version__ != "1.31.1")' >/dev/null 2>&1; then
+        echo "setup: installing onnxruntime==1.31.1 into $venv"
+        "$venv/bin/python" -m pip install --quiet --disable-pip-version-check 'onnxruntime==1.31.1' \
+            || { echo "setup: pip install onnxruntime==1.31.1 failed" >&2; return 1; }
+    fi
+    lib=""
+    for f in "$venv"/lib/python3.*/site-packages/onnxruntime/capi/libonnxruntime.so.1.31.1; do
+        [ -f "$f" ] && lib="$f" && break
+    done
+    if [ -z "$lib" ]; then
+        echo "setup: libonnxruntime.so.1.31.1 not found under $venv/lib/python3.*/site-packages/onnxruntime/capi" >&2
+        return 1
+    fi
+    export ORT_DYLIB_PATH="$lib"
+}
+_assimd_setup_ort || exit 1
+unset -f _assimd_setup_ort
