@@ -20,7 +20,9 @@ use crate::wire::{self, Feature, Limits};
 use anyhow::{bail, Context, Result};
 use assimd_filter::obs::{ObsBatch, Observation};
 use assimd_filter::enkf::{Etkf, Inflation, Letkf, StochasticEnkf};
-use assimd_filter::{stats, Analysis, Ensemble};
+use assimd_filter::score::{Denoiser, Sampler, SamplerConfig, ScoreFilter, ScorePrior, Start};
+use assimd_filter::{stats, Analysis, Ensemble, FilterError};
+use assimd_models::bundle::{Bundle, BundleOptions};
 use assimd_models::testbed::{NetworkKind, Testbed, TestbedKind};
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
@@ -44,6 +46,8 @@ pub enum FilterKind {
     Etkf,
     /// LETKF.
     Letkf,
+    /// The score-based filter (needs a model bundle).
+    Score,
 }
 
 impl FromStr for FilterKind {
@@ -55,7 +59,8 @@ impl FromStr for FilterKind {
             "enkf" => Ok(FilterKind::Enkf),
             "etkf" => Ok(FilterKind::Etkf),
             "letkf" => Ok(FilterKind::Letkf),
-            _ => Err(format!("unknown filter '{s}': use free, climatology, enkf, etkf or letkf")),
+            "score" => Ok(FilterKind::Score),
+            _ => Err(format!("unknown filter '{s}': use free, climatology, enkf, etkf, letkf or score")),
         }
     }
 }
@@ -68,6 +73,7 @@ impl fmt::Display for FilterKind {
             FilterKind::Enkf => "enkf",
             FilterKind::Etkf => "etkf",
             FilterKind::Letkf => "letkf",
+            FilterKind::Score => "score",
         })
     }
 }
@@ -103,8 +109,52 @@ pub struct ExperimentFile {
     pub initial_spread: Option<f64>,
     /// LETKF weight interpolation stride.
     pub weight_stride: Option<usize>,
+    /// Score filter: the model bundle directory.
+    pub bundle: Option<std::path::PathBuf>,
+    /// Score filter: sampler settings (see [`SamplerConfig`]).
+    pub sampler: Option<SamplerFile>,
     /// The skill this configuration is expected to reach.
     pub expected: Option<Expected>,
+}
+
+/// Sampler settings in an experiment file; missing ones keep [`SamplerConfig::default`].
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SamplerFile {
+    /// Noise levels S.
+    pub steps: Option<usize>,
+    /// Langevin corrections per level C.
+    pub corrections: Option<usize>,
+    /// Langevin step factor τ.
+    pub tau: Option<f64>,
+    /// Guidance variance factor γ.
+    pub gamma: Option<f64>,
+    /// Initial noise level.
+    pub sigma_start: Option<f64>,
+    /// Final noise level.
+    pub sigma_min: Option<f64>,
+    /// Start each member's diffusion at its own background ("member") or at the mean ("mean").
+    pub start: Option<String>,
+}
+
+impl SamplerFile {
+    /// Apply to a config.
+    pub fn apply(&self, c: &mut SamplerConfig, start: &mut Start) -> Result<()> {
+        if let Some(v) = self.steps { c.steps = v }
+        if let Some(v) = self.corrections { c.corrections = v }
+        if let Some(v) = self.tau { c.tau = v }
+        if let Some(v) = self.gamma { c.gamma = v }
+        if let Some(v) = self.sigma_start { c.sigma_start = v }
+        if let Some(v) = self.sigma_min { c.sigma_min = v }
+        if let Some(v) = &self.start {
+            *start = match v.as_str() {
+                "member" => Start::Member,
+                "mean" => Start::Mean,
+                _ => bail!("sampler.start must be \"member\" or \"mean\", got {v:?}"),
+            };
+        }
+        Ok(())
+    }
 }
 
 /// Expected skill recorded with a tuned configuration.
@@ -162,6 +212,22 @@ pub struct ExperimentSpec {
     pub weight_stride: usize,
     /// Record training triples (truth, background mean, spread[, members]) into this directory.
     pub record: Option<RecordSpec>,
+    /// Score filter: model bundle directory.
+    pub bundle: Option<std::path::PathBuf>,
+    /// Score filter: sampler settings.
+    pub sampler: SamplerConfig,
+    /// Score filter: where each member's diffusion starts.
+    pub start: Start,
+}
+
+/// A model bundle as the score filter's prior.
+struct BundlePrior(Bundle);
+
+impl ScorePrior for BundlePrior {
+    fn condition(&self, background: &Ensemble) -> Result<Box<dyn Denoiser>, FilterError> {
+        let d = self.0.condition(background).map_err(|e| FilterError::InvalidParameter(e.to_string()))?;
+        Ok(Box::new(d))
+    }
 }
 
 /// What to record for training (see [`crate::record`]).
@@ -192,6 +258,9 @@ impl ExperimentSpec {
             initial_spread: None,
             weight_stride: 1,
             record: None,
+            bundle: None,
+            sampler: SamplerConfig::default(),
+            start: Start::Member,
         }
     }
 
@@ -203,6 +272,19 @@ impl ExperimentSpec {
             FilterKind::Enkf => Some(Box::new(StochasticEnkf { inflation })),
             FilterKind::Etkf => Some(Box::new(Etkf { inflation })),
             FilterKind::Letkf => Some(Box::new(Letkf::new(space, self.localization_km, inflation)?.with_stride(self.weight_stride)?)),
+            FilterKind::Score => {
+                let dir = self.bundle.as_ref().context("--filter score needs --bundle DIR (e.g. models/zoo/l96)")?;
+                let bundle = Bundle::load(dir, &BundleOptions::default())?;
+                if bundle.manifest().testbed != self.testbed.to_string() {
+                    bail!("bundle {} is for testbed {}, not {}", dir.display(), bundle.manifest().testbed, self.testbed);
+                }
+                Some(Box::new(ScoreFilter {
+                    prior: std::sync::Arc::new(BundlePrior(bundle)),
+                    sampler: Sampler::new(self.sampler.clone())?,
+                    start: self.start,
+                    spread: inflation,
+                }))
+            }
         })
     }
 }

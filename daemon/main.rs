@@ -69,6 +69,27 @@ struct ExperimentArgs {
     /// With --record: also record the background members (for the set encoder).
     #[arg(long)]
     record_members: bool,
+    /// Score filter: model bundle directory (e.g. models/zoo/l96).
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+    /// Score filter: noise levels S.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Score filter: Langevin corrections per level.
+    #[arg(long)]
+    corrections: Option<usize>,
+    /// Score filter: Langevin step factor τ.
+    #[arg(long)]
+    tau: Option<f64>,
+    /// Score filter: guidance variance factor γ.
+    #[arg(long)]
+    gamma: Option<f64>,
+    /// Score filter: initial noise level.
+    #[arg(long)]
+    sigma_start: Option<f64>,
+    /// Score filter: start each member at its own background (member) or the mean (mean).
+    #[arg(long)]
+    start: Option<String>,
     /// Print one JSON line instead of a table.
     #[arg(long)]
     json: bool,
@@ -101,6 +122,15 @@ impl ExperimentArgs {
         spec.localization_km = self.localization_km.or(file.localization_km).unwrap_or(spec.localization_km);
         spec.initial_spread = self.initial_spread.or(file.initial_spread);
         spec.weight_stride = self.weight_stride.or(file.weight_stride).unwrap_or(spec.weight_stride);
+        spec.bundle = self.bundle.or(file.bundle);
+        let mut sf = file.sampler.unwrap_or_default();
+        sf.steps = self.steps.or(sf.steps);
+        sf.corrections = self.corrections.or(sf.corrections);
+        sf.tau = self.tau.or(sf.tau);
+        sf.gamma = self.gamma.or(sf.gamma);
+        sf.sigma_start = self.sigma_start.or(sf.sigma_start);
+        sf.start = self.start.or(sf.start);
+        sf.apply(&mut spec.sampler, &mut spec.start)?;
         spec.record = self.record.map(|dir| experiment::RecordSpec { dir, every: self.record_every, members: self.record_members });
         Ok(spec)
     }

@@ -1,5 +1,6 @@
-//! The tuned Lorenz-96 experiment files reach the skill they record (5,000 cycles each, a few
-//! seconds in release). The qg2l files take ~10 minutes each and are checked by hand (README).
+//! The tuned Lorenz-96 EnKF-family experiment files reach the skill they record (5,000 cycles
+//! each, a few seconds in release). The qg2l files and the score-filter files take 10–15 minutes
+//! each and are checked by hand (README).
 
 use assimd::experiment::{run, ExperimentFile, ExperimentSpec, FilterKind};
 use std::path::Path;
@@ -33,6 +34,10 @@ fn l96_experiment_files_reach_their_recorded_skill() {
             continue;
         }
         let file = ExperimentFile::load(&path).unwrap();
+        if file.filter.as_deref() == Some("score") {
+            // 5,000 score-filter cycles take ~15 minutes: checked by hand (README), not in CI.
+            continue;
+        }
         let expected = file.expected.clone().unwrap_or_else(|| panic!("{name} records no [expected] skill"));
         let s = run(&spec_of(&file)).unwrap();
         eprintln!("{name}: rmse_a {:.4} spread/skill {:.3} (expected {:.4}, bound {})", s.rmse_a, s.spread_skill, expected.rmse_a, expected.max_rmse_a);
