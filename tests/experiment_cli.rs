@@ -51,5 +51,5 @@ fn bad_arguments_fail_with_a_message_that_names_the_fix() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("inflation must be in"));
     let out = assimd(&["experiment", "--testbed", "l96", "--filter", "kalman", "--network", "full"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("use free, climatology, enkf, etkf or letkf"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use free, climatology, enkf, etkf, letkf or score"));
 }
