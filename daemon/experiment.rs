@@ -173,6 +173,32 @@ pub struct Expected {
 }
 
 impl ExperimentFile {
+    /// The spec this file describes; fields it leaves out keep [`ExperimentSpec::new`]'s defaults.
+    pub fn spec(&self) -> Result<ExperimentSpec> {
+        fn required<T: FromStr<Err = String>>(v: &Option<String>, name: &str) -> Result<T> {
+            match v {
+                Some(s) => s.parse().map_err(anyhow::Error::msg),
+                None => bail!("--{name} is required (or give it in --config)"),
+            }
+        }
+        let mut spec =
+            ExperimentSpec::new(required(&self.testbed, "testbed")?, required(&self.filter, "filter")?, required(&self.network, "network")?);
+        spec.members = self.members.unwrap_or(spec.members);
+        spec.cycles = self.cycles.unwrap_or(spec.cycles);
+        spec.seed = self.seed.unwrap_or(spec.seed);
+        spec.burn_in = self.burn_in;
+        spec.inflation = self.inflation.unwrap_or(spec.inflation);
+        spec.rtps = self.rtps.unwrap_or(spec.rtps);
+        spec.localization_km = self.localization_km.unwrap_or(spec.localization_km);
+        spec.initial_spread = self.initial_spread;
+        spec.weight_stride = self.weight_stride.unwrap_or(spec.weight_stride);
+        spec.bundle = self.bundle.clone();
+        if let Some(sf) = &self.sampler {
+            sf.apply(&mut spec.sampler, &mut spec.start)?;
+        }
+        Ok(spec)
+    }
+
     /// Read and parse a file; errors name the file.
     pub fn load(path: &std::path::Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading experiment file {}", path.display()))?;

@@ -1,6 +1,6 @@
 //! The `assimd` command line.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use assimd::experiment::{self, ExperimentFile, ExperimentSpec, FilterKind};
 use std::path::PathBuf;
 use assimd_models::testbed::{NetworkKind, TestbedKind};
@@ -96,41 +96,34 @@ struct ExperimentArgs {
 }
 
 impl ExperimentArgs {
+    /// The experiment file with every given flag written over it, turned into a spec.
     fn spec(self) -> Result<ExperimentSpec> {
-        let file = match &self.config {
+        let mut f = match &self.config {
             Some(p) => ExperimentFile::load(p)?,
             None => ExperimentFile::default(),
         };
-        fn pick<T: std::str::FromStr<Err = String>>(flag: Option<T>, file: Option<String>, name: &str) -> Result<T> {
-            match (flag, file) {
-                (Some(v), _) => Ok(v),
-                (None, Some(s)) => s.parse().map_err(anyhow::Error::msg),
-                (None, None) => bail!("--{name} is required (or give it in --config)"),
-            }
-        }
-        let mut spec = ExperimentSpec::new(
-            pick(self.testbed, file.testbed, "testbed")?,
-            pick(self.filter, file.filter, "filter")?,
-            pick(self.network, file.network, "network")?,
-        );
-        spec.members = self.members.or(file.members).unwrap_or(spec.members);
-        spec.cycles = self.cycles.or(file.cycles).unwrap_or(spec.cycles);
-        spec.seed = self.seed.or(file.seed).unwrap_or(spec.seed);
-        spec.burn_in = self.burn_in.or(file.burn_in);
-        spec.inflation = self.inflation.or(file.inflation).unwrap_or(spec.inflation);
-        spec.rtps = self.rtps.or(file.rtps).unwrap_or(spec.rtps);
-        spec.localization_km = self.localization_km.or(file.localization_km).unwrap_or(spec.localization_km);
-        spec.initial_spread = self.initial_spread.or(file.initial_spread);
-        spec.weight_stride = self.weight_stride.or(file.weight_stride).unwrap_or(spec.weight_stride);
-        spec.bundle = self.bundle.or(file.bundle);
-        let mut sf = file.sampler.unwrap_or_default();
+        f.testbed = self.testbed.map(|v| v.to_string()).or(f.testbed);
+        f.filter = self.filter.map(|v| v.to_string()).or(f.filter);
+        f.network = self.network.map(|v| v.to_string()).or(f.network);
+        f.members = self.members.or(f.members);
+        f.cycles = self.cycles.or(f.cycles);
+        f.seed = self.seed.or(f.seed);
+        f.burn_in = self.burn_in.or(f.burn_in);
+        f.inflation = self.inflation.or(f.inflation);
+        f.rtps = self.rtps.or(f.rtps);
+        f.localization_km = self.localization_km.or(f.localization_km);
+        f.initial_spread = self.initial_spread.or(f.initial_spread);
+        f.weight_stride = self.weight_stride.or(f.weight_stride);
+        f.bundle = self.bundle.or(f.bundle);
+        let mut sf = f.sampler.take().unwrap_or_default();
         sf.steps = self.steps.or(sf.steps);
         sf.corrections = self.corrections.or(sf.corrections);
         sf.tau = self.tau.or(sf.tau);
         sf.gamma = self.gamma.or(sf.gamma);
         sf.sigma_start = self.sigma_start.or(sf.sigma_start);
         sf.start = self.start.or(sf.start);
-        sf.apply(&mut spec.sampler, &mut spec.start)?;
+        f.sampler = Some(sf);
+        let mut spec = f.spec()?;
         spec.record = self.record.map(|dir| experiment::RecordSpec { dir, every: self.record_every, members: self.record_members });
         Ok(spec)
     }

@@ -2,26 +2,9 @@
 //! each, a few seconds in release). The qg2l files and the score-filter files take 10–15 minutes
 //! each and are checked by hand (README).
 
-use assimd::experiment::{run, ExperimentFile, ExperimentSpec, FilterKind};
+use assimd::experiment::{run, ExperimentFile};
 use std::path::Path;
 
-fn spec_of(file: &ExperimentFile) -> ExperimentSpec {
-    let mut spec = ExperimentSpec::new(
-        file.testbed.as_deref().unwrap().parse().unwrap(),
-        file.filter.as_deref().unwrap().parse::<FilterKind>().unwrap(),
-        file.network.as_deref().unwrap().parse().unwrap(),
-    );
-    spec.members = file.members.unwrap();
-    spec.cycles = file.cycles.unwrap();
-    spec.seed = file.seed.unwrap();
-    spec.burn_in = file.burn_in;
-    spec.inflation = file.inflation.unwrap_or(1.0);
-    spec.rtps = file.rtps.unwrap_or(0.0);
-    spec.localization_km = file.localization_km.unwrap_or(f64::INFINITY);
-    spec.initial_spread = file.initial_spread;
-    spec.weight_stride = file.weight_stride.unwrap_or(1);
-    spec
-}
 
 #[test]
 fn l96_experiment_files_reach_their_recorded_skill() {
@@ -39,7 +22,7 @@ fn l96_experiment_files_reach_their_recorded_skill() {
             continue;
         }
         let expected = file.expected.clone().unwrap_or_else(|| panic!("{name} records no [expected] skill"));
-        let s = run(&spec_of(&file)).unwrap();
+        let s = run(&file.spec().unwrap()).unwrap();
         eprintln!("{name}: rmse_a {:.4} spread/skill {:.3} (expected {:.4}, bound {})", s.rmse_a, s.spread_skill, expected.rmse_a, expected.max_rmse_a);
         assert!(s.rmse_a <= expected.max_rmse_a, "{name}: rmse_a {} above the bound {}", s.rmse_a, expected.max_rmse_a);
         // Deterministic for a seed; the slack only absorbs floating-point differences between CPUs.
