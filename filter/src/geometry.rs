@@ -49,7 +49,8 @@ pub enum Geometry {
     },
 }
 
-fn wrap_lon(lon: f64) -> f64 {
+/// Longitude wrapped to [-180, 180).
+pub fn wrap_lon(lon: f64) -> f64 {
     let w = (lon + 180.0).rem_euclid(360.0) - 180.0;
     if w >= 180.0 {
         w - 360.0

@@ -27,7 +27,7 @@
 
 use crate::l96::Lorenz96;
 use crate::qg2l::{Qg2l, Qg2lParams};
-use assimd_filter::geometry::EARTH_RADIUS_KM;
+use assimd_filter::geometry::{wrap_lon, EARTH_RADIUS_KM};
 use assimd_filter::obs::{Footprint, Modality, Observation};
 use assimd_filter::{Dynamics, Geometry, StateSpace, Variable};
 use rand::{Rng, SeedableRng};
@@ -177,10 +177,6 @@ impl Satellite {
             }
         }
     }
-}
-
-fn wrap_lon(lon: f64) -> f64 {
-    (lon + 180.0).rem_euclid(360.0) - 180.0
 }
 
 /// An observing network: stations (some withheld) and optionally a satellite.

@@ -92,8 +92,8 @@ impl Sampler {
             return Ok(());
         }
         // First pass: x̂₀ to form the likelihood cotangent v = H'ᵀ (R + γσ²I)⁻¹ (y - H(x̂₀)).
-        // The VJP graph returns D and x̂₀ together, so evaluate it once with v computed from a
-        // forward pass; for pixel-space models decode is the identity.
+        // The cotangent v depends on x̂₀, so a forward pass must come before the VJP pass (which
+        // recomputes x̂₀ itself); for pixel-space models decode is the identity.
         let mut dz = vec![0.0; z.len()];
         den.denoise(z, &sig, &mut dz)?;
         let mut v = vec![0.0; b * n];
