@@ -256,6 +256,12 @@ impl ScorePrior for BundlePrior {
     }
 }
 
+/// The score filter with a loaded bundle as its prior (the daemon loads the bundle itself, to
+/// report its execution provider and hash it).
+pub fn score_analysis(bundle: Bundle, sampler: SamplerConfig, start: Start, spread: Inflation) -> Result<Box<dyn Analysis>> {
+    Ok(Box::new(ScoreFilter { prior: std::sync::Arc::new(BundlePrior(bundle)), sampler: Sampler::new(sampler)?, start, spread }))
+}
+
 /// What to record for training (see [`crate::record`]).
 #[derive(Clone, Debug)]
 pub struct RecordSpec {
@@ -291,7 +297,7 @@ impl ExperimentSpec {
     }
 
     /// The analysis of this spec's filter, for the EnKF family.
-    fn analysis(&self, space: &assimd_filter::StateSpace) -> Result<Option<Box<dyn Analysis>>> {
+    pub fn analysis(&self, space: &assimd_filter::StateSpace) -> Result<Option<Box<dyn Analysis>>> {
         let inflation = Inflation::new(self.inflation, self.rtps)?;
         Ok(match self.filter {
             FilterKind::Free | FilterKind::Climatology => None,
@@ -304,12 +310,7 @@ impl ExperimentSpec {
                 if bundle.manifest().testbed != self.testbed.to_string() {
                     bail!("bundle {} is for testbed {}, not {}", dir.display(), bundle.manifest().testbed, self.testbed);
                 }
-                Some(Box::new(ScoreFilter {
-                    prior: std::sync::Arc::new(BundlePrior(bundle)),
-                    sampler: Sampler::new(self.sampler.clone())?,
-                    start: self.start,
-                    spread: inflation,
-                }))
+                Some(score_analysis(bundle, self.sampler.clone(), self.start, inflation)?)
             }
         })
     }
@@ -458,7 +459,7 @@ pub fn run(spec: &ExperimentSpec) -> Result<Summary> {
 }
 
 /// Forecast every member one cycle, in parallel when the state is large enough to pay for it.
-fn forecast(dynamics: &dyn assimd_filter::Dynamics, ens: &mut Ensemble) {
+pub fn forecast(dynamics: &dyn assimd_filter::Dynamics, ens: &mut Ensemble) {
     if ens.dim() >= 1024 {
         ens.as_flat_mut().par_chunks_mut(dynamics.state_dim()).for_each(|m| dynamics.forecast(m));
     } else {
@@ -481,7 +482,8 @@ fn decode_cycle(sim: &Simulator, space: &assimd_filter::StateSpace, limits: &Lim
     Ok((assim, verif))
 }
 
-fn withheld_rmse(verif: &ObsBatch, x: &[f64]) -> f64 {
+/// RMSE of `x` seen through the verification batch's operator against its values (NaN if empty).
+pub fn withheld_rmse(verif: &ObsBatch, x: &[f64]) -> f64 {
     if verif.is_empty() {
         return f64::NAN;
     }

@@ -2,9 +2,11 @@
 //!
 //! The daemon and its offline tools: wire formats and validation ([`wire`]), the observing-network
 //! simulator ([`simulate`]), the offline cycled OSSE runner ([`experiment`]) and its recorder of
-//! training data ([`record`]).
+//! training data ([`record`]), and the daemon itself ([`service`]: config, MQTT ingest, journal,
+//! cycles, state store, metrics, simulator publisher, demo).
 
 pub mod experiment;
 pub mod record;
+pub mod service;
 pub mod simulate;
 pub mod wire;

@@ -4,6 +4,7 @@ use anyhow::Result;
 use assimd::experiment::{self, ExperimentFile, ExperimentSpec, FilterKind};
 use std::path::PathBuf;
 use assimd_models::testbed::{NetworkKind, TestbedKind};
+use assimd::service::{self, config::Config, RunOptions, Stop};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -17,6 +18,125 @@ struct Cli {
 enum Command {
     /// Run a cycled OSSE offline and print its skill.
     Experiment(ExperimentArgs),
+    /// Run the daemon (systemd Type=notify; SIGTERM graceful, SIGINT fast).
+    Run {
+        /// Config file (TOML); absent = the embedded default (configs/assimd.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file and print the effective configuration.
+    CheckConfig {
+        /// Config file (TOML).
+        file: PathBuf,
+    },
+    /// Delete the state store of a config (the next start begins at cycle 0).
+    Reset {
+        /// Config file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Publish a simulated observing network (and its truth) to a broker.
+    Simulate {
+        /// Config file: [testbed], [mqtt] and [simulate].
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Override simulate.cycles.
+        #[arg(long)]
+        cycles: Option<u64>,
+        /// Override simulate.first_cycle.
+        #[arg(long)]
+        first_cycle: Option<u64>,
+        /// Override simulate.interval_ms.
+        #[arg(long)]
+        interval_ms: Option<u64>,
+    },
+    /// Embedded broker + simulated network + daemon; prints both filters' skill per cycle.
+    Demo {
+        /// Testbed: l96 or qg2l.
+        #[arg(long, default_value = "l96")]
+        testbed: TestbedKind,
+        /// Network [default: full for l96, stations+satellite for qg2l].
+        #[arg(long)]
+        network: Option<NetworkKind>,
+        /// Cycles to run.
+        #[arg(long, default_value_t = 40)]
+        cycles: u64,
+        /// Model bundle for the score filter [default: models/zoo/TESTBED]; "none" = LETKF only.
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        /// Wall-clock milliseconds per simulated cycle.
+        #[arg(long, default_value_t = 150)]
+        interval_ms: u64,
+    },
+    /// Inspect a state store.
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StateCommand {
+    /// Print the committed cycles, counters and identity of a store (JSON with --json).
+    Inspect {
+        /// Store directory (store.path).
+        #[arg(long)]
+        store: PathBuf,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn load_config(path: &Option<PathBuf>) -> Result<Config> {
+    match path {
+        Some(p) => Config::load(p),
+        None => Config::embedded(),
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+/// Resolves at the first SIGTERM (graceful) or SIGINT (fast).
+async fn signals() -> Stop {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => Stop::Graceful,
+        _ = int.recv() => Stop::Fast,
+    }
+}
+
+fn inspect(store: &std::path::Path, json: bool) -> Result<()> {
+    if !store.exists() {
+        anyhow::bail!("{} does not exist", store.display());
+    }
+    let s = service::store::Store::open(store)?;
+    let (compat, bundle) = s.identity()?;
+    let v = serde_json::json!({
+        "store": store.display().to_string(),
+        "schema": service::store::SCHEMA,
+        "compat": compat,
+        "bundle": bundle,
+        "assimilated_up_to": s.assimilated_up_to()?,
+        "obs_clock": s.obs_clock_ms()?.and_then(chrono::DateTime::from_timestamp_millis).map(assimd::wire::format_time),
+        "journaled_total": s.journaled_total()?,
+        "assimilated_messages_total": s.assimilated_messages_total()?,
+        "journal_pending": s.journal_counts()?.into_iter().map(|(c, n)| serde_json::json!([c, n])).collect::<Vec<_>>(),
+        "cycles": s.summaries()?.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+        "size_bytes": s.size_on_disk(),
+    });
+    if json {
+        println!("{v}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -87,7 +207,7 @@ struct ExperimentArgs {
     /// Score filter: initial noise level.
     #[arg(long)]
     sigma_start: Option<f64>,
-    /// Score filter: start each member at its own background (member) or the mean (mean).
+    /// Score filter: start each member at its own background (member), the mean (mean) or its Kalman update under the prior (analysis).
     #[arg(long)]
     start: Option<String>,
     /// Print one JSON line instead of a table.
@@ -131,7 +251,33 @@ impl ExperimentArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // The demo prints a table: only warnings and errors go to the log there.
+    let demo = matches!(cli.command, Command::Demo { .. });
+    service::telemetry::init_logging(if demo { "warn,rumqttd=off" } else { service::telemetry::DEFAULT_LOG });
     match cli.command {
+        Command::Run { config } => {
+            let cfg = load_config(&config)?;
+            let hint = config.as_ref().map_or("FILE".to_string(), |p| p.display().to_string());
+            runtime()?.block_on(service::run(cfg, RunOptions { install_metrics: true, config_hint: hint, ..RunOptions::default() }, signals()))?;
+        }
+        Command::CheckConfig { file } => {
+            let cfg = Config::load(&file)?;
+            println!("{} is valid", file.display());
+            println!("{cfg:#?}");
+        }
+        Command::Reset { config } => service::reset(&Config::load(&config)?)?,
+        Command::Simulate { config, cycles, first_cycle, interval_ms } => {
+            let mut cfg = load_config(&config)?;
+            cfg.simulate.cycles = cycles.unwrap_or(cfg.simulate.cycles);
+            cfg.simulate.first_cycle = first_cycle.unwrap_or(cfg.simulate.first_cycle);
+            cfg.simulate.interval_ms = interval_ms.unwrap_or(cfg.simulate.interval_ms);
+            let s = runtime()?.block_on(service::simulator::simulate(&cfg, |k| tracing::debug!("published cycle {k}")))?;
+            println!("published {} cycles, {} observation messages, {} messages in all, to {}:{}", s.cycles, s.observations, s.messages, cfg.mqtt.host, cfg.mqtt.port);
+        }
+        Command::Demo { testbed, network, cycles, bundle, interval_ms } => {
+            runtime()?.block_on(service::demo::demo(service::demo::DemoArgs { testbed, network, cycles, bundle, interval_ms }))?;
+        }
+        Command::State { command: StateCommand::Inspect { store, json } } => inspect(&store, json)?,
         Command::Experiment(args) => {
             let json = args.json;
             let s = experiment::run(&args.spec()?)?;

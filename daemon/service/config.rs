@@ -1,0 +1,439 @@
+//! # Daemon configuration (`assimd run --config FILE`)
+//!
+//! One TOML file, every section and field optional: what is left out keeps the value of the
+//! embedded default, `configs/assimd.toml` (compiled into the binary, so `assimd run` works with a
+//! file that names only what differs). Unknown keys are errors, and every load path ends in
+//! [`Config::validate`], whose messages name the fix. `assimd check-config FILE` runs exactly that.
+
+use crate::experiment::SamplerFile;
+use crate::wire::Limits;
+use anyhow::{bail, Context, Result};
+use assimd_models::testbed::{NetworkKind, Testbed, TestbedKind};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// The embedded default configuration (`configs/assimd.toml`).
+pub const DEFAULT_CONFIG: &str = include_str!("../../configs/assimd.toml");
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// What is being assimilated: the model and its observing network.
+    pub testbed: TestbedSection,
+    /// The broker connection.
+    pub mqtt: MqttSection,
+    /// Validation, de-duplication and lateness of incoming observations.
+    pub ingest: IngestSection,
+    /// The cycle clock and the ensemble.
+    pub cycle: CycleSection,
+    /// The EnKF baseline (always run).
+    pub letkf: LetkfSection,
+    /// The score-based filter (run only when a bundle is configured).
+    pub score: ScoreSection,
+    /// The on-disk state.
+    pub store: StoreSection,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsSection,
+    /// Process behaviour: shutdown grace, logging.
+    pub service: ServiceSection,
+    /// `assimd simulate`: the simulated observing network.
+    pub simulate: SimulateSection,
+}
+
+/// `[testbed]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TestbedSection {
+    /// `l96` or `qg2l`: fixes the state space that messages are validated against and the dynamics
+    /// of the forecast step.
+    pub name: String,
+    /// The observing network (`full`, `sparse`, `stations`, `satellite`, `stations+satellite`):
+    /// gives the default list of withheld verification stations, and what `simulate` publishes.
+    pub network: String,
+}
+
+impl Default for TestbedSection {
+    fn default() -> Self {
+        TestbedSection { name: "l96".into(), network: "stations+satellite".into() }
+    }
+}
+
+/// `[mqtt]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttSection {
+    /// Broker host name or address.
+    pub host: String,
+    /// Broker port (1883 plain, 8883 TLS by convention).
+    pub port: u16,
+    /// Fixed client id: the broker keeps the persistent session (subscriptions and queued QoS 1
+    /// messages) under it while the daemon is away, so it must not change between restarts.
+    pub client_id: String,
+    /// Topic prefix of DESIGN §4 (`{prefix}/obs/station/...`, `{prefix}/analysis/...`).
+    pub prefix: String,
+    /// MQTT keep-alive in seconds: how fast a dead connection is noticed.
+    pub keep_alive_seconds: u64,
+    /// User name, when the broker requires authentication.
+    pub username: Option<String>,
+    /// File holding the password (kept out of the config file; systemd `LoadCredential=` fits).
+    pub password_file: Option<PathBuf>,
+    /// Connect with TLS, trusting the CA certificates in this PEM file.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; needs `tls_client_key_file`.
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// Client private key (PEM) for mutual TLS.
+    pub tls_client_key_file: Option<PathBuf>,
+    /// First reconnect delay in milliseconds; doubles after each failure.
+    pub reconnect_min_ms: u64,
+    /// Longest reconnect delay in milliseconds.
+    pub reconnect_max_ms: u64,
+    /// Publish every rejected message, unchanged, to `{prefix}/deadletter/{reason}` so that a
+    /// network operator can see what was refused.
+    pub dead_letter: bool,
+    /// Largest MQTT packet accepted, bytes (above the largest granule plus headers).
+    pub max_packet_bytes: usize,
+}
+
+impl Default for MqttSection {
+    fn default() -> Self {
+        MqttSection {
+            host: "127.0.0.1".into(),
+            port: 1883,
+            client_id: "assimd".into(),
+            prefix: "assimd".into(),
+            keep_alive_seconds: 30,
+            username: None,
+            password_file: None,
+            tls_ca_file: None,
+            tls_client_cert_file: None,
+            tls_client_key_file: None,
+            reconnect_min_ms: 500,
+            reconnect_max_ms: 30_000,
+            dead_letter: true,
+            max_packet_bytes: 1 << 20,
+        }
+    }
+}
+
+/// `[ingest]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestSection {
+    /// How far, in observation time (seconds), the newest observation must lie past the end of a
+    /// window before that window closes and is analysed. Messages of a closed window are late:
+    /// acknowledged, counted and dropped. Larger values tolerate more reordering between topics.
+    /// Default (absent): one cycle.
+    pub cutoff_seconds: Option<i64>,
+    /// Reject observations timed more than `limits.max_future_seconds` after the wall clock. Off
+    /// for simulations on an accelerated clock, whose times run ahead of the wall clock.
+    pub reject_future: bool,
+    /// Most messages journaled per sled flush (the flush is what an acknowledgement waits for).
+    pub max_batch: usize,
+    /// Station ids used only for verification, never assimilated. Absent: the withheld stations
+    /// of the testbed's network (what `simulate` publishes).
+    pub withheld_stations: Option<Vec<String>>,
+    /// Subscribe to `{prefix}/truth/{testbed}` (published by `assimd simulate`) and score the
+    /// analyses against it (OSSE mode).
+    pub truth: bool,
+    /// Size limits of messages.
+    pub limits: Limits,
+}
+
+impl Default for IngestSection {
+    fn default() -> Self {
+        IngestSection { cutoff_seconds: None, reject_future: true, max_batch: 1024, withheld_stations: None, truth: true, limits: Limits::default() }
+    }
+}
+
+/// `[cycle]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CycleSection {
+    /// Valid time of cycle 0 (RFC 3339): cycle k is valid at start + k * cycle length, and its
+    /// window is the half-open interval (t_k - cycle/2, t_k + cycle/2].
+    pub start: String,
+    /// Ensemble size N of both filters.
+    pub members: usize,
+    /// Seed of the initial ensemble (climatological draws) and of the filters' random numbers.
+    pub seed: u64,
+    /// Analysis cycles kept in the store (the rolling state); older ones are deleted at commit.
+    pub keep: u64,
+    /// Most empty cycles run in a row to catch up with observations far ahead of the state; a
+    /// larger gap is refused (reset or move `start`).
+    pub max_gap: u64,
+}
+
+impl Default for CycleSection {
+    fn default() -> Self {
+        CycleSection { start: "2026-01-01T00:00:00Z".into(), members: 20, seed: 1, keep: 8, max_gap: 10_000 }
+    }
+}
+
+/// `[letkf]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LetkfSection {
+    /// Multiplicative inflation ρ >= 1.
+    pub inflation: f64,
+    /// Relaxation to prior spread α in [0, 1].
+    pub rtps: f64,
+    /// Gaspari–Cohn localisation half-width in km.
+    pub localization_km: f64,
+    /// Compute the local weights every this many grid points and interpolate (1 = exact); 2 makes
+    /// qg2l's LETKF about 4x cheaper.
+    pub weight_stride: usize,
+}
+
+impl Default for LetkfSection {
+    fn default() -> Self {
+        LetkfSection { inflation: 1.02, rtps: 0.0, localization_km: 4500.0, weight_stride: 1 }
+    }
+}
+
+/// `[score]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScoreSection {
+    /// Model bundle directory (e.g. `models/zoo/l96`); absent = the score filter is off.
+    pub bundle: Option<PathBuf>,
+    /// RTPS α applied to the score filter's analysis spread.
+    pub rtps: f64,
+    /// Sampler settings, as in experiment files.
+    pub sampler: Option<SamplerFile>,
+}
+
+/// `[store]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSection {
+    /// sled database directory (systemd: `StateDirectory=assimd` gives `/var/lib/assimd`).
+    pub path: PathBuf,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection { path: PathBuf::from("/var/lib/assimd/store") }
+    }
+}
+
+/// `[metrics]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Address of the Prometheus `/metrics` endpoint; empty = no endpoint.
+    pub listen: String,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection { listen: "127.0.0.1:9464".into() }
+    }
+}
+
+/// `[service]`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceSection {
+    /// On SIGTERM, how long the running cycle may take to finish and commit before it is
+    /// abandoned (it is then redone after restart). Keep below systemd's `TimeoutStopSec`.
+    pub grace_seconds: f64,
+}
+
+impl Default for ServiceSection {
+    fn default() -> Self {
+        ServiceSection { grace_seconds: 20.0 }
+    }
+}
+
+/// `[simulate]`: used by `assimd simulate` only.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimulateSection {
+    /// Seed of the truth and of the observation errors.
+    pub seed: u64,
+    /// First cycle published (the truth is run silently up to it).
+    pub first_cycle: u64,
+    /// Cycles published.
+    pub cycles: u64,
+    /// Wall-clock milliseconds between cycles (the accelerated clock); 0 = as fast as the broker
+    /// acknowledges.
+    pub interval_ms: u64,
+    /// Also publish the truth on `{prefix}/truth/{testbed}`.
+    pub truth: bool,
+}
+
+impl Default for SimulateSection {
+    fn default() -> Self {
+        SimulateSection { seed: 101, first_cycle: 1, cycles: 100, interval_ms: 500, truth: true }
+    }
+}
+
+impl Config {
+    /// The embedded default.
+    pub fn embedded() -> Result<Config> {
+        Config::parse(DEFAULT_CONFIG, Path::new("<embedded configs/assimd.toml>"))
+    }
+
+    /// Parse and validate TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &Path) -> Result<Config> {
+        let c: Config = toml::from_str(text).with_context(|| format!("parsing config {}", origin.display()))?;
+        c.validate().with_context(|| format!("invalid config {}", origin.display()))
+    }
+
+    /// Read, parse and validate a file.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        Config::parse(&text, path)
+    }
+
+    /// The testbed kind.
+    pub fn testbed_kind(&self) -> Result<TestbedKind> {
+        self.testbed.name.parse().map_err(|e: String| anyhow::anyhow!("testbed.name: {e}"))
+    }
+
+    /// The network kind.
+    pub fn network_kind(&self) -> Result<NetworkKind> {
+        self.testbed.network.parse().map_err(|e: String| anyhow::anyhow!("testbed.network: {e}"))
+    }
+
+    /// Valid time of cycle 0.
+    pub fn start_time(&self) -> Result<DateTime<Utc>> {
+        Ok(DateTime::parse_from_rfc3339(&self.cycle.start)
+            .with_context(|| format!("cycle.start = {:?} must be an RFC 3339 time such as \"2026-01-01T00:00:00Z\"", self.cycle.start))?
+            .with_timezone(&Utc))
+    }
+
+    /// Check everything that can be checked without the network; errors name the fix.
+    pub fn validate(self) -> Result<Config> {
+        let tb = self.testbed_kind()?;
+        let net = self.network_kind()?;
+        Testbed::new(tb).network(net).map_err(|e| anyhow::anyhow!("testbed.network: {e}"))?;
+        self.start_time()?;
+        let m = &self.mqtt;
+        if m.host.is_empty() {
+            bail!("mqtt.host is empty: give the broker's host name or address");
+        }
+        if m.port == 0 {
+            bail!("mqtt.port must be a port number 1..65535, got 0");
+        }
+        if m.client_id.is_empty() || m.client_id.len() > 64 {
+            bail!("mqtt.client_id must be 1..64 characters (it names the persistent session)");
+        }
+        if m.prefix.is_empty() || m.prefix.contains(['+', '#']) || m.prefix.ends_with('/') {
+            bail!("mqtt.prefix {:?} must be non-empty, without wildcards or a trailing '/'", m.prefix);
+        }
+        if m.keep_alive_seconds < 5 {
+            bail!("mqtt.keep_alive_seconds must be >= 5, got {}", m.keep_alive_seconds);
+        }
+        if m.reconnect_min_ms == 0 || m.reconnect_max_ms < m.reconnect_min_ms {
+            bail!("mqtt.reconnect_min_ms must be > 0 and <= mqtt.reconnect_max_ms, got {} and {}", m.reconnect_min_ms, m.reconnect_max_ms);
+        }
+        if m.password_file.is_some() && m.username.is_none() {
+            bail!("mqtt.password_file is set but mqtt.username is not: set both or neither");
+        }
+        if m.tls_client_cert_file.is_some() != m.tls_client_key_file.is_some() {
+            bail!("mqtt.tls_client_cert_file and mqtt.tls_client_key_file go together: set both or neither");
+        }
+        if m.tls_client_cert_file.is_some() && m.tls_ca_file.is_none() {
+            bail!("mutual TLS needs mqtt.tls_ca_file (the CA that signed the broker's certificate)");
+        }
+        for (name, p) in [("password_file", &m.password_file), ("tls_ca_file", &m.tls_ca_file), ("tls_client_cert_file", &m.tls_client_cert_file), ("tls_client_key_file", &m.tls_client_key_file)] {
+            if let Some(p) = p {
+                if !p.is_file() {
+                    bail!("mqtt.{name} = {} does not exist or is not a file", p.display());
+                }
+            }
+        }
+        if m.max_packet_bytes < self.ingest.limits.max_bytes {
+            bail!("mqtt.max_packet_bytes ({}) must be >= ingest.limits.max_bytes ({})", m.max_packet_bytes, self.ingest.limits.max_bytes);
+        }
+        if let Some(c) = self.ingest.cutoff_seconds {
+            if c < 0 {
+                bail!("ingest.cutoff_seconds must be >= 0, got {c}");
+            }
+        }
+        if self.ingest.max_batch == 0 {
+            bail!("ingest.max_batch must be >= 1");
+        }
+        if self.cycle.members < 2 {
+            bail!("cycle.members must be >= 2 (an ensemble), got {}", self.cycle.members);
+        }
+        if self.cycle.keep < 1 {
+            bail!("cycle.keep must be >= 1 (the last committed cycle is the restart point)");
+        }
+        let l = &self.letkf;
+        if !(l.inflation >= 1.0) {
+            bail!("letkf.inflation must be >= 1.0 (1.0 = none, 1.01-1.1 typical), got {}", l.inflation);
+        }
+        assimd_filter::enkf::Inflation::new(l.inflation, l.rtps).map_err(|e| anyhow::anyhow!("letkf: {e}"))?;
+        if !(l.localization_km > 0.0) {
+            bail!("letkf.localization_km must be > 0 (use a large value for no localisation), got {}", l.localization_km);
+        }
+        if l.weight_stride == 0 {
+            bail!("letkf.weight_stride must be >= 1 (1 = exact)");
+        }
+        if let Some(b) = &self.score.bundle {
+            if !b.join("manifest.toml").is_file() {
+                bail!("score.bundle = {}: no manifest.toml there; point it at a bundle directory such as models/zoo/l96, or remove it to run the LETKF alone", b.display());
+            }
+        }
+        if let Some(s) = &self.score.sampler {
+            let mut c = assimd_filter::score::SamplerConfig::default();
+            let mut st = assimd_filter::score::Start::Member;
+            s.apply(&mut c, &mut st).context("score.sampler")?;
+        }
+        if !self.metrics.listen.is_empty() {
+            self.metrics.listen.parse::<std::net::SocketAddr>().with_context(|| {
+                format!("metrics.listen = {:?} must be an address such as \"127.0.0.1:9464\" (or \"\" for no endpoint)", self.metrics.listen)
+            })?;
+        }
+        if !(self.service.grace_seconds >= 0.0 && self.service.grace_seconds.is_finite()) {
+            bail!("service.grace_seconds must be a finite number >= 0, got {}", self.service.grace_seconds);
+        }
+        if self.store.path.as_os_str().is_empty() {
+            bail!("store.path is empty: give the directory of the state database");
+        }
+        Ok(self)
+    }
+
+    /// The cutoff in milliseconds (default one cycle).
+    pub fn cutoff_ms(&self, cycle_ms: i64) -> i64 {
+        self.ingest.cutoff_seconds.map(|s| s * 1000).unwrap_or(cycle_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::embedded().unwrap();
+        assert_eq!(c.testbed.name, "l96");
+        assert_eq!(c.mqtt.prefix, "assimd");
+        // The file documents the defaults: it must say what the code does without it.
+        assert_eq!(format!("{c:?}"), format!("{:?}", Config::default()));
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = Config::parse("[mqtt]\nhots = \"x\"\n", Path::new("t")).unwrap_err();
+        assert!(format!("{e:#}").contains("hots"), "{e:#}");
+    }
+
+    #[test]
+    fn errors_name_the_fix() {
+        let e = Config::parse("[letkf]\ninflation = 0.9\n", Path::new("t")).unwrap_err();
+        assert!(format!("{e:#}").contains("inflation"), "{e:#}");
+        let e = Config::parse("[testbed]\nname = \"l95\"\n", Path::new("t")).unwrap_err();
+        assert!(format!("{e:#}").contains("testbed.name"), "{e:#}");
+        let e = Config::parse("[cycle]\nmembers = 1\n", Path::new("t")).unwrap_err();
+        assert!(format!("{e:#}").contains("cycle.members"), "{e:#}");
+        let e = Config::parse("[metrics]\nlisten = \"nowhere\"\n", Path::new("t")).unwrap_err();
+        assert!(format!("{e:#}").contains("metrics.listen"), "{e:#}");
+        let e = Config::parse("[score]\nbundle = \"/nonexistent\"\n", Path::new("t")).unwrap_err();
+        assert!(format!("{e:#}").contains("manifest.toml"), "{e:#}");
+    }
+}

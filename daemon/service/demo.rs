@@ -1,0 +1,162 @@
+//! # `assimd demo`: broker, simulated network and daemon in one process
+//!
+//! Starts the embedded rumqttd broker on a free port, the daemon (LETKF, plus the score filter when
+//! the testbed's bundle in `models/zoo/` loads), then the simulator publishing to the broker at an
+//! accelerated clock, and prints one table row per committed cycle with both filters' skill against
+//! the truth and the withheld stations. Stops the daemon gracefully after `cycles` cycles.
+//! Filter settings come from the tuned experiment files `configs/experiments/` when present.
+
+use super::config::Config;
+use super::{broker, run, simulator, RunOptions, Stop};
+use crate::experiment::ExperimentFile;
+use anyhow::{Context, Result};
+use assimd_models::testbed::{NetworkKind, TestbedKind};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Demo settings.
+#[derive(Clone, Debug)]
+pub struct DemoArgs {
+    /// Testbed.
+    pub testbed: TestbedKind,
+    /// Network (default: `full` for l96, where the bundle was tuned; `stations+satellite` for qg2l).
+    pub network: Option<NetworkKind>,
+    /// Cycles to run.
+    pub cycles: u64,
+    /// Model bundle (default `models/zoo/{testbed}` when it exists); `none` turns the score filter off.
+    pub bundle: Option<PathBuf>,
+    /// Wall-clock milliseconds per simulated cycle.
+    pub interval_ms: u64,
+}
+
+fn fmt(v: &serde_json::Value) -> String {
+    v.as_f64().map_or("-".into(), |x| if x.abs() >= 100.0 { format!("{x:.1}") } else { format!("{x:.3}") })
+}
+
+/// Run the demo.
+pub async fn demo(args: DemoArgs) -> Result<()> {
+    let tb = args.testbed;
+    let network = args.network.unwrap_or(match tb {
+        TestbedKind::L96 => NetworkKind::Full,
+        TestbedKind::Qg2l => NetworkKind::StationsSatellite,
+    });
+    let port = broker::free_port()?;
+    broker::start_embedded(port)?;
+    let store = std::env::temp_dir().join(format!("assimd-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&store);
+    let mut cfg = Config::embedded()?;
+    cfg.testbed.name = tb.to_string();
+    cfg.testbed.network = network.to_string();
+    cfg.mqtt.port = port;
+    cfg.mqtt.client_id = format!("assimd-demo-{}", std::process::id());
+    cfg.ingest.reject_future = false;
+    cfg.store.path = store.clone();
+    let metrics_port = broker::free_port()?;
+    cfg.metrics.listen = format!("127.0.0.1:{metrics_port}");
+    cfg.simulate.cycles = args.cycles + 2; // two more: observation time closes the last windows
+    cfg.simulate.interval_ms = args.interval_ms;
+    let letkf_file = Path::new("configs/experiments").join(format!("{tb}-{network}-letkf.toml"));
+    if let Ok(f) = ExperimentFile::load(&letkf_file) {
+        cfg.letkf.inflation = f.inflation.unwrap_or(cfg.letkf.inflation);
+        cfg.letkf.rtps = f.rtps.unwrap_or(cfg.letkf.rtps);
+        cfg.letkf.localization_km = f.localization_km.unwrap_or(cfg.letkf.localization_km);
+        cfg.letkf.weight_stride = f.weight_stride.unwrap_or(cfg.letkf.weight_stride);
+        cfg.cycle.members = f.members.unwrap_or(cfg.cycle.members);
+    }
+    let bundle = match &args.bundle {
+        Some(p) if p.as_os_str() == "none" => None,
+        Some(p) => Some(p.clone()),
+        None => Some(PathBuf::from(format!("models/zoo/{tb}"))).filter(|p| p.join("manifest.toml").is_file()),
+    };
+    if let Some(b) = bundle {
+        cfg.score.bundle = Some(b.clone());
+        if let Ok(f) = ExperimentFile::load(&Path::new("configs/experiments").join(format!("{tb}-full-score-{tb}.toml"))) {
+            cfg.score.sampler = f.sampler;
+            cfg.score.rtps = f.rtps.unwrap_or(0.0);
+        }
+        // The score filter is optional in the demo: without ONNX Runtime it runs the LETKF alone.
+        let probe = cfg.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || super::build_filters(&probe, &assimd_models::testbed::Testbed::new(tb))).await? {
+            println!("note: score filter off ({e:#}); set ORT_DYLIB_PATH (scripts/setup.sh does) to run it");
+            cfg.score.bundle = None;
+            cfg.score.sampler = None;
+        }
+    }
+    let cfg = cfg.validate()?;
+    let score_on = cfg.score.bundle.is_some();
+    println!(
+        "assimd demo: {tb} {network}, N={}, embedded broker on 127.0.0.1:{port}, metrics on http://127.0.0.1:{metrics_port}/metrics, store {}",
+        cfg.cycle.members,
+        store.display()
+    );
+    println!("filters: letkf{}", if score_on { format!(" and score ({})", cfg.score.bundle.as_ref().map(|b| b.display().to_string()).unwrap_or_default()) } else { String::new() });
+
+    let (rep_tx, mut rep_rx) = mpsc::unbounded_channel();
+    let (sub_tx, mut sub_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = oneshot::channel::<Stop>();
+    let daemon_cfg = cfg.clone();
+    let daemon = tokio::spawn(async move {
+        let opts = RunOptions { reports: Some(rep_tx), install_metrics: true, subscribed: Some(sub_tx), config_hint: "<demo>".into() };
+        run(daemon_cfg, opts, async move { stop_rx.await.unwrap_or(Stop::Fast) }).await
+    });
+    tokio::time::timeout(std::time::Duration::from_secs(30), sub_rx.wait_for(|s| *s)).await.context("the daemon did not subscribe within 30 s")??;
+    let sim_cfg = cfg.clone();
+    let sim = tokio::spawn(async move { simulator::simulate(&sim_cfg, |_| {}).await });
+
+    let mut header = format!("{:>5}  {:<20} {:>5} {:>4} | {:>8} {:>8} {:>8} {:>7}", "cycle", "valid time", "stn", "sat", "letkf-a", "letkf-f", "withheld", "spread");
+    if score_on {
+        header += &format!(" | {:>8} {:>8} {:>8} {:>7}", "score-a", "score-f", "withheld", "spread");
+    }
+    println!("RMSE of the ensemble mean against the truth (analysis -a, background -f) and the withheld stations:");
+    println!("{header}");
+    let t0 = Instant::now();
+    let mut sums = [0.0f64; 2];
+    let mut n = 0u64;
+    while let Some(r) = rep_rx.recv().await {
+        let s = &r.summary;
+        let f = &s["filters"];
+        let mut row = format!(
+            "{:>5}  {:<20} {:>5} {:>4} | {:>8} {:>8} {:>8} {:>7}",
+            r.cycle,
+            s["time"].as_str().unwrap_or(""),
+            s["obs"]["station"],
+            s["obs"]["satellite"],
+            fmt(&f["letkf"]["rmse_a_truth"]),
+            fmt(&f["letkf"]["rmse_f_truth"]),
+            fmt(&f["letkf"]["rmse_a_withheld"]),
+            fmt(&f["letkf"]["spread_a"])
+        );
+        if score_on {
+            row += &format!(
+                " | {:>8} {:>8} {:>8} {:>7}",
+                fmt(&f["score"]["rmse_a_truth"]),
+                fmt(&f["score"]["rmse_f_truth"]),
+                fmt(&f["score"]["rmse_a_withheld"]),
+                fmt(&f["score"]["spread_a"])
+            );
+        }
+        println!("{row}");
+        if r.cycle > args.cycles / 2 {
+            sums[0] += f["letkf"]["rmse_a_truth"].as_f64().unwrap_or(f64::NAN);
+            sums[1] += f["score"]["rmse_a_truth"].as_f64().unwrap_or(f64::NAN);
+            n += 1;
+        }
+        if r.cycle >= args.cycles {
+            break;
+        }
+    }
+    let _ = stop_tx.send(Stop::Graceful);
+    daemon.await??;
+    let sim_stats = sim.await??;
+    if n > 0 {
+        print!("mean analysis RMSE over the last {n} cycles: letkf {:.3}", sums[0] / n as f64);
+        if score_on {
+            print!(", score {:.3}", sums[1] / n as f64);
+        }
+        println!();
+    }
+    println!("{} cycles in {:.1} s; the simulator published {} messages", args.cycles, t0.elapsed().as_secs_f64(), sim_stats.messages);
+    let _ = std::fs::remove_dir_all(&store);
+    Ok(())
+}

@@ -1,0 +1,142 @@
+//! # Broker connection
+//!
+//! A rumqttc client with a persistent session (clean_session = false, a fixed client id) and
+//! manual acknowledgements: the broker keeps QoS 1 messages for the daemon while it is away, and a
+//! message is acknowledged only once it is journaled ([`super::ingest`]). The [`Connection`] service
+//! drives the event loop: it forwards publishes to the journal writer, subscribes again when the
+//! broker has lost the session, and reconnects with exponential backoff.
+
+use super::config::MqttSection;
+use super::telemetry as tm;
+use anyhow::{Context, Result};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Build the client options from the config (reads the password and TLS files).
+pub fn options(m: &MqttSection, client_id: &str, clean_session: bool) -> Result<MqttOptions> {
+    let mut o = MqttOptions::new(client_id, m.host.clone(), m.port);
+    o.set_keep_alive(Duration::from_secs(m.keep_alive_seconds));
+    o.set_clean_session(clean_session);
+    o.set_max_packet_size(m.max_packet_bytes, m.max_packet_bytes);
+    o.set_inflight(1000);
+    if let Some(user) = &m.username {
+        let password = match &m.password_file {
+            Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading mqtt.password_file {}", p.display()))?.trim_end().to_string(),
+            None => String::new(),
+        };
+        o.set_credentials(user.clone(), password);
+    }
+    if let Some(ca) = &m.tls_ca_file {
+        let ca = std::fs::read(ca).with_context(|| format!("reading mqtt.tls_ca_file {}", ca.display()))?;
+        let client_auth = match (&m.tls_client_cert_file, &m.tls_client_key_file) {
+            (Some(c), Some(k)) => Some((
+                std::fs::read(c).with_context(|| format!("reading {}", c.display()))?,
+                std::fs::read(k).with_context(|| format!("reading {}", k.display()))?,
+            )),
+            _ => None,
+        };
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple { ca, alpn: None, client_auth }));
+    }
+    Ok(o)
+}
+
+/// The topic filters the daemon subscribes to.
+pub fn subscriptions(prefix: &str, testbed: &str, truth: bool) -> Vec<String> {
+    let mut v = vec![format!("{prefix}/obs/station/#"), format!("{prefix}/obs/satellite/#")];
+    if truth {
+        v.push(format!("{prefix}/truth/{testbed}"));
+    }
+    v
+}
+
+/// The event-loop service.
+pub struct Connection {
+    /// The client (for subscribing).
+    pub client: AsyncClient,
+    /// The event loop it drives.
+    pub eventloop: EventLoop,
+    /// Topic filters to (re)subscribe.
+    pub topics: Vec<String>,
+    /// Reconnect backoff bounds.
+    pub backoff: (Duration, Duration),
+    /// Where publishes go; dropped when ingestion stops.
+    pub publishes: mpsc::Sender<Publish>,
+    /// Set to true once subscribed (SUBACK, or a CONNACK with the session present), false on loss.
+    pub connected: watch::Sender<bool>,
+}
+
+impl Connection {
+    /// Drive the event loop until `stop_ingest` (then stop forwarding, but keep polling so that the
+    /// last acknowledgements and publications go out) and `stop` (then disconnect).
+    pub async fn run(self, stop_ingest: CancellationToken, stop: CancellationToken) {
+        let Connection { client, mut eventloop, topics, backoff, publishes, connected } = self;
+        let mut publishes = Some(publishes);
+        let mut delay = backoff.0;
+        loop {
+            let ev = tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                _ = stop_ingest.cancelled(), if publishes.is_some() => { publishes = None; continue; }
+                ev = eventloop.poll() => ev,
+            };
+            match ev {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if let Some(tx) = &publishes {
+                        // Backpressure: while the journal writer is busy, the broker holds the rest.
+                        tokio::select! {
+                            r = tx.send(p) => if r.is_err() { publishes = None },
+                            _ = stop_ingest.cancelled() => publishes = None,
+                        }
+                    }
+                    // After stop_ingest the message stays unacknowledged: the broker redelivers it.
+                }
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                    delay = backoff.0;
+                    metrics::gauge!(tm::MQTT_CONNECTED).set(1.0);
+                    tracing::info!(session_present = ack.session_present, "connected to the broker");
+                    if ack.session_present {
+                        // The broker kept the subscriptions (and queued what arrived meanwhile).
+                        metrics::gauge!(tm::MQTT_SUBSCRIBED).set(1.0);
+                        let _ = connected.send(true);
+                    } else {
+                        let subs = topics.iter().map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+                        if let Err(e) = client.try_subscribe_many(subs) {
+                            tracing::error!("subscribing: {e}");
+                        }
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    metrics::gauge!(tm::MQTT_SUBSCRIBED).set(1.0);
+                    let _ = connected.send(true);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    metrics::gauge!(tm::MQTT_CONNECTED).set(0.0);
+                    metrics::gauge!(tm::MQTT_SUBSCRIBED).set(0.0);
+                    metrics::counter!(tm::MQTT_ERRORS).increment(1);
+                    let _ = connected.send(false);
+                    tracing::warn!("broker connection: {e}; retrying in {} ms", delay.as_millis());
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.cancelled() => break,
+                    }
+                    delay = (delay * 2).min(backoff.1);
+                }
+            }
+        }
+        // Say goodbye so that the broker keeps the session without waiting for keep-alive.
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        metrics::gauge!(tm::MQTT_CONNECTED).set(0.0);
+    }
+}

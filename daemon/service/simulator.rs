@@ -1,0 +1,115 @@
+//! # `assimd simulate`: the simulated observing network on a broker
+//!
+//! Publishes [`crate::simulate::Simulator`]'s messages (DESIGN §4 topics under the prefix) cycle by
+//! cycle at an accelerated clock (`simulate.interval_ms` of wall time per cycle), QoS 1, and, for
+//! verification, the truth of each cycle on `{prefix}/truth/{testbed}` as JSON
+//! `{"testbed", "cycle", "time", "state": [...]}`. Returns once the broker has acknowledged every
+//! message. Observation times start at 2026-01-01T00:00:00Z (the simulator's epoch, also the
+//! default `cycle.start`).
+
+use super::config::Config;
+use super::mqtt;
+use crate::simulate::{epoch, Simulator};
+use anyhow::{bail, Context, Result};
+use assimd_models::testbed::Testbed;
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What was published.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SimStats {
+    /// Cycles published.
+    pub cycles: u64,
+    /// Messages published (observations and truths).
+    pub messages: u64,
+    /// Observation messages (stations and granules).
+    pub observations: u64,
+}
+
+/// Publish the configured cycles; `on_cycle` is called after each cycle's messages are queued.
+pub async fn simulate(cfg: &Config, mut on_cycle: impl FnMut(u64)) -> Result<SimStats> {
+    let testbed = Testbed::new(cfg.testbed_kind()?);
+    let network = testbed.network(cfg.network_kind()?).map_err(anyhow::Error::msg)?;
+    if cfg.start_time()? != epoch() {
+        tracing::warn!("cycle.start {} differs from the simulator's epoch {}: the daemon's windows will not line up with the simulated cycles", cfg.cycle.start, epoch());
+    }
+    let s = &cfg.simulate;
+    let prefix = &cfg.mqtt.prefix;
+    let client_id = format!("{}-sim-{}", cfg.mqtt.client_id, std::process::id());
+    let mut opts = mqtt::options(&cfg.mqtt, &client_id, true)?;
+    opts.set_inflight(1000);
+    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    let acked = Arc::new(AtomicU64::new(0));
+    let acked2 = acked.clone();
+    let (err_tx, mut err_rx) = tokio::sync::watch::channel(None::<String>);
+    let driver = tokio::spawn(async move {
+        let mut failures = 0;
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    acked2.fetch_add(1, Ordering::SeqCst);
+                }
+                Ok(Event::Incoming(Packet::ConnAck(_))) => failures = 0,
+                Ok(_) => {}
+                Err(e) => {
+                    failures += 1;
+                    if failures >= 20 {
+                        let _ = err_tx.send(Some(e.to_string()));
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    });
+    let mut sim = Simulator::new(testbed.clone(), network, s.seed);
+    while sim.cycle() + 1 < s.first_cycle {
+        sim.step();
+    }
+    let mut stats = SimStats::default();
+    let truth_topic = format!("{prefix}/truth/{}", cfg.testbed.name);
+    let mut tick = tokio::time::interval(Duration::from_millis(s.interval_ms.max(1)));
+    for _ in 0..s.cycles {
+        if s.interval_ms > 0 {
+            tick.tick().await;
+        }
+        sim.step();
+        let k = sim.cycle();
+        for m in sim.messages() {
+            let payload = serde_json::to_vec(&m.feature)?;
+            client.publish(format!("{prefix}/{}", m.topic), QoS::AtLeastOnce, false, payload).await?;
+            stats.messages += 1;
+            stats.observations += 1;
+        }
+        if s.truth {
+            let t = serde_json::json!({"testbed": cfg.testbed.name, "cycle": k, "time": crate::wire::format_time(sim.time_of(k)), "state": sim.truth()});
+            client.publish(truth_topic.clone(), QoS::AtLeastOnce, false, serde_json::to_vec(&t)?).await?;
+            stats.messages += 1;
+        }
+        stats.cycles += 1;
+        if let Some(e) = err_rx.borrow_and_update().clone() {
+            bail!("broker {}:{}: {e}", cfg.mqtt.host, cfg.mqtt.port);
+        }
+        on_cycle(k);
+    }
+    // Wait for the broker's acknowledgement of every message (the failure guard is generous).
+    let wait = async {
+        while acked.load(Ordering::SeqCst) < stats.messages {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = err_rx.changed() => {
+                    if let Some(e) = err_rx.borrow().clone() { bail!("broker {}:{}: {e}", cfg.mqtt.host, cfg.mqtt.port); }
+                }
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(120), wait)
+        .await
+        .with_context(|| format!("the broker acknowledged {} of {} messages", acked.load(Ordering::SeqCst), stats.messages))??;
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
+    Ok(stats)
+}

@@ -1,0 +1,424 @@
+//! # State store (sled)
+//!
+//! One sled database with these trees (DESIGN §8):
+//! - `journal`: accepted observation messages, key = cycle (u64 BE) ‖ message id, value = a
+//!   bincode [`JournalEntry`]. Written, and flushed, before the message is acknowledged.
+//! - `ids`: message id → cycle: de-duplication of redeliveries.
+//! - `truth`: cycle → the simulator's true state (OSSE mode), f64 LE.
+//! - `state`: filter ‖ cycle ‖ member → one member's f64 LE values. Members are stored one by one so
+//!   that every value stays below sled's ~128 KiB blob threshold (blobs are not fsynced by flush).
+//! - `cycles`: cycle → the JSON summary of that cycle (per filter, counts of messages assimilated).
+//! - `meta`: schema version, the compatibility key of the config, the bundle hash, the
+//!   "assimilated up to" marker and the observation clock.
+//!
+//! A cycle's ensembles, summary and marker are written in one transaction, then flushed: after a
+//! crash the store holds either the whole cycle or none of it, and the journal of every cycle after
+//! the marker is still there to be assimilated (exactly once).
+
+use anyhow::{bail, Context, Result};
+use assimd_filter::obs::Observation;
+use assimd_filter::Ensemble;
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use std::path::Path;
+
+/// Layout version of the store; bumped when the trees change incompatibly.
+pub const SCHEMA: u64 = 1;
+
+const META_SCHEMA: &[u8] = b"schema";
+const META_COMPAT: &[u8] = b"compat";
+const META_BUNDLE: &[u8] = b"bundle_hash";
+const META_ASSIMILATED: &[u8] = b"assimilated_up_to";
+const META_CLOCK: &[u8] = b"obs_clock_ms";
+const META_JOURNALED: &[u8] = b"journaled_total";
+const META_ASSIMILATED_MSGS: &[u8] = b"assimilated_messages_total";
+
+/// One journaled message: what the cycle needs of it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JournalEntry {
+    /// Observation time, ms since the Unix epoch.
+    pub time_ms: i64,
+    /// The station id (None for satellite granules): decides whether it is withheld.
+    pub station: Option<String>,
+    /// The validated observations.
+    pub obs: Vec<Observation>,
+}
+
+/// What happened to a message offered to the journal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Journaled {
+    /// Newly written.
+    New,
+    /// Its id was already journaled: a redelivery.
+    Duplicate,
+}
+
+/// The store.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    journal: sled::Tree,
+    ids: sled::Tree,
+    truth: sled::Tree,
+    state: sled::Tree,
+    cycles: sled::Tree,
+    meta: sled::Tree,
+}
+
+fn be(k: u64) -> [u8; 8] {
+    k.to_be_bytes()
+}
+
+fn u64_of(v: Option<sled::IVec>) -> Option<u64> {
+    v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(u64::from_be_bytes)
+}
+
+/// f64 values as little-endian bytes.
+pub fn f64s_to_bytes(x: &[f64]) -> Vec<u8> {
+    x.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// Little-endian bytes as f64 values.
+pub fn bytes_to_f64s(b: &[u8]) -> Vec<f64> {
+    // chunks_exact(8) yields 8-byte slices, so the conversion cannot fail.
+    b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()
+}
+
+fn state_key(filter: &str, cycle: u64, member: u32) -> Vec<u8> {
+    let mut k = filter.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(&be(cycle));
+    k.extend_from_slice(&member.to_be_bytes());
+    k
+}
+
+fn abort<E: std::fmt::Display>(e: E) -> ConflictableTransactionError<String> {
+    ConflictableTransactionError::Abort(e.to_string())
+}
+
+fn tx_err(e: TransactionError<String>) -> anyhow::Error {
+    match e {
+        TransactionError::Abort(s) => anyhow::anyhow!(s),
+        TransactionError::Storage(e) => anyhow::Error::new(e).context("sled storage error"),
+    }
+}
+
+/// A cycle to commit: per filter its analysis ensemble, and the cycle's summary.
+pub struct CycleCommit<'a> {
+    /// The cycle number.
+    pub cycle: u64,
+    /// (filter name, analysis ensemble).
+    pub ensembles: Vec<(&'a str, &'a Ensemble)>,
+    /// The JSON summary stored under `cycles`.
+    pub summary: serde_json::Value,
+    /// Messages of the journal assimilated (or used for verification) by this cycle.
+    pub messages: u64,
+    /// Cycles kept: the state of cycle - keep is deleted.
+    pub keep: u64,
+}
+
+impl Store {
+    /// Open (or create) the store in a directory.
+    pub fn open(path: &Path) -> Result<Store> {
+        std::fs::create_dir_all(path).with_context(|| format!("creating the store directory {}", path.display()))?;
+        let db = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            .open()
+            .with_context(|| format!("opening the sled store at {} (is another assimd running on it?)", path.display()))?;
+        let t = |n: &str| db.open_tree(n).with_context(|| format!("opening tree {n}"));
+        Ok(Store { journal: t("journal")?, ids: t("ids")?, truth: t("truth")?, state: t("state")?, cycles: t("cycles")?, meta: t("meta")?, db })
+    }
+
+    /// Check the store's schema and compatibility key against this configuration, or record them
+    /// in a fresh store. Refuses, naming the fix, when they differ.
+    pub fn check_or_init(&self, compat: &serde_json::Value, bundle_hash: Option<&str>, config_hint: &str) -> Result<()> {
+        let compat_text = compat.to_string();
+        let bundle = bundle_hash.unwrap_or("none");
+        match u64_of(self.meta.get(META_SCHEMA)?) {
+            None => {
+                self.meta.insert(META_SCHEMA, &be(SCHEMA))?;
+                self.meta.insert(META_COMPAT, compat_text.as_bytes())?;
+                self.meta.insert(META_BUNDLE, bundle.as_bytes())?;
+                self.meta.insert(META_ASSIMILATED, &be(0))?;
+                self.db.flush()?;
+                Ok(())
+            }
+            Some(s) if s != SCHEMA => bail!(
+                "the store was written by a different assimd version (schema {s}, this binary uses {SCHEMA}): \
+                 run `assimd reset --config {config_hint}` to start a new state (the old one is removed)"
+            ),
+            Some(_) => {
+                let old: serde_json::Value = self
+                    .meta
+                    .get(META_COMPAT)?
+                    .and_then(|v| serde_json::from_slice(&v).ok())
+                    .unwrap_or(serde_json::Value::Null);
+                if &old != compat {
+                    let mut diffs = Vec::new();
+                    if let (Some(o), Some(n)) = (old.as_object(), compat.as_object()) {
+                        for (k, v) in n {
+                            if o.get(k) != Some(v) {
+                                diffs.push(format!("{k}: store has {}, config has {v}", o.get(k).map(|x| x.to_string()).unwrap_or("nothing".into())));
+                            }
+                        }
+                    }
+                    bail!(
+                        "the configuration changed incompatibly with the stored state ({}): restore the old settings, \
+                         or run `assimd reset --config {config_hint}` to discard the state and start again",
+                        diffs.join("; ")
+                    );
+                }
+                let old_bundle = self.meta.get(META_BUNDLE)?.map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+                if old_bundle != bundle {
+                    bail!(
+                        "the model bundle changed (store built with bundle {old_bundle}, config now gives {bundle}): \
+                         restore the old bundle, or run `assimd reset --config {config_hint}` to discard the state"
+                    );
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The last committed cycle (0 = only the initial state, which is not stored).
+    pub fn assimilated_up_to(&self) -> Result<u64> {
+        Ok(u64_of(self.meta.get(META_ASSIMILATED)?).unwrap_or(0))
+    }
+
+    /// The observation clock: the newest observation time journaled, ms since the Unix epoch.
+    pub fn obs_clock_ms(&self) -> Result<Option<i64>> {
+        Ok(u64_of(self.meta.get(META_CLOCK)?).map(|v| v as i64))
+    }
+
+    /// Messages journaled since the store was created.
+    pub fn journaled_total(&self) -> Result<u64> {
+        Ok(u64_of(self.meta.get(META_JOURNALED)?).unwrap_or(0))
+    }
+
+    /// Messages assimilated (or used for verification) by committed cycles since the store was created.
+    pub fn assimilated_messages_total(&self) -> Result<u64> {
+        Ok(u64_of(self.meta.get(META_ASSIMILATED_MSGS)?).unwrap_or(0))
+    }
+
+    /// Journal a batch of messages (cycle, id, entry) and truths (cycle, state) in one transaction,
+    /// advancing the observation clock. Does not flush: call [`Store::flush`] before acknowledging.
+    pub fn journal_batch(&self, msgs: &[(u64, String, JournalEntry)], truths: &[(u64, Vec<f64>)]) -> Result<Vec<Journaled>> {
+        let encoded: Vec<Vec<u8>> = msgs
+            .iter()
+            .map(|(_, _, e)| bincode::serde::encode_to_vec(e, bincode::config::standard()))
+            .collect::<Result<_, _>>()
+            .context("encoding a journal entry")?;
+        (&self.journal, &self.ids, &self.truth, &self.meta)
+            .transaction(|(journal, ids, truth, meta)| {
+                let mut out = Vec::with_capacity(msgs.len());
+                let mut clock = u64_of(meta.get(META_CLOCK)?).map(|v| v as i64);
+                let mut n_new = 0u64;
+                for ((cycle, id, entry), bytes) in msgs.iter().zip(&encoded) {
+                    if ids.get(id.as_bytes())?.is_some() {
+                        out.push(Journaled::Duplicate);
+                        continue;
+                    }
+                    ids.insert(id.as_bytes(), &be(*cycle))?;
+                    let mut key = be(*cycle).to_vec();
+                    key.extend_from_slice(id.as_bytes());
+                    journal.insert(key, bytes.as_slice())?;
+                    clock = Some(clock.map_or(entry.time_ms, |c| c.max(entry.time_ms)));
+                    n_new += 1;
+                    out.push(Journaled::New);
+                }
+                for (cycle, x) in truths {
+                    truth.insert(&be(*cycle), f64s_to_bytes(x))?;
+                }
+                if let Some(c) = clock {
+                    meta.insert(META_CLOCK, &be(c as u64))?;
+                }
+                let total = u64_of(meta.get(META_JOURNALED)?).unwrap_or(0) + n_new;
+                meta.insert(META_JOURNALED, &be(total))?;
+                Ok(out)
+            })
+            .map_err(tx_err)
+    }
+
+    /// Make everything written so far durable.
+    pub async fn flush_async(&self) -> Result<()> {
+        self.db.flush_async().await.context("flushing the store")?;
+        Ok(())
+    }
+
+    /// Make everything written so far durable (blocking).
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush().context("flushing the store")?;
+        Ok(())
+    }
+
+    /// The journaled messages of a cycle, in id order.
+    pub fn journal_cycle(&self, cycle: u64) -> Result<Vec<(String, JournalEntry)>> {
+        let mut out = Vec::new();
+        for kv in self.journal.scan_prefix(be(cycle)) {
+            let (k, v) = kv?;
+            let id = String::from_utf8_lossy(&k[8..]).into_owned();
+            let (e, _) = bincode::serde::decode_from_slice::<JournalEntry, _>(&v, bincode::config::standard())
+                .with_context(|| format!("decoding journal entry {id} of cycle {cycle}"))?;
+            out.push((id, e));
+        }
+        Ok(out)
+    }
+
+    /// The truth of a cycle, if the simulator published it.
+    pub fn truth(&self, cycle: u64) -> Result<Option<Vec<f64>>> {
+        Ok(self.truth.get(be(cycle))?.map(|v| bytes_to_f64s(&v)))
+    }
+
+    /// Commit a cycle: ensembles member by member, summary, counters and the marker, in one
+    /// transaction, then flush. Also deletes the state of cycle - keep.
+    pub fn commit_cycle(&self, c: &CycleCommit) -> Result<()> {
+        let summary = serde_json::to_vec(&c.summary)?;
+        (&self.state, &self.cycles, &self.meta)
+            .transaction(|(state, cycles, meta)| {
+                let done = u64_of(meta.get(META_ASSIMILATED)?).unwrap_or(0);
+                if c.cycle != done + 1 {
+                    return Err(abort(format!("cycle {} committed after cycle {done}: cycles must be committed in order", c.cycle)));
+                }
+                for (filter, ens) in &c.ensembles {
+                    for (m, x) in ens.members().enumerate() {
+                        state.insert(state_key(filter, c.cycle, m as u32), f64s_to_bytes(x))?;
+                    }
+                    if c.cycle > c.keep {
+                        for m in 0..ens.n_members() {
+                            state.remove(state_key(filter, c.cycle - c.keep, m as u32))?;
+                        }
+                    }
+                }
+                cycles.insert(&be(c.cycle), summary.as_slice())?;
+                if c.cycle > c.keep {
+                    cycles.remove(&be(c.cycle - c.keep))?;
+                }
+                meta.insert(META_ASSIMILATED, &be(c.cycle))?;
+                let total = u64_of(meta.get(META_ASSIMILATED_MSGS)?).unwrap_or(0) + c.messages;
+                meta.insert(META_ASSIMILATED_MSGS, &be(total))?;
+                Ok(())
+            })
+            .map_err(tx_err)?;
+        self.db.flush().context("flushing the committed cycle")?;
+        Ok(())
+    }
+
+    /// Delete journal entries, ids and truths of cycles up to `cycle` (already assimilated and
+    /// outside the rolling window). Idempotent; not part of the commit transaction.
+    pub fn prune_journal(&self, up_to: u64) -> Result<()> {
+        for kv in self.journal.range(..be(up_to + 1).to_vec()) {
+            let (k, _) = kv?;
+            self.journal.remove(&k)?;
+            self.ids.remove(&k[8..])?;
+        }
+        for kv in self.truth.range(..be(up_to + 1).to_vec()) {
+            let (k, _) = kv?;
+            self.truth.remove(&k)?;
+        }
+        Ok(())
+    }
+
+    /// Load a filter's analysis ensemble of a committed cycle.
+    pub fn load_ensemble(&self, filter: &str, cycle: u64, members: usize) -> Result<Ensemble> {
+        let mut out = Vec::with_capacity(members);
+        for m in 0..members {
+            let v = self
+                .state
+                .get(state_key(filter, cycle, m as u32))?
+                .with_context(|| format!("the store lacks member {m} of filter {filter} at cycle {cycle}: it is damaged; run `assimd reset`"))?;
+            out.push(bytes_to_f64s(&v));
+        }
+        Ensemble::from_members(out).map_err(|e| anyhow::anyhow!("stored ensemble of {filter} at cycle {cycle}: {e}"))
+    }
+
+    /// Whether a filter has a stored ensemble at this cycle.
+    pub fn has_ensemble(&self, filter: &str, cycle: u64) -> Result<bool> {
+        Ok(self.state.contains_key(state_key(filter, cycle, 0))?)
+    }
+
+    /// Summaries of the committed cycles still kept, oldest first.
+    pub fn summaries(&self) -> Result<Vec<(u64, serde_json::Value)>> {
+        let mut out = Vec::new();
+        for kv in self.cycles.iter() {
+            let (k, v) = kv?;
+            let c = u64_of(Some(k)).unwrap_or(0);
+            out.push((c, serde_json::from_slice(&v)?));
+        }
+        Ok(out)
+    }
+
+    /// Number of journal entries pending (not yet pruned), per cycle.
+    pub fn journal_counts(&self) -> Result<Vec<(u64, u64)>> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for kv in self.journal.iter() {
+            let (k, _) = kv?;
+            let c = u64::from_be_bytes(k[..8].try_into()?);
+            match out.last_mut() {
+                Some((lc, n)) if *lc == c => *n += 1,
+                _ => out.push((c, 1)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Size of the database on disk, bytes.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
+    /// The stored compatibility key and bundle hash.
+    pub fn identity(&self) -> Result<(serde_json::Value, String)> {
+        let compat = self.meta.get(META_COMPAT)?.and_then(|v| serde_json::from_slice(&v).ok()).unwrap_or(serde_json::Value::Null);
+        let bundle = self.meta.get(META_BUNDLE)?.map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+        Ok((compat, bundle))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use assimd_filter::obs::{Footprint, Modality};
+
+    fn entry(t: i64) -> JournalEntry {
+        JournalEntry {
+            time_ms: t,
+            station: Some("S01".into()),
+            obs: vec![Observation { modality: Modality::Station, var: 0, lat: 45.0, lon: 9.0, footprint: Footprint::Point, value: 1.0, sigma: 1.0 }],
+        }
+    }
+
+    #[test]
+    fn journal_dedups_and_commit_is_ordered_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let compat = serde_json::json!({"testbed": "l96", "members": 2});
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.check_or_init(&compat, None, "c.toml").unwrap();
+            let r = s.journal_batch(&[(1, "a".into(), entry(10)), (1, "b".into(), entry(20)), (1, "a".into(), entry(10))], &[(1, vec![1.0, 2.0])]).unwrap();
+            assert_eq!(r, vec![Journaled::New, Journaled::New, Journaled::Duplicate]);
+            assert_eq!(s.journal_batch(&[(1, "b".into(), entry(20))], &[]).unwrap(), vec![Journaled::Duplicate]);
+            assert_eq!(s.journal_cycle(1).unwrap().len(), 2);
+            assert_eq!(s.obs_clock_ms().unwrap(), Some(20));
+            let ens = Ensemble::from_members(vec![vec![1.0, 2.0], vec![3.0, 4.0]]).unwrap();
+            let bad = CycleCommit { cycle: 2, ensembles: vec![("letkf", &ens)], summary: serde_json::json!({}), messages: 2, keep: 4 };
+            assert!(s.commit_cycle(&bad).is_err(), "cycle 2 before cycle 1 must be refused");
+            let good = CycleCommit { cycle: 1, ..bad };
+            s.commit_cycle(&good).unwrap();
+            s.flush().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        s.check_or_init(&compat, None, "c.toml").unwrap();
+        assert_eq!(s.assimilated_up_to().unwrap(), 1);
+        assert_eq!(s.assimilated_messages_total().unwrap(), 2);
+        assert_eq!(s.load_ensemble("letkf", 1, 2).unwrap().member(1), &[3.0, 4.0]);
+        assert_eq!(s.truth(1).unwrap(), Some(vec![1.0, 2.0]));
+        let e = s.check_or_init(&serde_json::json!({"testbed": "l96", "members": 3}), None, "c.toml").unwrap_err();
+        assert!(e.to_string().contains("members") && e.to_string().contains("assimd reset"), "{e}");
+        let e = s.check_or_init(&compat, Some("abc"), "c.toml").unwrap_err();
+        assert!(e.to_string().contains("bundle"), "{e}");
+        s.prune_journal(1).unwrap();
+        assert!(s.journal_cycle(1).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,138 @@
+//! # Metrics (DESIGN §9) and logging
+//!
+//! Every metric is named here, with prefix `assimd_`, and described for Prometheus. The exporter is
+//! `metrics-exporter-prometheus` serving `GET /metrics` on `[metrics].listen`. Histograms have
+//! explicit buckets so they export as histograms, not summaries.
+
+use anyhow::{Context, Result};
+use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+use std::net::SocketAddr;
+
+/// Observation messages received, by modality (`station`, `satellite`, `truth`, `unknown`).
+pub const OBS_RECEIVED: &str = "assimd_obs_received_total";
+/// Messages rejected, by reason (the 10 labels of `wire::RejectReason`, plus `topic`).
+pub const OBS_REJECTED: &str = "assimd_obs_rejected_total";
+/// Redelivered messages dropped by id.
+pub const OBS_DUPLICATES: &str = "assimd_obs_duplicates_total";
+/// Messages of an already closed window, dropped.
+pub const OBS_LATE: &str = "assimd_obs_late_total";
+/// Messages written to the journal.
+pub const OBS_JOURNALED: &str = "assimd_obs_journaled_total";
+/// Journaled messages consumed by committed cycles (assimilated or used for verification).
+pub const OBS_ASSIMILATED: &str = "assimd_obs_assimilated_total";
+/// Scalar observations used per cycle, by filter and modality.
+pub const OBS_USED: &str = "assimd_obs_used";
+/// Analysis RMSE of the ensemble mean, by filter and `against` (`withheld` or `truth`).
+pub const ANALYSIS_RMSE: &str = "assimd_analysis_rmse";
+/// Background (forecast) RMSE, same labels.
+pub const BACKGROUND_RMSE: &str = "assimd_background_rmse";
+/// Analysis ensemble spread (RMS standard deviation), by filter.
+pub const SPREAD: &str = "assimd_analysis_spread";
+/// Spread / analysis RMSE against truth, by filter.
+pub const SPREAD_SKILL: &str = "assimd_spread_skill_ratio";
+/// Analysis CRPS against truth, by filter.
+pub const CRPS: &str = "assimd_analysis_crps";
+/// Mean of O-B, by filter and modality.
+pub const OMB_MEAN: &str = "assimd_omb_mean";
+/// RMS of O-B.
+pub const OMB_RMS: &str = "assimd_omb_rms";
+/// Mean of O-A.
+pub const OMA_MEAN: &str = "assimd_oma_mean";
+/// RMS of O-A.
+pub const OMA_RMS: &str = "assimd_oma_rms";
+/// Whole-cycle wall time.
+pub const CYCLE_SECONDS: &str = "assimd_cycle_duration_seconds";
+/// Phase wall time, by phase (`forecast`, `analysis`, `verify`, `commit`, `publish`) and filter.
+pub const PHASE_SECONDS: &str = "assimd_phase_duration_seconds";
+/// Journal batch (insert + flush) wall time.
+pub const JOURNAL_SECONDS: &str = "assimd_journal_batch_duration_seconds";
+/// Last committed cycle number.
+pub const LAST_CYCLE: &str = "assimd_last_cycle";
+/// Valid time of the last committed cycle, Unix seconds.
+pub const LAST_CYCLE_TIME: &str = "assimd_last_cycle_valid_time_seconds";
+/// Wall time when the last cycle was committed, Unix seconds.
+pub const LAST_COMMIT_TIME: &str = "assimd_last_commit_timestamp_seconds";
+/// 1 while connected to the broker.
+pub const MQTT_CONNECTED: &str = "assimd_mqtt_connected";
+/// 1 once the subscriptions are in place on the current connection.
+pub const MQTT_SUBSCRIBED: &str = "assimd_mqtt_subscribed";
+/// Connection losses and failed connection attempts.
+pub const MQTT_ERRORS: &str = "assimd_mqtt_connection_errors_total";
+/// Store size on disk, bytes.
+pub const STORE_BYTES: &str = "assimd_store_size_bytes";
+/// 1 for the ONNX Runtime execution provider in use, label `provider`.
+pub const ORT_PROVIDER: &str = "assimd_ort_execution_provider";
+/// Analyses that failed or diverged (the background was kept), by filter.
+pub const ANALYSIS_FAILURES: &str = "assimd_analysis_failures_total";
+
+/// Install the Prometheus recorder and its HTTP listener (within a tokio runtime).
+pub fn install(listen: Option<SocketAddr>) -> Result<()> {
+    let mut b = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("duration_seconds".into()),
+            &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+        )
+        .context("histogram buckets")?;
+    match listen {
+        Some(addr) => {
+            b = b.with_http_listener(addr);
+            b.install().with_context(|| format!("starting the metrics endpoint on {addr} (is the port taken?)"))?;
+        }
+        None => {
+            // No endpoint: still record (the demo reads nothing back, but the code paths are the same).
+            b.install_recorder().context("installing the metrics recorder")?;
+        }
+    }
+    describe();
+    Ok(())
+}
+
+fn describe() {
+    describe_counter!(OBS_RECEIVED, "Observation messages received, by modality");
+    describe_counter!(OBS_REJECTED, "Messages rejected, by reason");
+    describe_counter!(OBS_DUPLICATES, "Redelivered messages dropped by id");
+    describe_counter!(OBS_LATE, "Messages for an already closed window, dropped");
+    describe_counter!(OBS_JOURNALED, "Messages written to the observation journal");
+    describe_counter!(OBS_ASSIMILATED, "Journaled messages consumed by committed cycles");
+    describe_gauge!(OBS_USED, "Scalar observations used by the last cycle, by filter and modality");
+    describe_gauge!(ANALYSIS_RMSE, "Analysis RMSE of the ensemble mean, by filter and reference");
+    describe_gauge!(BACKGROUND_RMSE, "Background RMSE of the ensemble mean, by filter and reference");
+    describe_gauge!(SPREAD, "Analysis ensemble spread");
+    describe_gauge!(SPREAD_SKILL, "Analysis spread over analysis RMSE against truth");
+    describe_gauge!(CRPS, "Analysis CRPS against truth");
+    describe_gauge!(OMB_MEAN, "Mean observation minus background, by filter and modality");
+    describe_gauge!(OMB_RMS, "RMS observation minus background, by filter and modality");
+    describe_gauge!(OMA_MEAN, "Mean observation minus analysis, by filter and modality");
+    describe_gauge!(OMA_RMS, "RMS observation minus analysis, by filter and modality");
+    describe_histogram!(CYCLE_SECONDS, Unit::Seconds, "Wall time of a whole cycle");
+    describe_histogram!(PHASE_SECONDS, Unit::Seconds, "Wall time of a cycle phase, by phase and filter");
+    describe_histogram!(JOURNAL_SECONDS, Unit::Seconds, "Wall time of a journal batch (insert and flush)");
+    describe_gauge!(LAST_CYCLE, "Last committed cycle number");
+    describe_gauge!(LAST_CYCLE_TIME, "Valid time of the last committed cycle");
+    describe_gauge!(LAST_COMMIT_TIME, "Wall time of the last commit");
+    describe_gauge!(MQTT_CONNECTED, "1 while connected to the broker");
+    describe_gauge!(MQTT_SUBSCRIBED, "1 once subscribed on the current broker connection");
+    describe_counter!(MQTT_ERRORS, "Broker connection losses and failed attempts");
+    describe_gauge!(STORE_BYTES, "State store size on disk");
+    describe_gauge!(ORT_PROVIDER, "ONNX Runtime execution provider in use (value 1)");
+    describe_counter!(ANALYSIS_FAILURES, "Analyses that failed or diverged; the background was kept");
+    // Pre-register the rejection counters so that every reason shows, at 0, from the start.
+    for r in crate::wire::RejectReason::ALL {
+        metrics::counter!(OBS_REJECTED, "reason" => r.as_str()).absolute(0);
+    }
+    for c in [OBS_DUPLICATES, OBS_LATE, OBS_JOURNALED, OBS_ASSIMILATED] {
+        metrics::counter!(c).absolute(0);
+    }
+}
+
+/// The daemon's log filter: info, with the broker libraries' chatter off (rumqttd logs every
+/// client disconnect as an error).
+pub const DEFAULT_LOG: &str = "info,rumqttd=off,rumqttc=warn,sled=warn";
+
+/// Log to stderr (journald adds its own timestamps); `RUST_LOG` overrides the level.
+/// `default` is the filter when `RUST_LOG` is unset, e.g. [`DEFAULT_LOG`].
+pub fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
