@@ -67,6 +67,9 @@ pub struct Engine {
     pub out: mpsc::UnboundedSender<Outgoing>,
     /// Per-cycle reports (the demo's table).
     pub reports: Option<mpsc::UnboundedSender<CycleReport>>,
+    /// Fault injection for the crash tests (`ASSIMD_TEST_STALL_BEFORE_COMMIT=k`): stall forever
+    /// after cycle k's analyses, before its commit, so that a test can SIGKILL the daemon there.
+    pub stall_before_commit: Option<u64>,
 }
 
 fn finite_or_null(v: f64) -> serde_json::Value {
@@ -215,6 +218,12 @@ impl Engine {
             "truth": truth.is_some(),
             "filters": per_filter,
         });
+        if self.stall_before_commit == Some(k) {
+            tracing::warn!("ASSIMD_TEST_STALL_BEFORE_COMMIT: stalling before the commit of cycle {k}");
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
         let t3 = Instant::now();
         let ensembles = self.filters.iter().map(|s| (s.name, &s.ens)).collect();
         self.store.commit_cycle(&CycleCommit { cycle: k, ensembles, summary: summary.clone(), messages, keep: self.keep })?;

@@ -236,6 +236,7 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = S
         prefix: cfg.mqtt.prefix.clone(),
         out: out_tx,
         reports: opts.reports,
+        stall_before_commit: std::env::var("ASSIMD_TEST_STALL_BEFORE_COMMIT").ok().and_then(|v| v.parse().ok()),
     };
     if let Some((k, s)) = store.summaries()?.pop() {
         // At-least-once for summaries: a crash between commit and publication loses none.

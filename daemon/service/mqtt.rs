@@ -74,6 +74,7 @@ impl Connection {
         let Connection { client, mut eventloop, topics, backoff, publishes, connected } = self;
         let mut publishes = Some(publishes);
         let mut delay = backoff.0;
+        let mut was_connected = false;
         loop {
             let ev = tokio::select! {
                 biased;
@@ -95,12 +96,16 @@ impl Connection {
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     delay = backoff.0;
                     metrics::gauge!(tm::MQTT_CONNECTED).set(1.0);
+                    let ever_connected = std::mem::replace(&mut was_connected, true);
                     tracing::info!(session_present = ack.session_present, "connected to the broker");
                     if ack.session_present {
                         // The broker kept the subscriptions (and queued what arrived meanwhile).
                         metrics::gauge!(tm::MQTT_SUBSCRIBED).set(1.0);
                         let _ = connected.send(true);
                     } else {
+                        if ever_connected {
+                            tracing::warn!("the broker lost this client's session (restarted without persistence?): messages published while disconnected are lost; subscribing again");
+                        }
                         let subs = topics.iter().map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
                         if let Err(e) = client.try_subscribe_many(subs) {
                             tracing::error!("subscribing: {e}");

@@ -134,5 +134,7 @@ pub const DEFAULT_LOG: &str = "info,rumqttd=off,rumqttc=warn,sled=warn";
 /// `default` is the filter when `RUST_LOG` is unset, e.g. [`DEFAULT_LOG`].
 pub fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal();
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }

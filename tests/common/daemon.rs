@@ -1,0 +1,307 @@
+//! Helpers of the daemon's end-to-end tests: a real Mosquitto on a free port, the real `assimd`
+//! binary (run, simulate, state inspect), a Prometheus scrape, an MQTT subscriber. Every wait has a
+//! generous timeout that only guards against a hang; nothing asserts on timing.
+#![allow(dead_code)]
+
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const ASSIMD: &str = env!("CARGO_BIN_EXE_assimd");
+pub const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+/// Failure guard of every wait.
+pub const GUARD: Duration = Duration::from_secs(120);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Poll `f` until it returns Some, or panic with `what` after the guard.
+pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t0.elapsed() < GUARD, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// As [`wait_for`], with `context()` (logs) in the failure message.
+pub fn wait_for_or<T>(what: &str, mut f: impl FnMut() -> Option<T>, context: impl Fn() -> String) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t0.elapsed() < GUARD, "timed out waiting for {what}:\n{}", context());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A Mosquitto broker with its own config, persistence directory and port.
+pub struct Mosquitto {
+    pub port: u16,
+    pub dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    pub fn start(dir: &Path) -> Mosquitto {
+        assert!(
+            Path::new(MOSQUITTO).exists(),
+            "{MOSQUITTO} is missing: run ./scripts/test (its setup installs the Debian package mosquitto) or apt-get install mosquitto"
+        );
+        let mut m = Mosquitto { port: free_port(), dir: dir.to_path_buf(), child: None };
+        m.restart();
+        m
+    }
+
+    /// Start (again) on the same port with the same persistence.
+    pub fn restart(&mut self) {
+        std::fs::create_dir_all(&self.dir).unwrap();
+        // Mosquitto started as root drops to the user `mosquitto`, which must write its persistence file here.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let conf = self.dir.join("mosquitto.conf");
+        // As configs/mosquitto.conf: QoS 1 messages for a slow or absent subscriber are never dropped.
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
+                 max_queued_messages 0\nmax_queued_bytes 0\nmax_inflight_messages 1000\nautosave_interval 0\n\
+                 log_dest file {}/mosquitto.log\n",
+                self.port,
+                self.dir.display(),
+                self.dir.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new(MOSQUITTO).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("starting mosquitto");
+        self.child = Some(child);
+        let port = self.port;
+        wait_for("mosquitto to accept connections", || TcpStream::connect(("127.0.0.1", port)).ok());
+    }
+
+    /// SIGTERM (Mosquitto saves its persistence file) and wait.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A daemon config for tests.
+pub struct Setup {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub store: PathBuf,
+    pub metrics_port: u16,
+    pub prefix: String,
+}
+
+pub fn write_config(dir: &Path, broker_port: u16, extra: &str) -> Setup {
+    let metrics_port = free_port();
+    let store = dir.join("store");
+    let prefix = "test".to_string();
+    let config = dir.join("assimd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[mqtt]\nport = {broker_port}\nclient_id = \"assimd-test-{broker_port}\"\nprefix = \"{prefix}\"\nreconnect_max_ms = 1000\n\
+             [ingest]\nreject_future = false\n[store]\npath = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
+             [cycle]\nkeep = 100\n[service]\ngrace_seconds = 30\n[simulate]\ninterval_ms = 0\n{extra}",
+            store.display()
+        ),
+    )
+    .unwrap();
+    Setup { dir: dir.to_path_buf(), config, store, metrics_port, prefix }
+}
+
+/// A running daemon; killed on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(s: &Setup, env: &[(&str, &str)]) -> Daemon {
+        let n = std::fs::read_dir(&s.dir).unwrap().count();
+        let log = s.dir.join(format!("daemon-{n}.log"));
+        let mut cmd = Command::new(ASSIMD);
+        cmd.arg("run").arg("--config").arg(&s.config).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("starting assimd run");
+        let d = Daemon { child, log };
+        let port = s.metrics_port;
+        wait_for("the daemon to subscribe", || metric(port, "assimd_mqtt_subscribed").filter(|v| *v == 1.0));
+        d
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait; the exit must be a success.
+    pub fn terminate(mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "assimd exited with {status} after SIGTERM:\n{}", self.log_text());
+    }
+
+    /// SIGKILL and wait.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run `assimd simulate` to completion (every message acknowledged by the broker).
+pub fn simulate(s: &Setup, first_cycle: u64, cycles: u64) {
+    let out = Command::new(ASSIMD)
+        .args(["simulate", "--config"])
+        .arg(&s.config)
+        .args(["--first-cycle", &first_cycle.to_string(), "--cycles", &cycles.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "assimd simulate failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// GET /metrics.
+pub fn scrape(port: u16) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+/// One sample, by its full name with labels as exported (e.g. `assimd_obs_rejected_total{reason="schema"}`).
+pub fn metric(port: u16, series: &str) -> Option<f64> {
+    let text = scrape(port)?;
+    sample(&text, series)
+}
+
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+}
+
+/// `assimd state inspect --json` (the daemon must be stopped: sled locks the store).
+pub fn inspect(store: &Path) -> serde_json::Value {
+    let out = Command::new(ASSIMD).args(["state", "inspect", "--json", "--store"]).arg(store).output().unwrap();
+    assert!(out.status.success(), "state inspect failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Observation messages the simulator publishes per cycle for this testbed and network.
+pub fn messages_per_cycle(testbed: &str, network: &str) -> u64 {
+    use assimd_models::testbed::Testbed;
+    let tb = Testbed::new(testbed.parse().unwrap());
+    let net = tb.network(network.parse().unwrap()).unwrap();
+    let mut sim = assimd::simulate::Simulator::new(tb, net, 1);
+    sim.step();
+    sim.messages().len() as u64
+}
+
+/// A subscriber that collects (topic, payload) of everything matching `filter`.
+pub struct Collector {
+    pub got: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    client: Client,
+}
+
+impl Collector {
+    pub fn start(port: u16, filter: &str) -> Collector {
+        let mut o = MqttOptions::new(format!("collector-{}", free_port()), "127.0.0.1", port);
+        o.set_max_packet_size(1 << 22, 1 << 22);
+        let (client, mut conn) = Client::new(o, 100);
+        client.subscribe(filter, QoS::AtLeastOnce).unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let g = got.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for ev in conn.iter() {
+                match ev {
+                    Ok(Event::Incoming(Packet::Publish(p))) => g.lock().unwrap().push((p.topic.clone(), p.payload.to_vec())),
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        let _ = tx.send(());
+                    }
+                    Ok(_) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        });
+        rx.recv_timeout(GUARD).expect("collector subscribed");
+        Collector { got, client }
+    }
+
+    pub fn payloads(&self, topic: &str) -> Vec<Vec<u8>> {
+        self.got.lock().unwrap().iter().filter(|(t, _)| t == topic).map(|(_, p)| p.clone()).collect()
+    }
+
+    pub fn count_prefix(&self, prefix: &str) -> usize {
+        self.got.lock().unwrap().iter().filter(|(t, _)| t.starts_with(prefix)).count()
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        let _ = self.client.disconnect();
+    }
+}
+
+/// Publish raw payloads at QoS 1 and wait until the broker acknowledged all of them.
+pub fn publish_all(port: u16, msgs: &[(String, Vec<u8>)]) {
+    let o = MqttOptions::new(format!("burst-{}", free_port()), "127.0.0.1", port);
+    let (client, mut conn) = Client::new(o, 1000);
+    let n = msgs.len();
+    let h = std::thread::spawn(move || {
+        let mut acked = 0;
+        for ev in conn.iter() {
+            match ev {
+                Ok(Event::Incoming(Packet::PubAck(_))) => {
+                    acked += 1;
+                    if acked == n {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => panic!("burst publisher: {e}"),
+            }
+        }
+    });
+    for (t, p) in msgs {
+        client.publish(t.clone(), QoS::AtLeastOnce, false, p.clone()).unwrap();
+    }
+    h.join().unwrap();
+    let _ = client.disconnect();
+}
+
+/// Per cycle, the number of messages the committed summary says it consumed.
+pub fn committed_messages(state: &serde_json::Value) -> Vec<(u64, u64)> {
+    state["cycles"].as_array().unwrap().iter().map(|c| (c["cycle"].as_u64().unwrap(), c["messages"].as_u64().unwrap())).collect()
+}

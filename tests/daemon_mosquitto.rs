@@ -1,0 +1,162 @@
+//! End-to-end tests of `assimd run` against a real Mosquitto (Debian package) on a free port, with
+//! the queue limits of configs/mosquitto.conf. Observations come from `assimd simulate` (l96,
+//! stations+satellite, with the truth) and from raw publishes.
+
+#[path = "common/daemon.rs"]
+mod common;
+use common::*;
+
+const TB: &str = "l96";
+const NET: &str = "stations+satellite";
+
+/// Observations in, analyses and metrics out; SIGTERM stops cleanly.
+#[test]
+fn observations_in_analyses_and_metrics_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&tmp.path().join("broker"));
+    let s = write_config(tmp.path(), broker.port, "");
+    let daemon = Daemon::start(&s, &[]);
+    let summaries = Collector::start(broker.port, "test/analysis/#");
+    let per_cycle = messages_per_cycle(TB, NET);
+    simulate(&s, 1, 8);
+    // Cutoff one cycle: the observations of cycle 8 close the window of cycle 6.
+    wait_for("cycle 6 to be committed", || metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 6.0));
+    let text = scrape(s.metrics_port).unwrap();
+    assert_eq!(sample(&text, "assimd_obs_journaled_total"), Some((8 * per_cycle) as f64));
+    assert_eq!(sample(&text, "assimd_obs_assimilated_total"), Some((6 * per_cycle) as f64));
+    assert_eq!(sample(&text, "assimd_obs_rejected_total{reason=\"schema\"}"), Some(0.0));
+    assert_eq!(sample(&text, "assimd_obs_late_total"), Some(0.0));
+    assert_eq!(sample(&text, "assimd_mqtt_connected"), Some(1.0));
+    let rmse = sample(&text, "assimd_analysis_rmse{filter=\"letkf\",against=\"truth\"}").expect("analysis RMSE against truth exported");
+    let bg = sample(&text, "assimd_background_rmse{filter=\"letkf\",against=\"truth\"}").unwrap();
+    assert!(rmse.is_finite() && rmse < bg, "the analysis should improve on its background: {rmse} vs {bg}");
+    assert!(sample(&text, "assimd_analysis_rmse{filter=\"letkf\",against=\"withheld\"}").is_some());
+    assert!(text.contains("assimd_cycle_duration_seconds_bucket"), "cycle durations are a histogram");
+    assert!(text.contains("assimd_omb_rms{filter=\"letkf\",modality=\"satellite\"}"));
+
+    wait_for("six summaries and means", || (summaries.payloads("test/analysis/letkf/summary").len() >= 6).then_some(()));
+    let last: serde_json::Value = serde_json::from_slice(summaries.payloads("test/analysis/letkf/summary").last().unwrap()).unwrap();
+    assert_eq!(last["filter"], "letkf");
+    assert!(last["rmse_a_truth"].as_f64().unwrap().is_finite());
+    assert!(last["obs"]["satellite"].as_u64().unwrap() > 0, "a granule of footprints per cycle: {last}");
+    let mean = summaries.payloads("test/analysis/letkf/mean").last().unwrap().clone();
+    assert_eq!(&mean[..8], b"ASSIMD01");
+    assert_eq!(u32::from_le_bytes(mean[24..28].try_into().unwrap()), 40);
+    assert_eq!(mean.len(), 32 + 4 * 40);
+
+    daemon.terminate();
+    let state = inspect(&s.store);
+    assert_eq!(state["assimilated_up_to"], 6);
+    assert_eq!(committed_messages(&state), (1..=6).map(|k| (k, per_cycle)).collect::<Vec<_>>());
+}
+
+/// A burst of malformed and duplicate messages is rejected and counted, sent to the dead-letter
+/// topic, and cycling goes on with exactly the valid observations.
+#[test]
+fn malformed_and_duplicate_burst_is_counted_while_cycling_goes_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&tmp.path().join("broker"));
+    let s = write_config(tmp.path(), broker.port, "");
+    let daemon = Daemon::start(&s, &[]);
+    let dead = Collector::start(broker.port, "test/deadletter/#");
+    let per_cycle = messages_per_cycle(TB, NET);
+    simulate(&s, 1, 4);
+
+    // Duplicates: cycle 4's own messages again (journaled, window still open).
+    use assimd_models::testbed::Testbed;
+    let tb = Testbed::new(TB.parse().unwrap());
+    let mut sim = assimd::simulate::Simulator::new(tb.clone(), tb.network(NET.parse().unwrap()).unwrap(), 101);
+    for _ in 0..4 {
+        sim.step();
+    }
+    let valid: Vec<(String, Vec<u8>)> = sim.messages().iter().map(|m| (format!("test/{}", m.topic), serde_json::to_vec(&m.feature).unwrap())).collect();
+    let station = String::from_utf8(valid[0].1.clone()).unwrap();
+    let t = "test/obs/station/sim/S00".to_string();
+    let mut burst = Vec::new();
+    for i in 0..30 {
+        burst.push((t.clone(), format!("{{\"type\":\"Feature\",\"id\":{i}").into_bytes())); // truncated JSON
+    }
+    for _ in 0..20 {
+        burst.push((t.clone(), station.replacen("\"value\":", "\"value\":NaN,\"x\":", 1).into_bytes()));
+    }
+    for _ in 0..15 {
+        burst.push((t.clone(), station.replace("45.0", "89.0").replace("45]", "89]").into_bytes()));
+    }
+    for _ in 0..10 {
+        burst.push((t.clone(), station.replace("\"var\":\"x\"", "\"var\":\"humidity\"").into_bytes()));
+    }
+    for _ in 0..5 {
+        burst.push((t.clone(), station.replace("\"sigma\":", "\"sigma\":-").into_bytes()));
+    }
+    burst.extend(valid.iter().cloned());
+    publish_all(broker.port, &burst);
+    simulate(&s, 5, 4);
+    wait_for("cycle 6 to be committed", || metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 6.0));
+    let text = scrape(s.metrics_port).unwrap();
+    let r = |reason: &str| sample(&text, &format!("assimd_obs_rejected_total{{reason=\"{reason}\"}}")).unwrap_or(f64::NAN);
+    assert_eq!(r("malformed_json"), 30.0);
+    assert_eq!(r("non_finite"), 20.0);
+    assert_eq!(r("out_of_domain"), 15.0);
+    assert_eq!(r("unknown_variable"), 10.0);
+    assert_eq!(r("bad_sigma"), 5.0);
+    assert_eq!(sample(&text, "assimd_obs_duplicates_total"), Some(valid.len() as f64));
+    assert_eq!(sample(&text, "assimd_obs_journaled_total"), Some((8 * per_cycle) as f64));
+    wait_for("80 dead letters", || (dead.count_prefix("test/deadletter/") >= 80).then_some(()));
+    assert_eq!(dead.payloads("test/deadletter/unknown_variable").len(), 10);
+    daemon.terminate();
+    let state = inspect(&s.store);
+    assert_eq!(committed_messages(&state), (1..=6).map(|k| (k, per_cycle)).collect::<Vec<_>>());
+}
+
+/// SIGKILL of the daemon mid-cycle (after the analyses of cycle 4, before their commit), then a
+/// restart while the simulator keeps publishing: the state resumes from cycle 3 and every
+/// acknowledged observation is assimilated exactly once.
+#[test]
+fn sigkill_mid_cycle_then_restart_assimilates_everything_exactly_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&tmp.path().join("broker"));
+    let s = write_config(tmp.path(), broker.port, "");
+    let per_cycle = messages_per_cycle(TB, NET);
+    let daemon = Daemon::start(&s, &[("ASSIMD_TEST_STALL_BEFORE_COMMIT", "4")]);
+    simulate(&s, 1, 7);
+    wait_for("the daemon to stall before committing cycle 4", || daemon.log_text().contains("stalling before the commit of cycle 4").then_some(()));
+    daemon.kill();
+    // While it is down the broker queues the rest for its persistent session.
+    simulate(&s, 8, 5);
+    let daemon = Daemon::start(&s, &[]);
+    wait_for("cycle 10 to be committed", || metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 10.0));
+    let log = daemon.log_text();
+    daemon.terminate();
+    assert!(log.contains("committed=3"), "the restart resumes from cycle 3:\n{log}");
+    let state = inspect(&s.store);
+    assert_eq!(state["assimilated_up_to"], 10);
+    assert_eq!(committed_messages(&state), (1..=10).map(|k| (k, per_cycle)).collect::<Vec<_>>());
+    assert_eq!(state["journaled_total"].as_u64(), Some(12 * per_cycle), "every published message journaled once");
+    assert_eq!(state["assimilated_messages_total"].as_u64(), Some(10 * per_cycle), "and assimilated once");
+}
+
+/// Broker restart: the daemon reconnects to its persistent session, and the messages published
+/// before it is back are delivered to it; nothing is lost.
+#[test]
+fn broker_restart_daemon_reconnects_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut broker = Mosquitto::start(&tmp.path().join("broker"));
+    let s = write_config(tmp.path(), broker.port, "");
+    let per_cycle = messages_per_cycle(TB, NET);
+    let daemon = Daemon::start(&s, &[]);
+    simulate(&s, 1, 4);
+    wait_for("cycle 2 to be committed", || metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 2.0));
+    broker.stop();
+    wait_for("the daemon to notice", || metric(s.metrics_port, "assimd_mqtt_connected").filter(|v| *v == 0.0));
+    broker.restart();
+    simulate(&s, 5, 6);
+    wait_for_or("cycle 8 to be committed", || metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 8.0), || {
+        format!("{}\n{}", daemon.log_text(), std::fs::read_to_string(broker.dir.join("mosquitto.log")).unwrap_or_default())
+    });
+    let errors = metric(s.metrics_port, "assimd_mqtt_connection_errors_total").unwrap_or(0.0);
+    assert!(errors >= 1.0, "the connection loss was counted");
+    daemon.terminate();
+    let state = inspect(&s.store);
+    assert_eq!(committed_messages(&state), (1..=8).map(|k| (k, per_cycle)).collect::<Vec<_>>());
+    assert_eq!(state["journaled_total"].as_u64(), Some(10 * per_cycle));
+}
