@@ -43,3 +43,26 @@ _assimd_setup_ort() {
 }
 _assimd_setup_ort || exit 1
 unset -f _assimd_setup_ort
+
+# Mosquitto (Debian package) for the daemon's end-to-end tests, which start their own broker on a
+# free port; and systemd-analyze for the unit's checks.
+_assimd_setup_apt() {
+    local missing=()
+    [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+    command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+    [ ${#missing[@]} -eq 0 ] && return 0
+    local sudo=""
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            sudo="sudo"
+        else
+            echo "setup: ${missing[*]} missing and not root (no passwordless sudo): apt-get install ${missing[*]}" >&2
+            return 1
+        fi
+    fi
+    echo "setup: installing ${missing[*]} (apt-get)"
+    $sudo apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null \
+        || { echo "setup: apt-get install ${missing[*]} failed" >&2; return 1; }
+}
+_assimd_setup_apt || exit 1
+unset -f _assimd_setup_apt
