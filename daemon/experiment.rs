@@ -20,7 +20,7 @@ use crate::wire::{self, Limits};
 use anyhow::{bail, Context, Result};
 use assimd_filter::obs::{ObsBatch, Observation};
 use assimd_filter::enkf::{Etkf, Inflation, Letkf, StochasticEnkf};
-use assimd_filter::score::{Denoiser, Sampler, SamplerConfig, ScoreFilter, ScorePrior, Start};
+use assimd_filter::score::{EnsembleGaussianPrior, Denoiser, Sampler, SamplerConfig, ScoreFilter, ScorePrior, Start};
 use assimd_filter::{stats, Analysis, Ensemble, FilterError};
 use assimd_models::bundle::{Bundle, BundleOptions};
 use assimd_models::testbed::{NetworkKind, Testbed, TestbedKind};
@@ -133,7 +133,8 @@ pub struct SamplerFile {
     pub sigma_start: Option<f64>,
     /// Final noise level.
     pub sigma_min: Option<f64>,
-    /// Start each member's diffusion at its own background ("member") or at the mean ("mean").
+    /// Start each member's diffusion at its own background ("member"), at the mean ("mean"), or at
+    /// its perturbed-observation Kalman update under the prior's covariance ("analysis").
     pub start: Option<String>,
 }
 
@@ -150,7 +151,8 @@ impl SamplerFile {
             *start = match v.as_str() {
                 "member" => Start::Member,
                 "mean" => Start::Mean,
-                _ => bail!("sampler.start must be \"member\" or \"mean\", got {v:?}"),
+                "analysis" => Start::Analysis,
+                _ => bail!("sampler.start must be \"member\", \"mean\" or \"analysis\", got {v:?}"),
             };
         }
         Ok(())
@@ -246,12 +248,16 @@ pub struct ExperimentSpec {
     pub start: Start,
 }
 
+/// The `--bundle` value that selects the analytic localised-ensemble Gaussian prior instead of a
+/// trained model (see [`EnsembleGaussianPrior`]; localisation and inflation from the spec).
+pub const ENSEMBLE_GAUSSIAN: &str = "ensemble-gaussian";
+
 /// A model bundle as the score filter's prior.
 struct BundlePrior(Bundle);
 
 impl ScorePrior for BundlePrior {
     fn condition(&self, background: &Ensemble) -> Result<Box<dyn Denoiser>, FilterError> {
-        let d = self.0.condition(background).map_err(|e| FilterError::InvalidParameter(e.to_string()))?;
+        let d = self.0.condition(background).map_err(|e| FilterError::Model(e.to_string()))?;
         Ok(Box::new(d))
     }
 }
@@ -306,6 +312,17 @@ impl ExperimentSpec {
             FilterKind::Letkf => Some(Box::new(Letkf::new(space, self.localization_km, inflation)?.with_stride(self.weight_stride)?)),
             FilterKind::Score => {
                 let dir = self.bundle.as_ref().context("--filter score needs --bundle DIR (e.g. models/zoo/l96)")?;
+                if dir.as_os_str() == ENSEMBLE_GAUSSIAN {
+                    // The analytic baseline prior: N(mean, rho (L o C) + s0^2 I) of the background.
+                    let floor = 0.01 * Testbed::new(self.testbed).climatology().std_state(1).into_iter().fold(f64::INFINITY, f64::min);
+                    let prior = EnsembleGaussianPrior::new(space, self.localization_km, self.inflation, floor)?;
+                    return Ok(Some(Box::new(ScoreFilter {
+                        prior: std::sync::Arc::new(prior),
+                        sampler: Sampler::new(self.sampler.clone())?,
+                        start: self.start,
+                        spread: inflation,
+                    })));
+                }
                 let bundle = Bundle::load(dir, &BundleOptions::default())?;
                 if bundle.manifest().testbed != self.testbed.to_string() {
                     bail!("bundle {} is for testbed {}, not {}", dir.display(), bundle.manifest().testbed, self.testbed);

@@ -16,4 +16,10 @@ pub enum FilterError {
     /// Shapes do not agree.
     #[error("dimension mismatch: {0}")]
     Dimension(String),
+    /// A computation broke down (e.g. a covariance that is not positive definite).
+    #[error("numerical failure: {0}")]
+    Numerical(String),
+    /// A learned model failed to run (the message names the graph and the cause).
+    #[error("model: {0}")]
+    Model(String),
 }

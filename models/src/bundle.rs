@@ -59,7 +59,9 @@ use std::fmt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use assimd_filter::score::Denoiser;
+use crate::testbed::{Testbed, TestbedKind};
+use assimd_filter::score::{Denoiser, EnsembleGaussianPrior};
+use nalgebra::{DMatrix, DVector};
 use assimd_filter::{Ensemble, FilterError};
 use ort::session::Session;
 use ort::value::{Tensor, TensorElementType, ValueType};
@@ -242,6 +244,19 @@ pub struct Conditioning {
     #[serde(default)]
     pub feature_channels: usize,
     pub inputs: BTreeMap<String, ConditioningInput>,
+    /// The localised ensemble Gaussian whose exact denoiser is the network's skip connection (the
+    /// `basis` and `eigvals` inputs); absent for bundles without it.
+    #[serde(default)]
+    pub ensemble_gaussian: Option<EnsembleGaussianSpec>,
+}
+
+/// `[conditioning.ensemble_gaussian]`: P = inflation (L ∘ C) + floor² I of the background members
+/// (see [`assimd_filter::score::EnsembleGaussianPrior`]).
+#[derive(Debug, Clone, Deserialize)]
+pub struct EnsembleGaussianSpec {
+    pub half_width_km: f64,
+    pub inflation: f64,
+    pub floor: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -775,6 +790,7 @@ pub struct Bundle {
     graphs: BTreeMap<String, Arc<Graph>>,
     provider: &'static str,
     provider_note: Option<String>,
+    gaussian: Option<EnsembleGaussianPrior>,
 }
 
 impl fmt::Debug for Bundle {
@@ -836,6 +852,7 @@ impl Bundle {
             graphs: BTreeMap::new(),
             provider: if use_cuda { "CUDA" } else { "CPU" },
             provider_note,
+            gaussian: None,
         };
         let specs: Vec<(String, GraphSpec)> = bundle
             .manifest
@@ -879,6 +896,18 @@ impl Bundle {
                     spec,
                     session: Mutex::new(session),
                 }),
+            );
+        }
+        if let Some(eg) = &bundle.manifest.conditioning.ensemble_gaussian {
+            let bad = |message: String| BundleError::Manifest { path: dir.join("manifest.toml"), message };
+            let kind: TestbedKind = bundle.manifest.testbed.parse().map_err(|e: String| bad(e))?;
+            let space = Testbed::new(kind).space;
+            if space.dim() != bundle.manifest.state_dim() {
+                return Err(bad(format!("[grid] has {} values, testbed {kind} {}", bundle.manifest.state_dim(), space.dim())));
+            }
+            bundle.gaussian = Some(
+                EnsembleGaussianPrior::new(&space, eg.half_width_km, eg.inflation, eg.floor)
+                    .map_err(|e| bad(format!("[conditioning.ensemble_gaussian]: {e}")))?,
             );
         }
         Ok(bundle)
@@ -1087,6 +1116,15 @@ impl Bundle {
         let spread = background.std();
         let mut cond: BTreeMap<String, TensorF32> = BTreeMap::new();
         let mut features = None;
+        let mut prior_cov = None;
+        if let Some(g) = &self.gaussian {
+            let (_, u, lam) = g.spectrum(background).map_err(|e| BundleError::Input { graph: "conditioning".into(), message: e.to_string() })?;
+            // basis (1, d, k): row-major, basis[i][k] = U[(i, k)]
+            let basis: Vec<f64> = (0..d).flat_map(|i| (0..u.ncols()).map(move |k| (i, k))).map(|(i, k)| u[(i, k)]).collect();
+            cond.insert("basis".into(), TensorF32::from_f64(vec![1, d, u.ncols()], &basis));
+            cond.insert("eigvals".into(), TensorF32::from_f64(vec![1, lam.len()], lam.as_slice()));
+            prior_cov = Some((u, lam));
+        }
         for (name, c) in &m.conditioning.inputs {
             match name.as_str() {
                 "mean" => {
@@ -1124,7 +1162,7 @@ impl Bundle {
         for (name, c) in &m.conditioning.inputs {
             let t = cond.get(name).ok_or_else(|| {
                 unsupported(format!(
-                    "conditioning input `{name}` is neither mean, spread nor a conditioner output"
+                    "conditioning input `{name}` is neither mean, spread, basis/eigvals ([conditioning.ensemble_gaussian]) nor a conditioner output"
                 ))
             })?;
             if t.shape != c.shape {
@@ -1144,6 +1182,7 @@ impl Bundle {
             mean,
             spread,
             features,
+            prior_cov,
         })
     }
 }
@@ -1176,6 +1215,7 @@ pub struct ConditionedDenoiser {
     mean: Vec<f64>,
     spread: Vec<f64>,
     features: Option<Vec<f64>>,
+    prior_cov: Option<(DMatrix<f64>, DVector<f64>)>,
 }
 
 impl fmt::Debug for ConditionedDenoiser {
@@ -1259,8 +1299,7 @@ impl ConditionedDenoiser {
     }
 
     fn model_error(&self, e: BundleError) -> FilterError {
-        // FilterError has no variant for a failed model run; InvalidParameter carries the message.
-        FilterError::InvalidParameter(format!("model bundle `{}`: {e}", self.bundle))
+        FilterError::Model(format!("bundle `{}`: {e}", self.bundle))
     }
 }
 
@@ -1319,6 +1358,10 @@ impl Denoiser for ConditionedDenoiser {
 
     fn decode(&self, z: &[f64]) -> Result<Vec<f64>, FilterError> {
         Ok(z.to_vec())
+    }
+
+    fn prior_covariance(&self) -> Option<(&DMatrix<f64>, &DVector<f64>)> {
+        self.prior_cov.as_ref().map(|(u, l)| (u, l))
     }
 }
 

@@ -5,9 +5,11 @@ use super::{Denoiser, Sampler};
 use crate::analysis::Analysis;
 use crate::enkf::Inflation;
 use crate::ensemble::Ensemble;
-use crate::obs::ObsBatch;
+use crate::obs::{ObsBatch, ObservationOperator};
 use crate::FilterError;
+use nalgebra::{DMatrix, DVector};
 use rand::RngCore;
+use rand_distr::{Distribution, StandardNormal};
 use std::sync::Arc;
 
 /// A learned prior that, given a cycle's background ensemble, yields the conditioned denoiser.
@@ -23,6 +25,10 @@ pub enum Start {
     Member,
     /// The background ensemble mean (all members start alike; the noise makes them differ).
     Mean,
+    /// Each member's perturbed-observation Kalman update under the prior's covariance (when the
+    /// denoiser has one, see [`Denoiser::prior_covariance`]; else its own background): the exact
+    /// posterior's noised marginal for a Gaussian prior, so that a small σ_start loses nothing.
+    Analysis,
 }
 
 /// The score-based filter's analysis step.
@@ -48,10 +54,15 @@ impl Analysis for ScoreFilter {
         let d = den.dim();
         let mean = ens.mean();
         let mut z = Vec::with_capacity(ens.n_members() * d);
-        for x in ens.members() {
-            let start = match self.start {
-                Start::Member => x,
-                Start::Mean => &mean[..],
+        let updated = match (self.start, den.prior_covariance()) {
+            (Start::Analysis, Some((u, lam))) if !batch.is_empty() => Some(perturbed_obs_update(ens, batch, u, lam, rng)?),
+            _ => None,
+        };
+        for (k, x) in ens.members().enumerate() {
+            let start = match (self.start, &updated) {
+                (Start::Member, _) | (Start::Analysis, None) => x,
+                (Start::Analysis, Some(a)) => a.member(k),
+                (Start::Mean, _) => &mean[..],
             };
             z.extend(den.encode(start)?);
         }
@@ -63,4 +74,48 @@ impl Analysis for ScoreFilter {
         self.spread.relax(ens, &background_std);
         Ok(())
     }
+}
+
+/// x_k + K (y + ε_k - H x_k), K = P Hᵀ (H P Hᵀ + R)⁻¹, ε_k ~ N(0, R), for P = U diag(λ) Uᵀ; H is
+/// linearised at the ensemble mean.
+fn perturbed_obs_update(
+    ens: &Ensemble,
+    batch: &ObsBatch,
+    u: &DMatrix<f64>,
+    lam: &DVector<f64>,
+    rng: &mut dyn RngCore,
+) -> Result<Ensemble, FilterError> {
+    let m = batch.len();
+    let mean = ens.mean();
+    let mut hu = DMatrix::zeros(m, u.ncols());
+    let mut col = vec![0.0; m];
+    for k in 0..u.ncols() {
+        batch.op.tangent(&mean, u.column(k).as_slice(), &mut col);
+        hu.column_mut(k).copy_from_slice(&col);
+    }
+    let mut hul = hu.clone();
+    for (k, l) in lam.iter().enumerate() {
+        hul.column_mut(k).scale_mut(*l);
+    }
+    // P Hᵀ = U diag(λ) (H U)ᵀ, H P Hᵀ = (H U) diag(λ) (H U)ᵀ.
+    let mut s = &hul * hu.transpose();
+    for j in 0..m {
+        s[(j, j)] += batch.sigma[j] * batch.sigma[j];
+    }
+    let chol = s.cholesky().ok_or_else(|| FilterError::Numerical("H P Hᵀ + R is not positive definite".into()))?;
+    let mut out = ens.clone();
+    let mut hx = vec![0.0; m];
+    for x in out.members_mut() {
+        batch.op.apply(x, &mut hx);
+        let d = DVector::from_iterator(m, (0..m).map(|j| {
+            let e: f64 = <StandardNormal as Distribution<f64>>::sample(&StandardNormal, rng);
+            batch.y[j] + batch.sigma[j] * e - hx[j]
+        }));
+        let w = chol.solve(&d);
+        let inc = u * (hul.transpose() * w);
+        for (xi, di) in x.iter_mut().zip(inc.iter()) {
+            *xi += di;
+        }
+    }
+    Ok(out)
 }

@@ -28,10 +28,12 @@
 //! - Song, Y. et al. (2021). Score-based generative modeling through stochastic differential
 //!   equations. ICLR.
 
+mod ensemble;
 mod filter;
 mod gaussian;
 mod sampler;
 
+pub use ensemble::{EnsembleGaussianPrior, SpectralGaussianDenoiser};
 pub use filter::{ScoreFilter, ScorePrior, Start};
 pub use gaussian::GaussianDenoiser;
 pub use sampler::{karras_schedule, Sampler, SamplerConfig};
@@ -58,6 +60,14 @@ pub trait Denoiser: Send + Sync {
 
     /// Map a sample back to a physical state (identity for pixel-space models).
     fn decode(&self, z: &[f64]) -> Result<Vec<f64>, FilterError>;
+
+    /// The prior covariance P = U diag(λ) Uᵀ in state space (U: n × k, orthonormal columns), if this
+    /// denoiser knows one (the localised ensemble Gaussian it is built on). The sampler then uses
+    /// Cov[x₀ | z_σ] ≈ U diag(λσ²/(λ+σ²)) Uᵀ in its likelihood (see the module docs); without it,
+    /// SDA's γσ²I.
+    fn prior_covariance(&self) -> Option<(&nalgebra::DMatrix<f64>, &nalgebra::DVector<f64>)> {
+        None
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 use super::Denoiser;
 use crate::obs::{ObsBatch, ObservationOperator};
 use crate::FilterError;
+use nalgebra::{DMatrix, DVector};
 use rand::RngCore;
 use rand_distr::{Distribution, StandardNormal};
 
@@ -60,6 +61,12 @@ pub fn karras_schedule(sigma_max: f64, sigma_min: f64, steps: usize, rho: f64) -
     (0..steps).map(|i| (a + i as f64 / (steps - 1) as f64 * (b - a)).powf(rho)).collect()
 }
 
+/// H U and λ of a prior covariance U diag(λ) Uᵀ, for the likelihood's observation-space covariance.
+struct ObsCovariance {
+    hu: DMatrix<f64>,
+    lam: DVector<f64>,
+}
+
 /// Guided posterior sampler over a batch of members.
 pub struct Sampler {
     /// Settings.
@@ -76,9 +83,26 @@ impl Sampler {
         Ok(Sampler { config: config.validate()? })
     }
 
+    /// H U and λ of the denoiser's prior covariance (see [`Denoiser::prior_covariance`]), linearised
+    /// at the first member's decoded state, if the denoiser has one.
+    fn obs_space_covariance(&self, den: &dyn Denoiser, z: &[f64], batch: &ObsBatch) -> Result<Option<ObsCovariance>, FilterError> {
+        let Some((u, lam)) = den.prior_covariance() else { return Ok(None) };
+        let m = batch.len();
+        if m == 0 {
+            return Ok(None);
+        }
+        let x = den.decode(&z[..den.dim()])?;
+        let mut hu = DMatrix::zeros(m, u.ncols());
+        let mut col = vec![0.0; m];
+        for k in 0..u.ncols() {
+            batch.op.tangent(&x, u.column(k).as_slice(), &mut col);
+            hu.column_mut(k).copy_from_slice(&col);
+        }
+        Ok(Some(ObsCovariance { hu, lam: lam.clone() }))
+    }
+
     /// Posterior score s(z; σ) for every member of the batch `z` (B × d), into `score`.
-    /// Returns the number of denoiser evaluations made (1 per member).
-    pub fn score(&self, den: &dyn Denoiser, z: &[f64], sigma: f64, batch: &ObsBatch, score: &mut [f64]) -> Result<(), FilterError> {
+    fn score(&self, den: &dyn Denoiser, z: &[f64], sigma: f64, batch: &ObsBatch, cov: Option<&ObsCovariance>, score: &mut [f64]) -> Result<(), FilterError> {
         let (d, n) = (den.dim(), den.state_dim());
         let b = z.len() / d;
         let sig = vec![sigma; b];
@@ -91,7 +115,25 @@ impl Sampler {
             }
             return Ok(());
         }
-        // First pass: x̂₀ to form the likelihood cotangent v = H'ᵀ (R + γσ²I)⁻¹ (y - H(x̂₀)).
+        // The likelihood's covariance in observation space: R + γσ²I, plus H Cov[x₀ | z_σ] Hᵀ when
+        // the prior's covariance is known (exact for a Gaussian prior and linear H).
+        let s2 = sigma * sigma;
+        let chol = match cov {
+            Some(c) => {
+                let w: Vec<f64> = c.lam.iter().map(|&l| l * s2 / (l + s2)).collect();
+                let mut hw = c.hu.clone();
+                for (k, wk) in w.iter().enumerate() {
+                    hw.column_mut(k).scale_mut(*wk);
+                }
+                let mut smat = &hw * c.hu.transpose();
+                for j in 0..m {
+                    smat[(j, j)] += batch.sigma[j] * batch.sigma[j] + self.config.gamma * s2;
+                }
+                Some(smat.cholesky().ok_or_else(|| FilterError::Numerical("observation-space covariance is not positive definite".into()))?)
+            }
+            None => None,
+        };
+        // First pass: x̂₀ to form the likelihood cotangent v = H'ᵀ S⁻¹ (y - H(x̂₀)).
         // The cotangent v depends on x̂₀, so a forward pass must come before the VJP pass (which
         // recomputes x̂₀ itself); for pixel-space models decode is the identity.
         let mut dz = vec![0.0; z.len()];
@@ -102,9 +144,17 @@ impl Sampler {
         for k in 0..b {
             let x0 = den.decode(&dz[k * d..(k + 1) * d])?;
             batch.op.apply(&x0, &mut hx);
-            for j in 0..m {
-                let var = batch.sigma[j] * batch.sigma[j] + self.config.gamma * sigma * sigma;
-                w[j] = (batch.y[j] - hx[j]) / var;
+            match &chol {
+                Some(c) => {
+                    let innov = DVector::from_iterator(m, (0..m).map(|j| batch.y[j] - hx[j]));
+                    w.copy_from_slice(c.solve(&innov).as_slice());
+                }
+                None => {
+                    for j in 0..m {
+                        let var = batch.sigma[j] * batch.sigma[j] + self.config.gamma * s2;
+                        w[j] = (batch.y[j] - hx[j]) / var;
+                    }
+                }
             }
             batch.op.adjoint(&x0, &w, &mut v[k * n..(k + 1) * n]);
         }
@@ -112,7 +162,7 @@ impl Sampler {
         let mut jtv = vec![0.0; b * d];
         den.denoise_vjp(z, &sig, &v, &mut x0, &mut jtv)?;
         for i in 0..z.len() {
-            score[i] = (dz[i] - z[i]) / (sigma * sigma) + jtv[i];
+            score[i] = (dz[i] - z[i]) / s2 + jtv[i];
         }
         Ok(())
     }
@@ -129,16 +179,17 @@ impl Sampler {
         for v in z.iter_mut() {
             *v += c.sigma_start * normal(rng);
         }
+        let cov = self.obs_space_covariance(den, z, batch)?;
         let mut s = vec![0.0; z.len()];
         for i in 0..sigmas.len() - 1 {
             let (si, sn) = (sigmas[i], sigmas[i + 1]);
             let dv = si * si - sn * sn;
-            self.score(den, z, si, batch, &mut s)?;
+            self.score(den, z, si, batch, cov.as_ref(), &mut s)?;
             for (zv, sv) in z.iter_mut().zip(&s) {
                 *zv += dv * sv + dv.sqrt() * normal(rng);
             }
             for _ in 0..c.corrections {
-                self.score(den, z, sn, batch, &mut s)?;
+                self.score(den, z, sn, batch, cov.as_ref(), &mut s)?;
                 // One step size for the whole batch: a step that depended on each member's own
                 // score would break the chain's detailed balance and bias the samples.
                 let mean_sq = s.iter().map(|v| v * v).sum::<f64>() / s.len() as f64;
