@@ -98,18 +98,14 @@ impl Connection {
                     metrics::gauge!(tm::MQTT_CONNECTED).set(1.0);
                     let ever_connected = std::mem::replace(&mut was_connected, true);
                     tracing::info!(session_present = ack.session_present, "connected to the broker");
-                    if ack.session_present {
-                        // The broker kept the subscriptions (and queued what arrived meanwhile).
-                        metrics::gauge!(tm::MQTT_SUBSCRIBED).set(1.0);
-                        let _ = connected.send(true);
-                    } else {
-                        if ever_connected {
-                            tracing::warn!("the broker lost this client's session (restarted without persistence?): messages published while disconnected are lost; subscribing again");
-                        }
-                        let subs = topics.iter().map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
-                        if let Err(e) = client.try_subscribe_many(subs) {
-                            tracing::error!("subscribing: {e}");
-                        }
+                    if !ack.session_present && ever_connected {
+                        tracing::warn!("the broker lost this client's session (restarted without persistence?): messages published while disconnected are lost");
+                    }
+                    // Subscribe at every connection, session or not: idempotent, and a changed
+                    // prefix or truth setting takes effect on a kept session too.
+                    let subs = topics.iter().map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+                    if let Err(e) = client.try_subscribe_many(subs) {
+                        tracing::error!("subscribing: {e}");
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => {

@@ -116,6 +116,7 @@ pub struct Setup {
 }
 
 pub fn write_config(dir: &Path, broker_port: u16, extra: &str) -> Setup {
+    std::fs::create_dir_all(dir).unwrap();
     let metrics_port = free_port();
     let store = dir.join("store");
     let prefix = "test".to_string();
@@ -123,7 +124,7 @@ pub fn write_config(dir: &Path, broker_port: u16, extra: &str) -> Setup {
     std::fs::write(
         &config,
         format!(
-            "[mqtt]\nport = {broker_port}\nclient_id = \"assimd-test-{broker_port}\"\nprefix = \"{prefix}\"\nreconnect_max_ms = 1000\n\
+            "[mqtt]\nport = {broker_port}\nclient_id = \"assimd-test-{metrics_port}\"\nprefix = \"{prefix}\"\nreconnect_max_ms = 1000\n\
              [ingest]\nreject_future = false\n[store]\npath = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
              [cycle]\nkeep = 100\n[service]\ngrace_seconds = 30\n[simulate]\ninterval_ms = 0\n{extra}",
             store.display()
@@ -137,6 +138,13 @@ pub fn write_config(dir: &Path, broker_port: u16, extra: &str) -> Setup {
 pub struct Daemon {
     pub child: Child,
     pub log: PathBuf,
+}
+
+/// Peak and current resident set size of a process, bytes (from /proc).
+pub fn rss(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 1024;
+    (kb("VmHWM:"), kb("VmRSS:"))
 }
 
 impl Daemon {
@@ -276,7 +284,8 @@ impl Drop for Collector {
 
 /// Publish raw payloads at QoS 1 and wait until the broker acknowledged all of them.
 pub fn publish_all(port: u16, msgs: &[(String, Vec<u8>)]) {
-    let o = MqttOptions::new(format!("burst-{}", free_port()), "127.0.0.1", port);
+    let mut o = MqttOptions::new(format!("burst-{}", free_port()), "127.0.0.1", port);
+    o.set_inflight(1000);
     let (client, mut conn) = Client::new(o, 1000);
     let n = msgs.len();
     let h = std::thread::spawn(move || {
