@@ -1096,12 +1096,6 @@ impl Bundle {
             bundle: m.name.clone(),
             message,
         };
-        if !m.is_pixel_space() {
-            return Err(unsupported(format!(
-                "codec {:?}: only pixel-space (identity codec) bundles can be conditioned yet",
-                m.normalisation.codec
-            )));
-        }
         let d = m.state_dim();
         if background.dim() != d {
             return Err(BundleError::Input {
@@ -1112,12 +1106,29 @@ impl Bundle {
                 ),
             });
         }
-        let mean = background.mean();
-        let spread = background.std();
+        // Latent bundles: the members are encoded (one batched encoder call) and every conditioning
+        // statistic is taken over the encoded members; pixel bundles use the members themselves.
+        let (codec, members_z) = if m.is_pixel_space() {
+            (None, None)
+        } else {
+            let enc = self.graph("encoder")?.clone();
+            let dec = self.graph("decoder")?.clone();
+            let n = background.n_members();
+            let shape: Vec<usize> = std::iter::once(n).chain(m.grid.dims.iter().copied()).collect();
+            let z = enc.run(vec![(enc.spec.inputs[0].clone(), TensorF32::from_f64(shape, background.as_flat()))])?;
+            let zf: Vec<f64> = z[0].data.iter().map(|&v| f64::from(v)).collect();
+            let latent = Ensemble::from_flat(n, m.latent_dim(), zf)
+                .map_err(|e| BundleError::Input { graph: "encoder".into(), message: e.to_string() })?;
+            (Some((enc, dec)), Some(latent))
+        };
+        let stats = members_z.as_ref().unwrap_or(background);
+        let d_stats = stats.dim();
+        let mean = stats.mean();
+        let spread = stats.std();
         let mut cond: BTreeMap<String, TensorF32> = BTreeMap::new();
         let mut features = None;
         let mut prior_cov = None;
-        if let Some(g) = &self.gaussian {
+        if let (Some(g), None) = (&self.gaussian, &codec) {
             let (_, u, lam) = g.spectrum(background).map_err(|e| BundleError::Input { graph: "conditioning".into(), message: e.to_string() })?;
             // basis (1, d, k): row-major, basis[i][k] = U[(i, k)]
             let basis: Vec<f64> = (0..d).flat_map(|i| (0..u.ncols()).map(move |k| (i, k))).map(|(i, k)| u[(i, k)]).collect();
@@ -1137,11 +1148,13 @@ impl Bundle {
             }
         }
         if let Some(conditioner) = self.graphs.get("conditioner") {
-            let n = background.n_members();
+            let n = stats.n_members();
             let mut inputs = Vec::new();
             for name in &conditioner.spec.inputs {
                 let t = if name == "members" {
-                    TensorF32::from_f64(vec![1, n, d], background.as_flat())
+                    let shape: Vec<usize> = [1, n].into_iter().chain(m.latent.shape.iter().copied()).collect();
+                    let _ = d_stats;
+                    TensorF32::from_f64(shape, stats.as_flat())
                 } else {
                     cond.get(name).cloned().ok_or_else(|| {
                         unsupported(format!(
@@ -1183,6 +1196,7 @@ impl Bundle {
             spread,
             features,
             prior_cov,
+            codec,
         })
     }
 }
@@ -1216,6 +1230,7 @@ pub struct ConditionedDenoiser {
     spread: Vec<f64>,
     features: Option<Vec<f64>>,
     prior_cov: Option<(DMatrix<f64>, DVector<f64>)>,
+    codec: Option<(Arc<Graph>, Arc<Graph>)>,
 }
 
 impl fmt::Debug for ConditionedDenoiser {
@@ -1298,6 +1313,17 @@ impl ConditionedDenoiser {
         Ok(inputs)
     }
 
+    /// Run the encoder or decoder on a batch of B inputs of shape `shape` (flat, B × ∏shape).
+    fn codec_run(&self, g: &Graph, shape: &[usize], x: &[f64]) -> Result<Vec<f64>, FilterError> {
+        let per: usize = shape.iter().product();
+        if x.is_empty() || x.len() % per != 0 {
+            return Err(FilterError::Dimension(format!("{} values are not a batch of {shape:?}", x.len())));
+        }
+        let full: Vec<usize> = std::iter::once(x.len() / per).chain(shape.iter().copied()).collect();
+        let out = g.run(vec![(g.spec.inputs[0].clone(), TensorF32::from_f64(full, x))]).map_err(|e| self.model_error(e))?;
+        Ok(out[0].data.iter().map(|&v| f64::from(v)).collect())
+    }
+
     fn model_error(&self, e: BundleError) -> FilterError {
         FilterError::Model(format!("bundle `{}`: {e}", self.bundle))
     }
@@ -1353,11 +1379,17 @@ impl Denoiser for ConditionedDenoiser {
     }
 
     fn encode(&self, x: &[f64]) -> Result<Vec<f64>, FilterError> {
-        Ok(x.to_vec())
+        match &self.codec {
+            None => Ok(x.to_vec()),
+            Some((enc, _)) => self.codec_run(enc, &self.grid_dims, x),
+        }
     }
 
     fn decode(&self, z: &[f64]) -> Result<Vec<f64>, FilterError> {
-        Ok(z.to_vec())
+        match &self.codec {
+            None => Ok(z.to_vec()),
+            Some((_, dec)) => self.codec_run(dec, &self.latent_shape, z),
+        }
     }
 
     fn prior_covariance(&self) -> Option<(&DMatrix<f64>, &DVector<f64>)> {

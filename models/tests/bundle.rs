@@ -324,7 +324,7 @@ fn wrong_input_name_in_manifest_is_named() {
     );
 
     // A consistent but wrong name on a graph input: the graph check names the .onnx file.
-    let t2 = TempBundle::copy("l96", "wrongname2");
+    let t2 = TempBundle::copy("l96-setenc", "wrongname2");
     let path = t2.0.join("manifest.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     let edited = text

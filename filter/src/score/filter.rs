@@ -51,9 +51,8 @@ impl Analysis for ScoreFilter {
     fn analyse(&self, ens: &mut Ensemble, batch: &ObsBatch, rng: &mut dyn RngCore) -> Result<(), FilterError> {
         let background_std = ens.std();
         let den = self.prior.condition(ens)?;
-        let d = den.dim();
         let mean = ens.mean();
-        let mut z = Vec::with_capacity(ens.n_members() * d);
+        let mut z = Vec::with_capacity(ens.as_flat().len());
         let updated = match (self.start, den.prior_covariance()) {
             (Start::Analysis, Some((u, lam))) if !batch.is_empty() => Some(perturbed_obs_update(ens, batch, u, lam, rng)?),
             _ => None,
@@ -64,13 +63,12 @@ impl Analysis for ScoreFilter {
                 (Start::Analysis, Some(a)) => a.member(k),
                 (Start::Mean, _) => &mean[..],
             };
-            z.extend(den.encode(start)?);
+            z.extend_from_slice(start);
         }
+        let mut z = den.encode(&z)?;
         self.sampler.sample(&*den, &mut z, batch, rng)?;
-        for (k, zk) in z.chunks_exact(d).enumerate() {
-            let x = den.decode(zk)?;
-            ens.member_mut(k).copy_from_slice(&x);
-        }
+        let x = den.decode(&z)?;
+        ens.as_flat_mut().copy_from_slice(&x);
         self.spread.relax(ens, &background_std);
         Ok(())
     }

@@ -55,10 +55,12 @@ pub trait Denoiser: Send + Sync {
     /// x̂₀ = decode(D(z; σ)) (B × n) and Jᵀ v (B × d) for cotangents `v` (B × n).
     fn denoise_vjp(&self, z: &[f64], sigma: &[f64], v: &[f64], x0: &mut [f64], jtv: &mut [f64]) -> Result<(), FilterError>;
 
-    /// Map a physical state into the sampling space (identity for pixel-space models).
+    /// Map a physical state, or a batch of them (B × n), into the sampling space (identity for
+    /// pixel-space models).
     fn encode(&self, x: &[f64]) -> Result<Vec<f64>, FilterError>;
 
-    /// Map a sample back to a physical state (identity for pixel-space models).
+    /// Map a sample, or a batch of them (B × d), back to physical states (identity for pixel-space
+    /// models).
     fn decode(&self, z: &[f64]) -> Result<Vec<f64>, FilterError>;
 
     /// The prior covariance P = U diag(λ) Uᵀ in state space (U: n × k, orthonormal columns), if this

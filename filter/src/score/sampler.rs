@@ -141,9 +141,10 @@ impl Sampler {
         let mut v = vec![0.0; b * n];
         let mut hx = vec![0.0; m];
         let mut w = vec![0.0; m];
+        let x0_all = den.decode(&dz)?;
         for k in 0..b {
-            let x0 = den.decode(&dz[k * d..(k + 1) * d])?;
-            batch.op.apply(&x0, &mut hx);
+            let x0 = &x0_all[k * n..(k + 1) * n];
+            batch.op.apply(x0, &mut hx);
             match &chol {
                 Some(c) => {
                     let innov = DVector::from_iterator(m, (0..m).map(|j| batch.y[j] - hx[j]));
@@ -156,7 +157,7 @@ impl Sampler {
                     }
                 }
             }
-            batch.op.adjoint(&x0, &w, &mut v[k * n..(k + 1) * n]);
+            batch.op.adjoint(x0, &w, &mut v[k * n..(k + 1) * n]);
         }
         let mut x0 = vec![0.0; b * n];
         let mut jtv = vec![0.0; b * d];
