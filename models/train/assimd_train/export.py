@@ -48,13 +48,17 @@ class DenoiserGraph(nn.Module):
         super().__init__()
         self.den = den
         self.has_feat = den.feat_ch > 0
+        self.gauss = den.gauss
 
-    def forward(self, x_sigma, sigma, mean, spread, features=None):
+    def forward(self, x_sigma, sigma, mean, spread, c1=None, c2=None, c3=None):
         B = x_sigma.shape[0]
         m = mean.expand(B, -1)
         s = spread.expand(B, -1)
-        f = features.expand(B, -1, -1) if self.has_feat else None
-        return self.den(x_sigma, sigma, m, s, f)[0]
+        rest = [c for c in (c1, c2, c3) if c is not None]
+        f = rest.pop(0).expand(B, -1, -1) if self.has_feat else None
+        u = rest.pop(0).expand(B, -1, -1) if self.gauss else None
+        lam = rest.pop(0).expand(B, -1) if self.gauss else None
+        return self.den(x_sigma, sigma, m, s, f, u, lam)[0]
 
 
 class ConditionerGraph(nn.Module):
@@ -67,13 +71,22 @@ class ConditionerGraph(nn.Module):
 
 
 def _vjp_fn(graph: DenoiserGraph):
-    if graph.has_feat:
-        def f(x_sigma, sigma, mean, spread, features, v):
-            out, pull = torch.func.vjp(lambda x: graph(x, sigma, mean, spread, features), x_sigma)
-            return out, pull(v)[0]
-    else:
+    n_cond = int(graph.has_feat) + 2 * int(graph.gauss)
+    if n_cond == 0:
         def f(x_sigma, sigma, mean, spread, v):
             out, pull = torch.func.vjp(lambda x: graph(x, sigma, mean, spread), x_sigma)
+            return out, pull(v)[0]
+    elif n_cond == 1:
+        def f(x_sigma, sigma, mean, spread, c1, v):
+            out, pull = torch.func.vjp(lambda x: graph(x, sigma, mean, spread, c1), x_sigma)
+            return out, pull(v)[0]
+    elif n_cond == 2:
+        def f(x_sigma, sigma, mean, spread, c1, c2, v):
+            out, pull = torch.func.vjp(lambda x: graph(x, sigma, mean, spread, c1, c2), x_sigma)
+            return out, pull(v)[0]
+    else:
+        def f(x_sigma, sigma, mean, spread, c1, c2, c3, v):
+            out, pull = torch.func.vjp(lambda x: graph(x, sigma, mean, spread, c1, c2, c3), x_sigma)
             return out, pull(v)[0]
     return f
 
@@ -148,12 +161,18 @@ def export_bundle(model, out_dir: str, P: int, example: dict, seed: int = 0) -> 
 
     # --- denoiser
     dg = DenoiserGraph(model.den).eval()
-    names = ["x_sigma", "sigma", "mean", "spread"] + (["features"] if has_feat else [])
-    args = (x_sigma, sigma, mean, spread) + ((feats,) if has_feat else ())
-    dyn = ({0: B}, {0: B}, None, None) + ((None,) if has_feat else ())
+    gauss = model.den.gauss
+    names = ["x_sigma", "sigma", "mean", "spread"] + (["features"] if has_feat else []) + (["basis", "eigvals"] if gauss else [])
+    spec = ()
+    if gauss:
+        u, lam = model.spectrum(members)
+        spec = (u, lam)
+    args = (x_sigma, sigma, mean, spread) + ((feats,) if has_feat else ()) + spec
+    dyn = ({0: B}, {0: B}, None, None) + ((None,) if has_feat else ()) + ((None, None) if gauss else ())
+    dyn_named = dict(zip(["x_sigma", "sigma", "mean", "spread", "c1", "c2", "c3"], dyn))
     path = os.path.join(out_dir, "denoiser.onnx")
     torch.onnx.export(dg, args, path, dynamo=True, opset_version=18, external_data=False,
-                      input_names=names, output_names=["x0_hat"], dynamic_shapes=dyn)
+                      input_names=names, output_names=["x0_hat"], dynamic_shapes=dyn_named)
     with torch.no_grad():
         ref = dg(*args).numpy()
     sess = _ort(path)
@@ -168,6 +187,9 @@ def export_bundle(model, out_dir: str, P: int, example: dict, seed: int = 0) -> 
     sig_in = {"x_sigma": ["B", str(P)], "sigma": ["B"], "mean": ["1", str(P)], "spread": ["1", str(P)]}
     if has_feat:
         sig_in["features"] = ["1", str(C), str(P)]
+    if gauss:
+        sig_in["basis"] = ["1", str(P), str(P)]
+        sig_in["eigvals"] = ["1", str(P)]
     report["graphs"]["denoiser"] = {"file": "denoiser.onnx", "inputs": sig_in,
                                     "outputs": {"x0_hat": ["B", str(P)]}}
 

@@ -25,8 +25,12 @@ TRAIN_DIR = os.path.dirname(HERE)
 REPO = os.path.abspath(os.path.join(TRAIN_DIR, "..", ".."))
 
 VARIANTS = {
-    "l96": {"testbed": "l96", "set_encoder": True},
-    "l96-meanspread": {"testbed": "l96", "set_encoder": False},
+    # default: set encoder + the localised ensemble Gaussian as the denoiser's skip (see nets.py)
+    "l96": {"testbed": "l96", "set_encoder": True, "gauss": True},
+    # ablations: without the set encoder; without the ensemble Gaussian skip (the session-1 design)
+    "l96-gauss-meanspread": {"testbed": "l96", "set_encoder": False, "gauss": True},
+    "l96-setenc": {"testbed": "l96", "set_encoder": True, "gauss": False},
+    "l96-meanspread": {"testbed": "l96", "set_encoder": False, "gauss": False},
 }
 
 
@@ -89,7 +93,7 @@ def build(bundle: str, kept: list[dict], iters: int, batch: int, seed: int, log=
     val = data.load(kept, "val")
     val_names = [r["name"] for r in kept if r["split"] == "val"]
     log(f"[{bundle}] train triples {len(trn.truth)}, val triples {len(val.truth)}")
-    model = nets.ScoreModel(set_encoder=cfg["set_encoder"])
+    model = nets.ScoreModel(set_encoder=cfg["set_encoder"], gauss=cfg.get("gauss", False))
     t0 = time.time()
     ema, info = tr_mod.train(model, trn, iters=iters, batch=batch, seed=seed, log=log)
     wall_train = time.time() - t0
@@ -131,6 +135,12 @@ def manifest(bundle, cfg, model, kept, trn, val, info, bins, cal, rep, wall_trai
     if se:
         cond_inputs["features"] = {"shape": [1, C, 40], "dtype": "float32",
                                    "what": "output of conditioner.onnx on the background members, computed once per cycle"}
+    gauss = cfg.get("gauss", False)
+    if gauss:
+        cond_inputs["basis"] = {"shape": [1, 40, 40], "dtype": "float32",
+                                "what": "eigenvectors (columns) of the localised ensemble covariance P (see ensemble_gaussian)"}
+        cond_inputs["eigvals"] = {"shape": [1, 40], "dtype": "float32",
+                                  "what": "eigenvalues of P, in the order of basis' columns"}
     graphs = {}
     for name, g in rep["graphs"].items():
         graphs[name] = {"file": g["file"],
@@ -144,7 +154,8 @@ def manifest(bundle, cfg, model, kept, trn, val, info, bins, cal, rep, wall_trai
         "testbed": "l96",
         "description": ("EDM denoiser of p(x | background ensemble) for Lorenz-96, pixel space, conditioned on "
                         "the background mean, per-point spread" + (" and DeepSets set-encoder features of the "
-                                                                     "members' anomalies (conditioner.onnx)" if se else " only (no set encoder)")),
+                                                                     "members' anomalies (conditioner.onnx)" if se else " (no set encoder)")
+                        + ("; skip connection = exact denoiser of the localised ensemble Gaussian (basis, eigvals)" if gauss else "")),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
         "reproduce": f"models/train/run.sh l96   (bundle {bundle})",
@@ -163,6 +174,12 @@ def manifest(bundle, cfg, model, kept, trn, val, info, bins, cal, rep, wall_trai
                   "train_sigma_distribution": f"log-uniform [{tr_mod.SIG_LO}, {tr_mod.SIG_HI}]",
                   "units": "state units (x), isotropic"},
         "conditioning": {"set_encoder": se, "feature_channels": C, "inputs": cond_inputs,
+                         **({"ensemble_gaussian": {
+                             "half_width_km": nets.EG_HALF_WIDTH_KM, "inflation": nets.EG_INFLATION, "floor": nets.EG_FLOOR,
+                             "what": ("P = inflation (L o C) + floor^2 I, C the background members' covariance (ddof 1), "
+                                      "L Gaspari-Cohn of the ring distance / half_width_km; the denoiser's skip is the exact "
+                                      "denoiser of N(mean, P): mean + U diag(lam/(lam+sigma^2)) U^T (x_sigma - mean), the network adds "
+                                      "post_sd * F with post_sd = sqrt(diag(U diag(lam sigma^2/(lam+sigma^2)) U^T))")}} if gauss else {}),
                          "batch_note": "conditioning has batch dim 1 and is broadcast over the B members/samples of x_sigma"},
         "graphs": graphs,
         "architecture": {
@@ -211,7 +228,7 @@ def manifest(bundle, cfg, model, kept, trn, val, info, bins, cal, rep, wall_trai
 def main():
     ap = argparse.ArgumentParser(prog="python -m assimd_train")
     ap.add_argument("testbed", choices=["l96"])
-    ap.add_argument("--bundles", default="l96,l96-meanspread")
+    ap.add_argument("--bundles", default="l96,l96-gauss-meanspread,l96-setenc,l96-meanspread")
     ap.add_argument("--binary", default=os.path.join(REPO, "target", "release", "assimd"))
     ap.add_argument("--data-dir", default=os.path.join(TRAIN_DIR, "data"))
     ap.add_argument("--iters", type=int, default=5000)

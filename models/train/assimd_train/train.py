@@ -42,12 +42,14 @@ class Batcher:
         return self.get(idx, shift)
 
 
-def edm_loss(model, t, m, s, mem, sigma, eps, feats=None):
+def edm_loss(model, t, m, s, mem, sigma, eps, feats=None, spec=None):
     if feats is None:
         feats = model.features(mem, m, s)
+    if spec is None:
+        spec = model.spectrum(mem)
     x_sigma = t + sigma[:, None] * eps
-    x0, (f, c_skip, c_out) = model.den(x_sigma, sigma, m, s, feats)
-    target = ((t - m) - c_skip * (x_sigma - m)) / c_out
+    x0, (f, skip, c_out) = model.den(x_sigma, sigma, m, s, feats, *spec)
+    target = ((t - m) - skip) / c_out
     return ((f - target) ** 2).mean(dim=-1), x0
 
 
@@ -71,12 +73,14 @@ def train(model, tr, iters: int, batch: int = 128, reps: int = 2, lr: float = 2e
             g["lr"] = lr * warm * (0.5 * (1 + math.cos(math.pi * it / iters)) * 0.99 + 0.01)
         t, m, s, mem = data.sample(batch, gen)
         feats = model.features(mem, m, s)
-        rep = lambda a: a.repeat((reps,) + (1,) * (a.dim() - 1))
+        u, lam = model.spectrum(mem)
+        rep = lambda a: a.repeat((reps,) + (1,) * (a.dim() - 1)) if a is not None else None
         t, m, s = rep(t), rep(m), rep(s)
-        feats = rep(feats) if feats is not None else None
+        feats = rep(feats)
+        spec = (rep(u), rep(lam))
         sigma = torch.exp(torch.empty(batch * reps).uniform_(math.log(SIG_LO), math.log(SIG_HI), generator=gen))
         eps = torch.randn(batch * reps, data.P, generator=gen)
-        loss = edm_loss(model, t, m, s, None, sigma, eps, feats=feats)[0].mean()
+        loss = edm_loss(model, t, m, s, None, sigma, eps, feats=feats, spec=spec)[0].mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -103,14 +107,18 @@ def eval_bins(model, va, n: int = 2048, seed: int = 123):
     data = Batcher(va)
     t, m, s, mem = data.sample(n, gen)
     feats = model.features(mem, m, s)
+    spec = model.spectrum(mem)
     out = []
     for lo, hi in zip(BINS[:-1], BINS[1:]):
         sigma = torch.exp(torch.empty(n).uniform_(math.log(lo), math.log(hi), generator=gen))
         eps = torch.randn(n, data.P, generator=gen)
-        l, x0 = edm_loss(model, t, m, s, mem, sigma, eps, feats=feats)
+        l, x0 = edm_loss(model, t, m, s, mem, sigma, eps, feats=feats, spec=spec)
         x_sigma = t + sigma[:, None] * eps
         c_skip = model.den.precond(sigma, s)[0]
         base = m + c_skip * (x_sigma - m)
+        if model.gauss:
+            from .nets import gaussian_denoise
+            base = m + gaussian_denoise(x_sigma - m, sigma, *spec)[0]
         mse = ((x0 - t) ** 2).mean().item()
         mse_b = ((base - t) ** 2).mean().item()
         out.append({"sigma_lo": lo, "sigma_hi": hi, "edm_loss": l.mean().item(),
@@ -125,14 +133,16 @@ def karras(n, smin=SIGMA_MIN, smax=SIGMA_MAX, rho=7.0):
 
 
 @torch.no_grad()
-def sample(model, m, s, feats, n_samples: int, steps: int = 24, gen=None):
+def sample(model, m, s, feats, n_samples: int, steps: int = 24, gen=None, spec=(None, None)):
     """Unguided EDM Heun sampler (Karras et al. 2022, Alg. 1) of p(x | background) for one triple."""
     P = m.shape[-1]
     sig = karras(steps)
     M, S = m.expand(n_samples, P), s.expand(n_samples, P)
     Fe = feats.expand(n_samples, -1, -1) if feats is not None else None
+    U = spec[0].expand(n_samples, -1, -1) if spec[0] is not None else None
+    L = spec[1].expand(n_samples, -1) if spec[1] is not None else None
     x = M + sig[0] * torch.randn(n_samples, P, generator=gen)
-    D = lambda x, sg: model.den(x, torch.full((n_samples,), float(sg)), M, S, Fe)[0]
+    D = lambda x, sg: model.den(x, torch.full((n_samples,), float(sg)), M, S, Fe, U, L)[0]
     for i in range(steps):
         s0, s1 = sig[i], sig[i + 1]
         d = (x - D(x, s0)) / s0
@@ -160,7 +170,7 @@ def calibration(model, va, run_names, n_per_run: int = 24, n_samples: int = 20, 
             idx = torch.tensor([int(k)])
             t, m, s, mem = data.get(idx, torch.zeros(1, dtype=torch.long))
             feats = model.features(mem, m, s)
-            xs = sample(model, m, s, feats, n_samples, gen=gen)
+            xs = sample(model, m, s, feats, n_samples, gen=gen, spec=model.spectrum(mem))
             pm = xs.mean(0)
             rows.append([((m[0] - t[0]) ** 2).mean().item(), (s[0] ** 2).mean().item(),
                          ((pm - t[0]) ** 2).mean().item(), xs.var(0, unbiased=True).mean().item(),
