@@ -152,7 +152,8 @@ impl SamplerFile {
                 "member" => Start::Member,
                 "mean" => Start::Mean,
                 "analysis" => Start::Analysis,
-                _ => bail!("sampler.start must be \"member\", \"mean\" or \"analysis\", got {v:?}"),
+                "sqrt" => Start::SquareRoot,
+                _ => bail!("sampler.start must be \"member\", \"mean\", \"analysis\" or \"sqrt\", got {v:?}"),
             };
         }
         Ok(())

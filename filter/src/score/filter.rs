@@ -29,6 +29,11 @@ pub enum Start {
     /// denoiser has one, see [`Denoiser::prior_covariance`]; else its own background): the exact
     /// posterior's noised marginal for a Gaussian prior, so that a small σ_start loses nothing.
     Analysis,
+    /// As [`Start::Analysis`] with the deterministic square-root update of Whitaker & Hamill (2002)
+    /// instead of perturbed observations: the mean gets the Kalman update, each anomaly
+    /// x'_k ← x'_k - K̃ H x'_k with K̃ = P Hᵀ S^{-1/2} (S^{1/2} + R^{1/2})⁻¹, S = H P Hᵀ + R (symmetric
+    /// square roots). No sampling noise from perturbed observations.
+    SquareRoot,
 }
 
 /// The score-based filter's analysis step.
@@ -55,13 +60,14 @@ impl Analysis for ScoreFilter {
         let mut z = Vec::with_capacity(ens.as_flat().len());
         let updated = match (self.start, den.prior_covariance()) {
             (Start::Analysis, Some((u, lam))) if !batch.is_empty() => Some(perturbed_obs_update(ens, batch, u, lam, rng)?),
+            (Start::SquareRoot, Some((u, lam))) if !batch.is_empty() => Some(square_root_update(ens, batch, u, lam)?),
             _ => None,
         };
         for (k, x) in ens.members().enumerate() {
             let start = match (self.start, &updated) {
-                (Start::Member, _) | (Start::Analysis, None) => x,
-                (Start::Analysis, Some(a)) => a.member(k),
                 (Start::Mean, _) => &mean[..],
+                (_, Some(a)) => a.member(k),
+                (_, None) => x,
             };
             z.extend_from_slice(start);
         }
@@ -113,6 +119,58 @@ fn perturbed_obs_update(
         let inc = u * (hul.transpose() * w);
         for (xi, di) in x.iter_mut().zip(inc.iter()) {
             *xi += di;
+        }
+    }
+    Ok(out)
+}
+
+/// The deterministic square-root update of [`Start::SquareRoot`], for P = U diag(λ) Uᵀ; H is
+/// linearised at the ensemble mean.
+fn square_root_update(ens: &Ensemble, batch: &ObsBatch, u: &DMatrix<f64>, lam: &DVector<f64>) -> Result<Ensemble, FilterError> {
+    let m = batch.len();
+    let mean = ens.mean();
+    let mut hu = DMatrix::zeros(m, u.ncols());
+    let mut col = vec![0.0; m];
+    for k in 0..u.ncols() {
+        batch.op.tangent(&mean, u.column(k).as_slice(), &mut col);
+        hu.column_mut(k).copy_from_slice(&col);
+    }
+    let mut hul = hu.clone();
+    for (k, l) in lam.iter().enumerate() {
+        hul.column_mut(k).scale_mut(*l);
+    }
+    // P Hᵀ = U (H U diag λ)ᵀ; S = H P Hᵀ + R = V diag(s) Vᵀ.
+    let pht = u * hul.transpose();
+    let mut smat = &hul * hu.transpose();
+    for j in 0..m {
+        smat[(j, j)] += batch.sigma[j] * batch.sigma[j];
+    }
+    let eig = smat.symmetric_eigen();
+    if eig.eigenvalues.iter().any(|&v| !(v > 0.0)) {
+        return Err(FilterError::Numerical("H P Hᵀ + R is not positive definite".into()));
+    }
+    let v = &eig.eigenvectors;
+    let s_inv = v * DMatrix::from_diagonal(&eig.eigenvalues.map(|x| 1.0 / x)) * v.transpose();
+    let s_inv_half = v * DMatrix::from_diagonal(&eig.eigenvalues.map(|x| 1.0 / x.sqrt())) * v.transpose();
+    let mut s_half_r = v * DMatrix::from_diagonal(&eig.eigenvalues.map(f64::sqrt)) * v.transpose();
+    for j in 0..m {
+        s_half_r[(j, j)] += batch.sigma[j];
+    }
+    let inner = s_half_r.try_inverse().ok_or_else(|| FilterError::Numerical("S^1/2 + R^1/2 is singular".into()))?;
+    let k_mean = &pht * s_inv;
+    let k_tilde = &pht * (s_inv_half * inner);
+    let mut hm = vec![0.0; m];
+    batch.op.apply(&mean, &mut hm);
+    let innov = DVector::from_iterator(m, (0..m).map(|j| batch.y[j] - hm[j]));
+    let mean_a = DVector::from_column_slice(&mean) + &k_mean * innov;
+    let mut out = ens.clone();
+    let mut ha = vec![0.0; m];
+    for x in out.members_mut() {
+        let a: Vec<f64> = x.iter().zip(&mean).map(|(xi, mi)| xi - mi).collect();
+        batch.op.tangent(&mean, &a, &mut ha);
+        let corr = &k_tilde * DVector::from_column_slice(&ha);
+        for (i, xi) in x.iter_mut().enumerate() {
+            *xi = mean_a[i] + a[i] - corr[i];
         }
     }
     Ok(out)

@@ -30,6 +30,7 @@ class Run:
     members: int = 20
     cycles: int = 3000
     split: str = "train"  # train | val
+    extra: tuple = ()     # further assimd flags (score filter: --bundle, sampler settings)
 
     def args(self, binary: str, testbed: str, out: str, every: int) -> list[str]:
         a = [binary, "experiment", "--testbed", testbed, "--network", self.network,
@@ -39,6 +40,7 @@ class Run:
             a += ["--localization-km", str(self.localization_km)]
         if self.rtps:
             a += ["--rtps", str(self.rtps)]
+        a += list(self.extra)
         a += ["--record", out, "--record-every", str(every), "--record-members", "--json"]
         return a
 
@@ -67,14 +69,33 @@ def l96_runs() -> list[Run]:
     return runs
 
 
+def l96_selftrain_runs(bundle_dir: str, sampler: list[str]) -> list[Run]:
+    """Round 2 (self-training): the score filter's own cycled runs with the round-1 bundle, on new
+    training seeds (1100+) and the same three networks, at the default and mis-tuned prior inflation,
+    so that the triples carry the background statistics the score filter itself produces."""
+    nets = {"full": 4500.0, "sparse": 4500.0, "stations+satellite": 4500.0}
+    runs: list[Run] = []
+    seed = 1100
+    for net, loc in nets.items():
+        short = net.replace("stations+satellite", "stsat")
+        for tag, rtps in (("a", 0.0), ("b", 0.0), ("rtps0.3", 0.3)):
+            seed += 1
+            runs.append(Run(f"score-{short}-{tag}", net, seed, 1.0, None, filter="score", rtps=rtps,
+                            cycles=1500, extra=("--bundle", bundle_dir, *sampler)))
+        runs.append(Run(f"val-score-{short}", net, 1990 + len(runs), 1.0, None, filter="score", cycles=1500,
+                        split="val", extra=("--bundle", bundle_dir, *sampler)))
+    return runs
+
+
 RUNS = {"l96": l96_runs}
 
 
-def generate(testbed: str, binary: str, root: str, every: int = 1, max_rmse: float = 2.0) -> list[dict]:
+def generate(testbed: str, binary: str, root: str, every: int = 1, max_rmse: float = 2.0,
+             runs: list[Run] | None = None, index: str = "runs.json") -> list[dict]:
     """Run assimd for every run of the testbed; keep runs that did not diverge. Returns provenance."""
     os.makedirs(root, exist_ok=True)
     kept = []
-    for run in RUNS[testbed]():
+    for run in (runs if runs is not None else RUNS[testbed]()):
         out = os.path.join(root, run.name)
         args = run.args(binary, testbed, out, every)
         res_path = os.path.join(out, "result.json")
@@ -97,7 +118,7 @@ def generate(testbed: str, binary: str, root: str, every: int = 1, max_rmse: flo
             kept.append({**asdict(run), "dir": out, "command": " ".join(args[1:]),
                          "records": meta["records"], "rmse_a": res["rmse_a"],
                          "spread_a": res["spread_a"]})
-    json.dump(kept, open(os.path.join(root, "runs.json"), "w"), indent=1)
+    json.dump(kept, open(os.path.join(root, index), "w"), indent=1)
     return kept
 
 

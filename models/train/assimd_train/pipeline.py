@@ -31,7 +31,11 @@ VARIANTS = {
     "l96-gauss-meanspread": {"testbed": "l96", "set_encoder": False, "gauss": True},
     "l96-setenc": {"testbed": "l96", "set_encoder": True, "gauss": False},
     "l96-meanspread": {"testbed": "l96", "set_encoder": False, "gauss": False},
+    # round 2: l96 fine-tuned on its own cycled score-filter triples plus the round-1 triples
+    "l96-selftrain": {"testbed": "l96", "set_encoder": True, "gauss": True, "init": "l96"},
 }
+# Sampler of the score filter's round-2 data runs (the shipped l96 default, configs/experiments).
+SELFTRAIN_SAMPLER = ["--steps", "8", "--corrections", "0", "--sigma-start", "0.2", "--start", "analysis"]
 
 
 def git_commit():
@@ -94,8 +98,14 @@ def build(bundle: str, kept: list[dict], iters: int, batch: int, seed: int, log=
     val_names = [r["name"] for r in kept if r["split"] == "val"]
     log(f"[{bundle}] train triples {len(trn.truth)}, val triples {len(val.truth)}")
     model = nets.ScoreModel(set_encoder=cfg["set_encoder"], gauss=cfg.get("gauss", False))
+    lr = 2e-3
+    if cfg.get("init"):
+        init = os.path.join(TRAIN_DIR, "runs", cfg["init"], "model_ema.pt")
+        model.load_state_dict(torch.load(init))
+        lr = 5e-4
+        log(f"[{bundle}] fine-tuning from {init} at lr {lr}")
     t0 = time.time()
-    ema, info = tr_mod.train(model, trn, iters=iters, batch=batch, seed=seed, log=log)
+    ema, info = tr_mod.train(model, trn, iters=iters, batch=batch, seed=seed, lr=lr, log=log)
     wall_train = time.time() - t0
     run_dir = os.path.join(TRAIN_DIR, "runs", bundle)
     os.makedirs(run_dir, exist_ok=True)
@@ -158,6 +168,8 @@ def manifest(bundle, cfg, model, kept, trn, val, info, bins, cal, rep, wall_trai
                         + ("; skip connection = exact denoiser of the localised ensemble Gaussian (basis, eigvals)" if gauss else "")),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
+        "git_commit_note": ("commit of the training code (models/train) the bundle was exported with; the bundle's own "
+                            "files are committed afterwards, so `git log -- models/zoo/<name>` gives that commit"),
         "reproduce": f"models/train/run.sh l96   (bundle {bundle})",
         "grid": {"n_points": 40, "geometry": "ring (periodic 1-D)", "dims": [40]},
         "variables": ["x"],
@@ -206,7 +218,7 @@ def manifest(bundle, cfg, model, kept, trn, val, info, bins, cal, rep, wall_trai
             "train_triples": int(len(trn.truth)), "val_triples": int(len(val.truth)),
             "members": 20,
             "dropped": "runs with assimd exit != 0 or rmse_a > 2 (diverged): full-infl1.00, full-locwide",
-            "seeds_note": "training seeds 1001-1027, validation seeds 1909-1982; test seeds 1-99 and tuning seeds 100-199 never used",
+            "seeds_note": "training seeds 1000-1899, validation seeds 1900-1999 (per run below); test seeds 1-99 and tuning seeds 100-199 never used",
             "runs": [{"name": r["name"], "split": r["split"], "network": r["network"], "filter": r["filter"],
                       "seed": r["seed"], "inflation": r["inflation"], "rtps": r["rtps"],
                       "localization_km": r["localization_km"], "records": r["records"],
@@ -235,8 +247,18 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--self-train", action="store_true",
+                    help="round 2: record the score filter's own cycled runs with models/zoo/l96 (round 1, must exist), "
+                         "then fine-tune it on those plus the round-1 triples into models/zoo/l96-selftrain")
+    ap.add_argument("--self-train-iters", type=int, default=2500)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     kept = data.generate(a.testbed, a.binary, os.path.join(a.data_dir, a.testbed))
+    if a.self_train:
+        bundle_dir = os.path.join(REPO, "models", "zoo", "l96")
+        st = data.generate(a.testbed, a.binary, os.path.join(a.data_dir, a.testbed),
+                           runs=data.l96_selftrain_runs(bundle_dir, SELFTRAIN_SAMPLER), index="runs-selftrain.json")
+        build("l96-selftrain", kept + st, a.self_train_iters, a.batch, a.seed + 1)
+        return
     for b in a.bundles.split(","):
         build(b, kept, a.iters, a.batch, a.seed)
