@@ -20,8 +20,10 @@ fn embedded_broker_both_filters_analyses_and_metrics_out() {
     let per_cycle = messages_per_cycle("l96", "full");
     simulate(&s, 1, 6);
     wait_for("cycle 4 to be committed", || metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 4.0));
+    let all = (6 * per_cycle) as f64;
+    wait_for("all 6 cycles journaled", || metric(s.metrics_port, "assimd_obs_journaled_total").filter(|v| *v >= all));
     let text = scrape(s.metrics_port).unwrap();
-    assert_eq!(sample(&text, "assimd_obs_journaled_total"), Some((6 * per_cycle) as f64));
+    assert_eq!(sample(&text, "assimd_obs_journaled_total"), Some(all));
     assert_eq!(sample(&text, "assimd_ort_execution_provider{provider=\"CPU\"}"), Some(1.0), "the execution provider is reported");
     for f in ["letkf", "score"] {
         let a = sample(&text, &format!("assimd_analysis_rmse{{filter=\"{f}\",against=\"truth\"}}")).unwrap_or(f64::NAN);

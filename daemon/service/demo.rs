@@ -71,7 +71,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     };
     if let Some(b) = bundle {
         cfg.score.bundle = Some(b.clone());
-        if let Ok(f) = ExperimentFile::load(&Path::new("configs/experiments").join(format!("{tb}-full-score-{tb}.toml"))) {
+        if let Ok(f) = ExperimentFile::load(&Path::new("configs/experiments").join(format!("{tb}-full-score.toml"))) {
             cfg.score.sampler = f.sampler;
             cfg.score.rtps = f.rtps.unwrap_or(0.0);
         }

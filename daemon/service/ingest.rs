@@ -72,7 +72,7 @@ struct TruthMsg {
 impl Ingest {
     /// Journal until the publishes channel closes (ingestion stopped); returns after the last
     /// batch is acknowledged.
-    pub async fn run(self, mut rx: mpsc::Receiver<Publish>) -> Result<()> {
+    pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Publish>) -> Result<()> {
         let mut closed = *self.closed.borrow();
         let mut last_log: HashMap<RejectReason, Instant> = HashMap::new();
         let mut batch = Vec::with_capacity(self.max_batch);

@@ -160,7 +160,8 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = S
     store.check_or_init(&compat_key(&cfg, cycle_ms, &names), bundle_info.as_ref().map(|(h, _)| h.as_str()), &opts.config_hint)?;
     let committed = store.assimilated_up_to()?;
     let mut filters = Vec::new();
-    let draws = testbed.climatological_draws(cfg.cycle.members, cfg.cycle.seed);
+    // Climatological draws are costly for qg2l (model integrations): only for a fresh state.
+    let draws = if committed == 0 { testbed.climatological_draws(cfg.cycle.members, cfg.cycle.seed) } else { Vec::new() };
     for (name, analysis) in built {
         let ens = if committed == 0 {
             assimd_filter::Ensemble::from_members(draws.clone())?
@@ -176,8 +177,8 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = S
     // MQTT.
     let mut mo = mqtt::options(&cfg.mqtt, &cfg.mqtt.client_id, false)?;
     mo.set_manual_acks(true);
-    let (client, eventloop) = AsyncClient::new(mo, 4096);
-    let (pub_tx, pub_rx) = mpsc::channel(cfg.ingest.max_batch.max(64) * 2);
+    let (client, eventloop) = AsyncClient::new(mo, 16_384);
+    let (pub_tx, pub_rx) = mpsc::unbounded_channel();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
     let (closed_tx, mut closed_rx) = watch::channel(closed0);
     let connected_tx = opts.subscribed.unwrap_or_else(|| watch::channel(false).0);

@@ -62,7 +62,7 @@ pub struct Connection {
     /// Reconnect backoff bounds.
     pub backoff: (Duration, Duration),
     /// Where publishes go; dropped when ingestion stops.
-    pub publishes: mpsc::Sender<Publish>,
+    pub publishes: mpsc::UnboundedSender<Publish>,
     /// Set to true once subscribed (SUBACK, or a CONNACK with the session present), false on loss.
     pub connected: watch::Sender<bool>,
 }
@@ -85,10 +85,11 @@ impl Connection {
             match ev {
                 Ok(Event::Incoming(Packet::Publish(p))) => {
                     if let Some(tx) = &publishes {
-                        // Backpressure: while the journal writer is busy, the broker holds the rest.
-                        tokio::select! {
-                            r = tx.send(p) => if r.is_err() { publishes = None },
-                            _ = stop_ingest.cancelled() => publishes = None,
+                        // Never block here: the event loop must keep running to send the journal
+                        // writer's acknowledgements. The queue is bounded by the broker's in-flight
+                        // window (unacknowledged QoS 1 messages), max_inflight_messages in Mosquitto.
+                        if tx.send(p).is_err() {
+                            publishes = None;
                         }
                     }
                     // After stop_ingest the message stays unacknowledged: the broker redelivers it.

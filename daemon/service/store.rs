@@ -125,6 +125,8 @@ impl Store {
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
+            // sled's default page cache is 1 GiB; the working set is one cycle's ensembles and journal.
+            .cache_capacity(64 << 20)
             .open()
             .with_context(|| format!("opening the sled store at {} (is another assimd running on it?)", path.display()))?;
         let t = |n: &str| db.open_tree(n).with_context(|| format!("opening tree {n}"));
