@@ -258,7 +258,12 @@ fn main() -> Result<()> {
         Command::Run { config } => {
             let cfg = load_config(&config)?;
             let hint = config.as_ref().map_or("FILE".to_string(), |p| p.display().to_string());
-            runtime()?.block_on(service::run(cfg, RunOptions { install_metrics: true, config_hint: hint, ..RunOptions::default() }, signals()))?;
+            let rt = runtime()?;
+            let r = rt.block_on(service::run(cfg, RunOptions { install_metrics: true, config_hint: hint, ..RunOptions::default() }, signals()));
+            // An abandoned cycle still runs on a blocking thread: do not wait for it (its work is
+            // uncommitted and is redone after restart).
+            rt.shutdown_timeout(std::time::Duration::from_millis(200));
+            r?;
         }
         Command::CheckConfig { file } => {
             let cfg = Config::load(&file)?;

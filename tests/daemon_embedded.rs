@@ -57,3 +57,23 @@ fn incompatible_config_change_is_refused_with_the_reset_command() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     Daemon::start(&s, &[]).terminate();
 }
+
+/// `check-config` accepts the shipped config and names the fix for a bad one.
+#[test]
+fn check_config_accepts_the_default_and_names_the_fix() {
+    let out = std::process::Command::new(ASSIMD).args(["check-config", "configs/assimd.toml"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("bad.toml");
+    for (text, expect) in [
+        ("[mqtt]\nprot = 1884\n", "unknown field `prot`"),
+        ("[cycle]\nmembers = 1\n", "cycle.members must be >= 2"),
+        ("[mqtt]\ntls_client_cert_file = \"/etc/hostname\"\n", "go together"),
+        ("[ingest]\ncutoff_seconds = -5\n", "ingest.cutoff_seconds must be >= 0"),
+    ] {
+        std::fs::write(&bad, text).unwrap();
+        let out = std::process::Command::new(ASSIMD).arg("check-config").arg(&bad).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(expect), "{text}: {err}");
+    }
+}

@@ -107,6 +107,10 @@ fn malformed_and_duplicate_burst_is_counted_while_cycling_goes_on() {
     assert_eq!(sample(&text, "assimd_obs_duplicates_total"), Some(valid.len() as f64));
     assert_eq!(sample(&text, "assimd_obs_journaled_total"), Some((8 * per_cycle) as f64));
     wait_for("80 dead letters", || (dead.count_prefix("test/deadletter/") >= 80).then_some(()));
+    // A new message for a closed window is late: counted, not assimilated.
+    let late = station.replace("\"id\":\"", "\"id\":\"late-");
+    publish_all(broker.port, &[(t.clone(), late.into_bytes())]);
+    wait_for("the late message to be counted", || metric(s.metrics_port, "assimd_obs_late_total").filter(|v| *v == 1.0));
     assert_eq!(dead.payloads("test/deadletter/unknown_variable").len(), 10);
     daemon.terminate();
     let state = inspect(&s.store);
@@ -168,4 +172,75 @@ fn broker_restart_daemon_reconnects_and_loses_nothing() {
     let journaled = state["journaled_total"].as_u64().unwrap();
     assert!(journaled > 8 * per_cycle && journaled <= 10 * per_cycle, "journaled {journaled} of {} published", 10 * per_cycle);
     assert_eq!(state["assimilated_messages_total"].as_u64(), Some(8 * per_cycle));
+}
+
+/// SIGINT abandons a running cycle at once; SIGTERM lets it run for the grace period, then
+/// abandons it. Either way the cycle is redone, from the journal, after the restart.
+#[test]
+fn sigint_and_sigterm_abandon_a_stuck_cycle_which_the_restart_redoes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&tmp.path().join("broker"));
+    let s = write_config(tmp.path(), broker.port, "");
+    std::fs::write(&s.config, std::fs::read_to_string(&s.config).unwrap().replace("grace_seconds = 30", "grace_seconds = 1")).unwrap();
+    let per_cycle = messages_per_cycle(TB, NET);
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let mut daemon = Daemon::start(&s, &[("ASSIMD_TEST_STALL_BEFORE_COMMIT", "2")]);
+        if signal == libc::SIGINT {
+            simulate(&s, 1, 4);
+        }
+        wait_for("the stall before cycle 2", || daemon.log_text().contains("stalling before the commit of cycle 2").then_some(()));
+        unsafe { libc::kill(daemon.child.id() as i32, signal) };
+        let status = wait_for("the daemon to exit", || daemon.child.try_wait().unwrap());
+        assert!(status.success(), "exit {status} after signal {signal}:\n{}", daemon.log_text());
+        assert!(daemon.log_text().contains("abandoned"), "{}", daemon.log_text());
+    }
+    let daemon = Daemon::start(&s, &[]);
+    wait_for("cycle 2 to be committed", || metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 2.0));
+    daemon.terminate();
+    assert_eq!(committed_messages(&inspect(&s.store)), vec![(1, per_cycle), (2, per_cycle)]);
+}
+
+/// TLS (a CA made here, the broker's certificate for 127.0.0.1) and username/password: the daemon
+/// and the simulator connect and cycle; a wrong password is refused and counted, and retried.
+#[test]
+fn tls_and_password_authentication() {
+    let tmp = tempfile::tempdir().unwrap();
+    let certs = tmp.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let sh = |cmd: &str| {
+        let out = std::process::Command::new("sh").arg("-c").arg(cmd).current_dir(&certs).output().unwrap();
+        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=assimd-test-ca");
+    sh("openssl req -newkey rsa:2048 -nodes -keyout broker.key -out broker.csr -subj /CN=127.0.0.1");
+    sh("printf 'subjectAltName=IP:127.0.0.1\\n' > san.ext && openssl x509 -req -in broker.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out broker.pem -days 2 -extfile san.ext");
+    sh("mosquitto_passwd -b -c passwd assimd s3cret && printf 's3cret\\n' > good && printf 'wrong\\n' > bad && chmod 0644 *");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&certs, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let c = certs.display();
+    let broker = Mosquitto::start_with(
+        &tmp.path().join("broker"),
+        &format!("cafile {c}/ca.pem\ncertfile {c}/broker.pem\nkeyfile {c}/broker.key\nallow_anonymous false\npassword_file {c}/passwd"),
+    );
+    let auth = |pw: &str| format!("tls_ca_file = \"{c}/ca.pem\"\nusername = \"assimd\"\npassword_file = \"{c}/{pw}\"\n");
+    let s = write_config(tmp.path(), broker.port, "");
+    let base = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, base.replace("[mqtt]\n", &format!("[mqtt]\n{}", auth("good")))).unwrap();
+    let daemon = Daemon::start(&s, &[]);
+    simulate(&s, 1, 4);
+    wait_for("cycle 2 over TLS", || metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 2.0));
+    daemon.terminate();
+
+    std::fs::write(&s.config, base.replace("[mqtt]\n", &format!("[mqtt]\n{}", auth("bad")))).unwrap();
+    let mut child = std::process::Command::new(ASSIMD)
+        .arg("run")
+        .arg("--config")
+        .arg(&s.config)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the refused connection to be counted", || metric(s.metrics_port, "assimd_mqtt_connection_errors_total").filter(|v| *v >= 2.0));
+    assert_eq!(metric(s.metrics_port, "assimd_mqtt_connected"), Some(0.0));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
 }

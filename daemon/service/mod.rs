@@ -342,7 +342,8 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = S
             None
         }
         Err(_) => {
-            tracing::warn!("the running cycle did not finish within {:?}: abandoned, it is redone after restart", grace);
+            let why = if stop == Stop::Fast { "SIGINT".to_string() } else { format!("grace period of {grace:?} over") };
+            tracing::warn!("the running cycle was abandoned ({why}); it is redone after restart");
             None
         }
     };

@@ -121,9 +121,11 @@ fn describe() {
     for r in crate::wire::RejectReason::ALL {
         metrics::counter!(OBS_REJECTED, "reason" => r.as_str()).absolute(0);
     }
-    for c in [OBS_DUPLICATES, OBS_LATE, OBS_JOURNALED, OBS_ASSIMILATED] {
+    for c in [OBS_DUPLICATES, OBS_LATE, OBS_JOURNALED, OBS_ASSIMILATED, MQTT_ERRORS] {
         metrics::counter!(c).absolute(0);
     }
+    metrics::gauge!(MQTT_CONNECTED).set(0.0);
+    metrics::gauge!(MQTT_SUBSCRIBED).set(0.0);
 }
 
 /// The daemon's log filter: info, with the broker libraries' chatter off (rumqttd logs every

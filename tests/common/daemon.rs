@@ -48,16 +48,22 @@ pub fn wait_for_or<T>(what: &str, mut f: impl FnMut() -> Option<T>, context: imp
 pub struct Mosquitto {
     pub port: u16,
     pub dir: PathBuf,
+    /// Extra lines for the listener (TLS, authentication).
+    pub extra: String,
     child: Option<Child>,
 }
 
 impl Mosquitto {
     pub fn start(dir: &Path) -> Mosquitto {
+        Mosquitto::start_with(dir, "allow_anonymous true")
+    }
+
+    pub fn start_with(dir: &Path, extra: &str) -> Mosquitto {
         assert!(
             Path::new(MOSQUITTO).exists(),
             "{MOSQUITTO} is missing: run ./scripts/test (its setup installs the Debian package mosquitto) or apt-get install mosquitto"
         );
-        let mut m = Mosquitto { port: free_port(), dir: dir.to_path_buf(), child: None };
+        let mut m = Mosquitto { port: free_port(), dir: dir.to_path_buf(), extra: extra.to_string(), child: None };
         m.restart();
         m
     }
@@ -73,12 +79,13 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n\
+                "per_listener_settings false\nlistener {} 127.0.0.1\npersistence true\npersistence_location {}/\n\
                  max_queued_messages 0\nmax_queued_bytes 0\nmax_inflight_messages 1000\nautosave_interval 0\n\
-                 log_dest file {}/mosquitto.log\n",
+                 log_dest file {}/mosquitto.log\n{}\n",
                 self.port,
                 self.dir.display(),
-                self.dir.display()
+                self.dir.display(),
+                self.extra
             ),
         )
         .unwrap();
