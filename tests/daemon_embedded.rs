@@ -13,7 +13,7 @@ fn embedded_broker_both_filters_analyses_and_metrics_out() {
     let s = write_config(
         tmp.path(),
         port,
-        "[testbed]\nnetwork = \"full\"\n[letkf]\nlocalization_km = 8500\n[score]\nbundle = \"models/zoo/l96\"\n[score.sampler]\nsteps = 8\n",
+        "[testbed]\nnetwork = \"full\"\n[letkf]\nlocalization_km = 8500\n[score]\nbundle = \"models/zoo/l96\"\ndevice = \"cuda\"\n[score.sampler]\nsteps = 8\n",
     );
     let daemon = Daemon::start(&s, &[]);
     let out = Collector::start(port, "test/analysis/+/summary");
@@ -24,7 +24,7 @@ fn embedded_broker_both_filters_analyses_and_metrics_out() {
     wait_for("all 6 cycles journaled", || metric(s.metrics_port, "assimd_obs_journaled_total").filter(|v| *v >= all));
     let text = scrape(s.metrics_port).unwrap();
     assert_eq!(sample(&text, "assimd_obs_journaled_total"), Some(all));
-    assert_eq!(sample(&text, "assimd_ort_execution_provider{provider=\"CPU\"}"), Some(1.0), "the execution provider is reported");
+    assert_eq!(sample(&text, "assimd_ort_execution_provider{provider=\"CPU\"}"), Some(1.0), "CUDA requested, none here: the CPU fallback is reported");
     for f in ["letkf", "score"] {
         let a = sample(&text, &format!("assimd_analysis_rmse{{filter=\"{f}\",against=\"truth\"}}")).unwrap_or(f64::NAN);
         assert!(a.is_finite(), "{f}: no analysis RMSE exported");

@@ -193,7 +193,7 @@ impl Default for LetkfSection {
 }
 
 /// `[score]`.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScoreSection {
     /// Model bundle directory (e.g. `models/zoo/l96`); absent = the score filter is off.
@@ -202,6 +202,17 @@ pub struct ScoreSection {
     pub rtps: f64,
     /// Sampler settings, as in experiment files.
     pub sampler: Option<SamplerFile>,
+    /// ONNX Runtime execution provider: `cpu` or `cuda` (falls back to the CPU when CUDA cannot be
+    /// used; `assimd_ort_execution_provider` says which one runs).
+    pub device: assimd_models::bundle::Device,
+    /// Intra-op threads per ONNX Runtime session (0 = ONNX Runtime's default, all cores).
+    pub threads: usize,
+}
+
+impl Default for ScoreSection {
+    fn default() -> Self {
+        ScoreSection { bundle: None, rtps: 0.0, sampler: None, device: assimd_models::bundle::Device::Cpu, threads: 1 }
+    }
 }
 
 /// `[store]`.

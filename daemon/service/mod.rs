@@ -120,11 +120,15 @@ pub fn build_filters(cfg: &Config, testbed: &Testbed) -> Result<(Vec<(&'static s
     let mut bundle_info = None;
     if let Some(dir) = &cfg.score.bundle {
         let hash = bundle_hash(dir)?;
-        let bundle = Bundle::load(dir, &BundleOptions::default()).with_context(|| format!("loading the model bundle {}", dir.display()))?;
+        let options = BundleOptions { device: cfg.score.device, threads: cfg.score.threads, ..BundleOptions::default() };
+        let bundle = Bundle::load(dir, &options).with_context(|| format!("loading the model bundle {}", dir.display()))?;
         if bundle.manifest().testbed != cfg.testbed.name {
             bail!("score.bundle {} is for testbed {}, but testbed.name is {}: use a bundle of this testbed", dir.display(), bundle.manifest().testbed, cfg.testbed.name);
         }
         let provider = bundle.provider().to_string();
+        if let Some(note) = bundle.provider_note() {
+            tracing::warn!("score filter: {note}");
+        }
         let mut sampler = assimd_filter::score::SamplerConfig::default();
         let mut start = assimd_filter::score::Start::Member;
         if let Some(s) = &cfg.score.sampler {
