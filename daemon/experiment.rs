@@ -133,6 +133,8 @@ pub struct SamplerFile {
     pub sigma_start: Option<f64>,
     /// Final noise level.
     pub sigma_min: Option<f64>,
+    /// Latent-optimisation steps after sampling (LO-SDA; 0 = off).
+    pub lo_steps: Option<usize>,
     /// Start each member's diffusion at its own background ("member"), at the mean ("mean"), or at
     /// its perturbed-observation Kalman update under the prior's covariance ("analysis").
     pub start: Option<String>,
@@ -147,6 +149,7 @@ impl SamplerFile {
         if let Some(v) = self.gamma { c.gamma = v }
         if let Some(v) = self.sigma_start { c.sigma_start = v }
         if let Some(v) = self.sigma_min { c.sigma_min = v }
+        if let Some(v) = self.lo_steps { c.lo_steps = v }
         if let Some(v) = &self.start {
             *start = match v.as_str() {
                 "member" => Start::Member,

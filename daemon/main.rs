@@ -207,6 +207,9 @@ struct ExperimentArgs {
     /// Score filter: initial noise level.
     #[arg(long)]
     sigma_start: Option<f64>,
+    /// Score filter: latent-optimisation steps after sampling (LO-SDA; 0 = off).
+    #[arg(long)]
+    lo_steps: Option<usize>,
     /// Score filter: start each member at its own background (member), the mean (mean) or its Kalman update under the prior (analysis).
     #[arg(long)]
     start: Option<String>,
@@ -241,6 +244,7 @@ impl ExperimentArgs {
         sf.tau = self.tau.or(sf.tau);
         sf.gamma = self.gamma.or(sf.gamma);
         sf.sigma_start = self.sigma_start.or(sf.sigma_start);
+        sf.lo_steps = self.lo_steps.or(sf.lo_steps);
         sf.start = self.start.or(sf.start);
         f.sampler = Some(sf);
         let mut spec = f.spec()?;

@@ -12,7 +12,7 @@ fn score_filter_cycles_and_tracks_the_truth() {
     let root = env!("CARGO_MANIFEST_DIR");
     let out = Command::new(env!("CARGO_BIN_EXE_assimd"))
         .current_dir(root)
-        .args(["experiment", "--config", "configs/experiments/l96-full-score-l96.toml", "--cycles", "60", "--burn-in", "20"])
+        .args(["experiment", "--config", "configs/experiments/l96-full-score.toml", "--cycles", "60", "--burn-in", "20"])
         .args(["--initial-spread", "1.0", "--json"])
         .output()
         .unwrap();

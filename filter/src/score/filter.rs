@@ -72,7 +72,14 @@ impl Analysis for ScoreFilter {
             z.extend_from_slice(start);
         }
         let mut z = den.encode(&z)?;
+        let background_var = if self.sampler.config.lo_steps > 0 {
+            let zb = Ensemble::from_flat(ens.n_members(), den.dim(), den.encode(ens.as_flat())?)?;
+            zb.variance().iter().sum::<f64>() / den.dim() as f64
+        } else {
+            0.0
+        };
         self.sampler.sample(&*den, &mut z, batch, rng)?;
+        self.sampler.optimise(&*den, &mut z, batch, background_var)?;
         let x = den.decode(&z)?;
         ens.as_flat_mut().copy_from_slice(&x);
         self.spread.relax(ens, &background_std);

@@ -114,7 +114,7 @@ fn guided_sampler_matches_the_kalman_update() {
     let (m, p, batch) = problem();
     let (ma, pa) = kalman(&m, &p, &batch);
     let den = GaussianDenoiser::new(m, p).unwrap();
-    let cfg = SamplerConfig { steps: 100, corrections: 2, tau: 0.05, gamma: 0.5, sigma_start: 8.0, sigma_min: 0.01, rho: 7.0 };
+    let cfg = SamplerConfig { steps: 100, corrections: 2, tau: 0.05, gamma: 0.5, sigma_start: 8.0, sigma_min: 0.01, rho: 7.0, ..SamplerConfig::default() };
     let sampler = Sampler::new(cfg).unwrap();
     let b = 4000;
     let mut z = vec![0.0; b * N];
@@ -162,7 +162,7 @@ fn score_filter_with_the_sample_gaussian_prior_is_a_kalman_filter() {
     let mut ens = crate::Ensemble::from_members(members).unwrap();
     let (bm, bp) = moments(ens.as_flat());
     let (ma, pa) = kalman(bm.as_slice(), &bp, &batch);
-    let cfg = SamplerConfig { steps: 100, corrections: 2, tau: 0.05, gamma: 0.5, sigma_start: 8.0, sigma_min: 0.01, rho: 7.0 };
+    let cfg = SamplerConfig { steps: 100, corrections: 2, tau: 0.05, gamma: 0.5, sigma_start: 8.0, sigma_min: 0.01, rho: 7.0, ..SamplerConfig::default() };
     let f = ScoreFilter {
         prior: std::sync::Arc::new(SampleGaussian),
         sampler: Sampler::new(cfg).unwrap(),

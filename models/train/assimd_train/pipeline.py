@@ -35,7 +35,7 @@ VARIANTS = {
     "l96-selftrain": {"testbed": "l96", "set_encoder": True, "gauss": True, "init": "l96"},
 }
 # Sampler of the score filter's round-2 data runs (the shipped l96 default, configs/experiments).
-SELFTRAIN_SAMPLER = ["--steps", "8", "--corrections", "0", "--sigma-start", "0.2", "--start", "analysis"]
+SELFTRAIN_SAMPLER = ["--steps", "8", "--corrections", "0", "--sigma-start", "0.1", "--start", "sqrt"]
 
 
 def git_commit():
@@ -250,7 +250,7 @@ def main():
     ap.add_argument("--self-train", action="store_true",
                     help="round 2: record the score filter's own cycled runs with models/zoo/l96 (round 1, must exist), "
                          "then fine-tune it on those plus the round-1 triples into models/zoo/l96-selftrain")
-    ap.add_argument("--self-train-iters", type=int, default=2500)
+    ap.add_argument("--self-train-iters", type=int, default=1500)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     kept = data.generate(a.testbed, a.binary, os.path.join(a.data_dir, a.testbed))
