@@ -267,9 +267,16 @@ impl ScorePrior for BundlePrior {
 }
 
 /// The score filter with a loaded bundle as its prior (the daemon loads the bundle itself, to
-/// report its execution provider and hash it).
-pub fn score_analysis(bundle: Bundle, sampler: SamplerConfig, start: Start, spread: Inflation) -> Result<Box<dyn Analysis>> {
-    Ok(Box::new(ScoreFilter { prior: std::sync::Arc::new(BundlePrior(bundle)), sampler: Sampler::new(sampler)?, start, spread }))
+/// report its execution provider and hash it). `baseline` starts the members of a latent bundle (no
+/// prior covariance) for `start = "analysis"`/`"sqrt"`: the LETKF of the same run.
+pub fn score_analysis(
+    bundle: Bundle,
+    sampler: SamplerConfig,
+    start: Start,
+    spread: Inflation,
+    baseline: Option<Box<dyn Analysis>>,
+) -> Result<Box<dyn Analysis>> {
+    Ok(Box::new(ScoreFilter { prior: std::sync::Arc::new(BundlePrior(bundle)), sampler: Sampler::new(sampler)?, start, spread, baseline }))
 }
 
 /// What to record for training (see [`crate::record`]).
@@ -325,13 +332,20 @@ impl ExperimentSpec {
                         sampler: Sampler::new(self.sampler.clone())?,
                         start: self.start,
                         spread: inflation,
+                        baseline: None,
                     })));
                 }
                 let bundle = Bundle::load(dir, &BundleOptions::default())?;
                 if bundle.manifest().testbed != self.testbed.to_string() {
                     bail!("bundle {} is for testbed {}, not {}", dir.display(), bundle.manifest().testbed, self.testbed);
                 }
-                Some(score_analysis(bundle, self.sampler.clone(), self.start, inflation)?)
+                // Latent bundles start from the LETKF with this spec's localisation, inflation,
+                // RTPS and stride; the RTPS is then the LETKF's, not applied again after sampling.
+                if bundle.manifest().conditioning.ensemble_gaussian.is_none() && matches!(self.start, Start::Analysis | Start::SquareRoot) {
+                    let letkf = Letkf::new(space, self.localization_km, inflation)?.with_stride(self.weight_stride)?;
+                    return Ok(Some(score_analysis(bundle, self.sampler.clone(), self.start, Inflation::default(), Some(Box::new(letkf)))?));
+                }
+                Some(score_analysis(bundle, self.sampler.clone(), self.start, inflation, None)?)
             }
         })
     }

@@ -134,7 +134,9 @@ pub fn build_filters(cfg: &Config, testbed: &Testbed) -> Result<(Vec<(&'static s
         if let Some(s) = &cfg.score.sampler {
             s.apply(&mut sampler, &mut start)?;
         }
-        let score = experiment::score_analysis(bundle, sampler, start, Inflation::new(1.0, cfg.score.rtps)?)?;
+        // A latent bundle started at "analysis"/"sqrt" starts from this config's LETKF.
+        let baseline = if bundle.manifest().conditioning.ensemble_gaussian.is_none() { spec.analysis(&testbed.space)? } else { None };
+        let score = experiment::score_analysis(bundle, sampler, start, Inflation::new(1.0, cfg.score.rtps)?, baseline)?;
         filters.push(("score", score));
         bundle_info = Some((hash, provider));
     }

@@ -46,6 +46,9 @@ pub struct ScoreFilter {
     pub start: Start,
     /// Spread control after sampling (RTPS towards the background spread; ρ unused).
     pub spread: Inflation,
+    /// The analysis that gives [`Start::Analysis`] / [`Start::SquareRoot`] their starting members when
+    /// the denoiser knows no prior covariance (latent bundles): typically the LETKF baseline.
+    pub baseline: Option<Box<dyn Analysis>>,
 }
 
 impl Analysis for ScoreFilter {
@@ -61,6 +64,14 @@ impl Analysis for ScoreFilter {
         let updated = match (self.start, den.prior_covariance()) {
             (Start::Analysis, Some((u, lam))) if !batch.is_empty() => Some(perturbed_obs_update(ens, batch, u, lam, rng)?),
             (Start::SquareRoot, Some((u, lam))) if !batch.is_empty() => Some(square_root_update(ens, batch, u, lam)?),
+            (Start::Analysis | Start::SquareRoot, None) if !batch.is_empty() => match &self.baseline {
+                Some(a) => {
+                    let mut e = ens.clone();
+                    a.analyse(&mut e, batch, rng)?;
+                    Some(e)
+                }
+                None => None,
+            },
             _ => None,
         };
         for (k, x) in ens.members().enumerate() {

@@ -168,6 +168,7 @@ fn score_filter_with_the_sample_gaussian_prior_is_a_kalman_filter() {
         sampler: Sampler::new(cfg).unwrap(),
         start: Start::Member,
         spread: crate::enkf::Inflation::default(),
+        baseline: None,
     };
     f.analyse(&mut ens, &batch, &mut rng).unwrap();
     let (am, ap) = moments(ens.as_flat());
@@ -241,7 +242,7 @@ fn l96_like_analysis(start: Start, cfg: SamplerConfig) -> (f64, f64, f64) {
     let (bm, bp) = moments_d(&ens);
     let (ma, pa) = kalman_d(bm.as_slice(), &bp, &batch);
     let prior = EnsembleGaussianPrior::new(&space, f64::INFINITY, 1.0, 0.0).unwrap();
-    let f = ScoreFilter { prior: std::sync::Arc::new(prior), sampler: Sampler::new(cfg).unwrap(), start, spread: crate::enkf::Inflation::default() };
+    let f = ScoreFilter { prior: std::sync::Arc::new(prior), sampler: Sampler::new(cfg).unwrap(), start, spread: crate::enkf::Inflation::default(), baseline: None };
     f.analyse(&mut ens, &batch, &mut ChaCha8Rng::seed_from_u64(3)).unwrap();
     let (am, ap) = moments_d(&ens);
     let (mean_err, cov_err, shift) = ((&am - &ma).amax(), (&ap - &pa).amax(), (&ma - &bm).amax());
