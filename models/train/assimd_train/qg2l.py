@@ -64,8 +64,9 @@ def toml_value(v):
     raise TypeError(type(v))
 
 
-def _key(name):
-    return ".".join(p if p.replace("_", "").replace("-", "").isalnum() else json.dumps(p) for p in name.split("."))
+def _key(k):
+    """One key, quoted unless bare (names like "val-sat-rtps0.3" contain a dot)."""
+    return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
 
 
 def toml_dump(d: dict, prefix: str = "") -> str:
@@ -79,10 +80,10 @@ def toml_dump(d: dict, prefix: str = "") -> str:
             lines.append(f"{_key(k)} = {toml_value(v)}")
     out = "\n".join(lines) + ("\n" if lines else "")
     for k, v in tables:
-        name = _key(f"{prefix}.{k}" if prefix else k)
+        name = f"{prefix}.{_key(k)}" if prefix else _key(k)
         out += f"\n[{name}]\n" + toml_dump(v, name).lstrip("\n")
     for k, v in arrays:
-        name = _key(f"{prefix}.{k}" if prefix else k)
+        name = f"{prefix}.{_key(k)}" if prefix else _key(k)
         for item in v:
             out += f"\n[[{name}]]\n" + toml_dump(item, name).lstrip("\n")
     return out
@@ -188,10 +189,10 @@ def main(argv=None):
     ap.add_argument("--data-dir", default=os.path.join(TRAIN_DIR, "data", "qg2l"))
     ap.add_argument("--run-dir", default=os.path.join(TRAIN_DIR, "runs", "qg2l"))
     ap.add_argument("--out", default=os.path.join(REPO, "models", "zoo", "qg2l"))
-    ap.add_argument("--ae-iters", type=int, default=1500)
+    ap.add_argument("--ae-iters", type=int, default=4000)
     ap.add_argument("--ae-batch", type=int, default=32)
     ap.add_argument("--ae-compare-iters", type=int, default=0, help="also train a C = 8 autoencoder (0 = skip)")
-    ap.add_argument("--score-iters", type=int, default=2500)
+    ap.add_argument("--score-iters", type=int, default=5000)
     ap.add_argument("--score-batch", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -199,33 +200,44 @@ def main(argv=None):
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     os.makedirs(a.run_dir, exist_ok=True)
-    walls = {}
+    # wall time per stage, kept across re-runs (a cached stage keeps the time it took when computed)
+    wpath = os.path.join(a.run_dir, "walls.json")
+    walls = json.load(open(wpath)) if os.path.exists(wpath) else {}
+
+    def stage_time(name, t0, cache):
+        if not cache or name not in walls:
+            walls[name] = time.time() - t0
+            json.dump(walls, open(wpath, "w"), indent=1)
+
     t = time.time()
     kept = qg2l_data.generate(a.binary, a.data_dir, log=log)
-    walls["data_check"] = time.time() - t
+    walls["data_generation_runs"] = sum(r.get("wall_seconds") or 0.0 for r in kept)
     if a.stop_after == "data":
         return
     val = qg2l_data.load(kept, "val")
     val_names = [r["name"] for r in kept if r["split"] == "val"]
     t = time.time()
+    cached = os.path.exists(os.path.join(a.run_dir, "ae.pt"))
     ae, ae_info, ae_eval = stage_ae(kept, a.run_dir, a, val)
-    walls["ae"] = time.time() - t
+    stage_time("ae", t, cached)
     ae_c8 = stage_ae_compare(kept, a.run_dir, a, val) if a.ae_compare_iters else None
     if a.stop_after == "ae":
         return
     for p in ae.parameters():
         p.requires_grad_(False)
     t = time.time()
+    cached = os.path.exists(os.path.join(a.run_dir, "latents_val.npz"))
     lat_tr = stage_latents(kept, a.run_dir, ae, "train")
     lat_va = stage_latents(kept, a.run_dir, ae, "val", phys=val)
-    walls["latents"] = time.time() - t
+    stage_time("latents", t, cached)
     log(f"[latent] train {json.dumps(latent_stats(lat_tr))}")
     log(f"[latent] val   {json.dumps(latent_stats(lat_va))}")
     if a.stop_after == "latents":
         return
     t = time.time()
+    cached = os.path.exists(os.path.join(a.run_dir, "score.pt"))
     model, sc_info = stage_score(a.run_dir, a, lat_tr)
-    walls["score"] = time.time() - t
+    stage_time("score", t, cached)
     if a.stop_after == "score":
         return
     t = time.time()
@@ -252,13 +264,18 @@ def main(argv=None):
     cond = {n: np.load(os.path.join(a.out, "fixtures", f"denoiser_in_{n}.npy")) for n in ("mean", "spread", "features")}
     bench = benchmark(a.out, ae.C, model.den.feat_ch, cond)
     log(f"[export] ORT timings (ms): {json.dumps(bench)}")
-    walls["export"] = time.time() - t
+    stage_time("export", t, False)
     man = manifest(ae, model, kept, lat_tr, lat_va, ae_info, ae_eval, ae_c8, sc_info, ev, rep, bench, walls)
     with open(os.path.join(a.out, "manifest.toml"), "w") as f:
         f.write(man)
     json.dump({"ae_info": ae_info, "ae_eval": ae_eval, "ae_c8": ae_c8, "score_info": sc_info, "eval": ev,
                "checks": rep["checks"], "bench": bench, "walls": walls},
               open(os.path.join(a.run_dir, "report.json"), "w"), indent=1)
+    from .qg2l_verify import verify
+    ver = verify(a.out, log=log)     # the Rust loader's checks, redone with onnxruntime
+    json.dump(ver, open(os.path.join(a.run_dir, "verify.json"), "w"), indent=1)
+    if ver["errors"]:
+        raise SystemExit(f"[verify] the bundle in {a.out} fails: {ver['errors']}")
     log(f"[done] bundle in {a.out}")
 
 
