@@ -340,10 +340,10 @@ impl ExperimentSpec {
                     bail!("bundle {} is for testbed {}, not {}", dir.display(), bundle.manifest().testbed, self.testbed);
                 }
                 // Latent bundles start from the LETKF with this spec's localisation, inflation,
-                // RTPS and stride; the RTPS is then the LETKF's, not applied again after sampling.
+                // RTPS and stride; the RTPS is applied again after sampling (towards the background).
                 if bundle.manifest().conditioning.ensemble_gaussian.is_none() && matches!(self.start, Start::Analysis | Start::SquareRoot) {
                     let letkf = Letkf::new(space, self.localization_km, inflation)?.with_stride(self.weight_stride)?;
-                    return Ok(Some(score_analysis(bundle, self.sampler.clone(), self.start, Inflation::default(), Some(Box::new(letkf)))?));
+                    return Ok(Some(score_analysis(bundle, self.sampler.clone(), self.start, inflation, Some(Box::new(letkf)))?));
                 }
                 Some(score_analysis(bundle, self.sampler.clone(), self.start, inflation, None)?)
             }

@@ -1076,6 +1076,13 @@ impl Bundle {
                     .zip(&want.data)
                     .map(|(a, b)| (f64::from(*a) - f64::from(*b)).abs())
                     .fold(0.0, f64::max);
+                // A graph's own `tolerance_max_abs` map overrides the global one per output (outputs in
+                // physical units, e.g. m²/s up to ~6e3, where float32 spacing alone is ~5e-4).
+                let tolerance = entry
+                    .get("tolerance_max_abs")
+                    .and_then(|m| m.get(&output))
+                    .and_then(|v| v.as_f64())
+                    .unwrap_or(tolerance);
                 checks.push(FixtureCheck {
                     graph: name.clone(),
                     output,
