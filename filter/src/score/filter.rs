@@ -1,6 +1,7 @@
 //! The score-based analysis: condition the prior on the background ensemble, then draw one guided
 //! posterior sample per member.
 
+use super::sampler::tangent_basis;
 use super::{Denoiser, Sampler};
 use crate::analysis::Analysis;
 use crate::enkf::Inflation;
@@ -98,6 +99,28 @@ impl Analysis for ScoreFilter {
     }
 }
 
+/// The prior P = U diag(λ) Uᵀ seen from the observations, H linearised at `x`: (H U) diag(λ) and
+/// S = H P Hᵀ + R; then P Hᵀ = U ((H U) diag(λ))ᵀ.
+struct ObsSpacePrior {
+    hul: DMatrix<f64>,
+    s: DMatrix<f64>,
+}
+
+impl ObsSpacePrior {
+    fn new(x: &[f64], batch: &ObsBatch, u: &DMatrix<f64>, lam: &DVector<f64>) -> Self {
+        let hu = tangent_basis(batch, x, u);
+        let mut hul = hu.clone();
+        for (k, l) in lam.iter().enumerate() {
+            hul.column_mut(k).scale_mut(*l);
+        }
+        let mut s = &hul * hu.transpose();
+        for (j, sj) in batch.sigma.iter().enumerate() {
+            s[(j, j)] += sj * sj;
+        }
+        ObsSpacePrior { hul, s }
+    }
+}
+
 /// x_k + K (y + ε_k - H x_k), K = P Hᵀ (H P Hᵀ + R)⁻¹, ε_k ~ N(0, R), for P = U diag(λ) Uᵀ; H is
 /// linearised at the ensemble mean.
 fn perturbed_obs_update(
@@ -108,22 +131,7 @@ fn perturbed_obs_update(
     rng: &mut dyn RngCore,
 ) -> Result<Ensemble, FilterError> {
     let m = batch.len();
-    let mean = ens.mean();
-    let mut hu = DMatrix::zeros(m, u.ncols());
-    let mut col = vec![0.0; m];
-    for k in 0..u.ncols() {
-        batch.op.tangent(&mean, u.column(k).as_slice(), &mut col);
-        hu.column_mut(k).copy_from_slice(&col);
-    }
-    let mut hul = hu.clone();
-    for (k, l) in lam.iter().enumerate() {
-        hul.column_mut(k).scale_mut(*l);
-    }
-    // P Hᵀ = U diag(λ) (H U)ᵀ, H P Hᵀ = (H U) diag(λ) (H U)ᵀ.
-    let mut s = &hul * hu.transpose();
-    for j in 0..m {
-        s[(j, j)] += batch.sigma[j] * batch.sigma[j];
-    }
+    let ObsSpacePrior { hul, s, .. } = ObsSpacePrior::new(&ens.mean(), batch, u, lam);
     let chol = s.cholesky().ok_or_else(|| FilterError::Numerical("H P Hᵀ + R is not positive definite".into()))?;
     let mut out = ens.clone();
     let mut hx = vec![0.0; m];
@@ -147,22 +155,9 @@ fn perturbed_obs_update(
 fn square_root_update(ens: &Ensemble, batch: &ObsBatch, u: &DMatrix<f64>, lam: &DVector<f64>) -> Result<Ensemble, FilterError> {
     let m = batch.len();
     let mean = ens.mean();
-    let mut hu = DMatrix::zeros(m, u.ncols());
-    let mut col = vec![0.0; m];
-    for k in 0..u.ncols() {
-        batch.op.tangent(&mean, u.column(k).as_slice(), &mut col);
-        hu.column_mut(k).copy_from_slice(&col);
-    }
-    let mut hul = hu.clone();
-    for (k, l) in lam.iter().enumerate() {
-        hul.column_mut(k).scale_mut(*l);
-    }
+    let ObsSpacePrior { hul, s: smat } = ObsSpacePrior::new(&mean, batch, u, lam);
     // P Hᵀ = U (H U diag λ)ᵀ; S = H P Hᵀ + R = V diag(s) Vᵀ.
     let pht = u * hul.transpose();
-    let mut smat = &hul * hu.transpose();
-    for j in 0..m {
-        smat[(j, j)] += batch.sigma[j] * batch.sigma[j];
-    }
     let eig = smat.symmetric_eigen();
     if eig.eigenvalues.iter().any(|&v| !(v > 0.0)) {
         return Err(FilterError::Numerical("H P Hᵀ + R is not positive definite".into()));

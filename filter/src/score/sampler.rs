@@ -64,6 +64,18 @@ pub fn karras_schedule(sigma_max: f64, sigma_min: f64, steps: usize, rho: f64) -
     (0..steps).map(|i| (a + i as f64 / (steps - 1) as f64 * (b - a)).powf(rho)).collect()
 }
 
+/// H U: the observation operator linearised at `x` applied to every column of `u` (m × k).
+pub(crate) fn tangent_basis(batch: &ObsBatch, x: &[f64], u: &DMatrix<f64>) -> DMatrix<f64> {
+    let m = batch.len();
+    let mut hu = DMatrix::zeros(m, u.ncols());
+    let mut col = vec![0.0; m];
+    for k in 0..u.ncols() {
+        batch.op.tangent(x, u.column(k).as_slice(), &mut col);
+        hu.column_mut(k).copy_from_slice(&col);
+    }
+    hu
+}
+
 /// H U and λ of a prior covariance U diag(λ) Uᵀ, for the likelihood's observation-space covariance.
 struct ObsCovariance {
     hu: DMatrix<f64>,
@@ -95,13 +107,7 @@ impl Sampler {
             return Ok(None);
         }
         let x = den.decode(&z[..den.dim()])?;
-        let mut hu = DMatrix::zeros(m, u.ncols());
-        let mut col = vec![0.0; m];
-        for k in 0..u.ncols() {
-            batch.op.tangent(&x, u.column(k).as_slice(), &mut col);
-            hu.column_mut(k).copy_from_slice(&col);
-        }
-        Ok(Some(ObsCovariance { hu, lam: lam.clone() }))
+        Ok(Some(ObsCovariance { hu: tangent_basis(batch, &x, u), lam: lam.clone() }))
     }
 
     /// Posterior score s(z; σ) for every member of the batch `z` (B × d), into `score`.
