@@ -11,13 +11,12 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import time
 
 import numpy as np
 import torch
 
-from . import data, nets, train as tr_mod
+from . import data, nets, tomlw, train as tr_mod
 from .export import export_bundle
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -39,55 +38,10 @@ SELFTRAIN_SAMPLER = ["--steps", "8", "--corrections", "0", "--sigma-start", "0.1
 
 
 def git_commit():
-    try:
-        c = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "models/train"], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()
-        return c + ("-dirty(models/train)" if dirty else "")
-    except Exception:
-        return "unknown"
+    return tomlw.git_commit("models/train", "models/train")
 
 
-def toml_value(v):
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        return repr(float(v))
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if v is None:
-        return '"none"'
-    raise TypeError(type(v))
-
-
-def toml_dump(d: dict, prefix: str = "") -> str:
-    """Minimal TOML writer: scalars/lists, nested tables, arrays of tables (list of dicts)."""
-    lines, tables, arrays = [], [], []
-    for k, v in d.items():
-        if isinstance(v, dict):
-            tables.append((k, v))
-        elif isinstance(v, list) and v and isinstance(v[0], dict):
-            arrays.append((k, v))
-        else:
-            lines.append(f"{k} = {toml_value(v)}")
-    out = "\n".join(lines) + ("\n" if lines else "")
-    for k, v in tables:
-        name = f"{prefix}{k}" if not prefix else f"{prefix}.{k}"
-        name = _key(name)
-        out += f"\n[{name}]\n" + toml_dump(v, name).lstrip("\n")
-    for k, v in arrays:
-        name = _key(f"{prefix}.{k}" if prefix else k)
-        for item in v:
-            out += f"\n[[{name}]]\n" + toml_dump(item, name).lstrip("\n")
-    return out
-
-
-def _key(name):
-    return ".".join(p if p.replace("_", "").replace("-", "").isalnum() else json.dumps(p) for p in name.split("."))
+toml_dump = tomlw.toml_dump
 
 
 def build(bundle: str, kept: list[dict], iters: int, batch: int, seed: int, log=print):

@@ -16,13 +16,12 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import time
 
 import numpy as np
 import torch
 
-from . import qg2l_data, qg2l_nets as nets, qg2l_train as tr
+from . import qg2l_data, qg2l_nets as nets, qg2l_train as tr, tomlw
 from .qg2l_export import benchmark, export_bundle
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -38,55 +37,10 @@ def log(msg):
 
 
 def git_commit():
-    try:
-        c = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "models/train/assimd_train/qg2l*"], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()
-        return c + ("-dirty(qg2l sources)" if dirty else "")
-    except Exception:
-        return "unknown"
+    return tomlw.git_commit("models/train/assimd_train/qg2l*", "qg2l sources")
 
 
-# --- a minimal TOML writer (same as pipeline.py's; kept here so that qg2l does not import the l96 code)
-def toml_value(v):
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        return repr(float(v))
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if v is None:
-        return '"none"'
-    raise TypeError(type(v))
-
-
-def _key(k):
-    """One key, quoted unless bare (names like "val-sat-rtps0.3" contain a dot)."""
-    return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
-
-
-def toml_dump(d: dict, prefix: str = "") -> str:
-    lines, tables, arrays = [], [], []
-    for k, v in d.items():
-        if isinstance(v, dict):
-            tables.append((k, v))
-        elif isinstance(v, list) and v and isinstance(v[0], dict):
-            arrays.append((k, v))
-        else:
-            lines.append(f"{_key(k)} = {toml_value(v)}")
-    out = "\n".join(lines) + ("\n" if lines else "")
-    for k, v in tables:
-        name = f"{prefix}.{_key(k)}" if prefix else _key(k)
-        out += f"\n[{name}]\n" + toml_dump(v, name).lstrip("\n")
-    for k, v in arrays:
-        name = f"{prefix}.{_key(k)}" if prefix else _key(k)
-        for item in v:
-            out += f"\n[[{name}]]\n" + toml_dump(item, name).lstrip("\n")
-    return out
+toml_dump = tomlw.toml_dump
 
 
 def _round(o, nd=6):
