@@ -14,6 +14,7 @@ import time
 import numpy as np
 import torch
 
+from .train import heun
 from .qg2l_nets import CP_HPA, CT_K, OBS_SIGMA, PSI_STD, AutoEncoder, ScoreModel
 
 SIG_LO, SIG_HI = 0.005, 12.0        # training range (latent units; z has unit climatological std)
@@ -265,29 +266,13 @@ def eval_bins(model, lat: dict, n: int = 512, seed: int = 123, chunk: int = 64):
     return out
 
 
-def karras(n, smin=SIGMA_MIN, smax=SIGMA_MAX, rho=7.0):
-    i = torch.arange(n, dtype=torch.float64)
-    s = (smax ** (1 / rho) + i / (n - 1) * (smin ** (1 / rho) - smax ** (1 / rho))) ** rho
-    return torch.cat([s, torch.zeros(1, dtype=torch.float64)]).float()
-
-
 @torch.no_grad()
 def sample(model, m, s, feats, n_samples: int, steps: int = 24, gen=None):
     """Unguided EDM Heun sampler of p(z | background ensemble) for one triple (m, s: (1,C,H,W))."""
-    sig = karras(steps)
     M, S = m.expand(n_samples, -1, -1, -1), s.expand(n_samples, -1, -1, -1)
     Fe = feats.expand(n_samples, -1, -1, -1) if feats is not None else None
-    x = M + sig[0] * torch.randn(M.shape, generator=gen)
     D = lambda x, sg: model.den(x, torch.full((n_samples,), float(sg)), M, S, Fe)[0]
-    for i in range(steps):
-        s0, s1 = sig[i], sig[i + 1]
-        d = (x - D(x, s0)) / s0
-        x1 = x + (s1 - s0) * d
-        if s1 > 0:
-            d1 = (x1 - D(x1, s1)) / s1
-            x1 = x + (s1 - s0) * 0.5 * (d + d1)
-        x = x1
-    return x
+    return heun(D, M, steps, gen)
 
 
 @torch.no_grad()

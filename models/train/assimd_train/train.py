@@ -136,13 +136,19 @@ def karras(n, smin=SIGMA_MIN, smax=SIGMA_MAX, rho=7.0):
 def sample(model, m, s, feats, n_samples: int, steps: int = 24, gen=None, spec=(None, None)):
     """Unguided EDM Heun sampler (Karras et al. 2022, Alg. 1) of p(x | background) for one triple."""
     P = m.shape[-1]
-    sig = karras(steps)
     M, S = m.expand(n_samples, P), s.expand(n_samples, P)
     Fe = feats.expand(n_samples, -1, -1) if feats is not None else None
     U = spec[0].expand(n_samples, -1, -1) if spec[0] is not None else None
     L = spec[1].expand(n_samples, -1) if spec[1] is not None else None
-    x = M + sig[0] * torch.randn(n_samples, P, generator=gen)
     D = lambda x, sg: model.den(x, torch.full((n_samples,), float(sg)), M, S, Fe, U, L)[0]
+    return heun(D, M, steps, gen)
+
+
+def heun(D, M, steps: int, gen=None):
+    """EDM Heun steps over `steps` Karras levels from sigma_max, starting at M + sigma_max * noise;
+    D(x, sigma) is the denoiser for the batch x (shape of M). Shared by the l96 and qg2l calibrations."""
+    sig = karras(steps)
+    x = M + sig[0] * torch.randn(M.shape, generator=gen)
     for i in range(steps):
         s0, s1 = sig[i], sig[i + 1]
         d = (x - D(x, s0)) / s0
