@@ -26,6 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from .export import ConditionerGraph
+
 aten = torch.ops.aten
 
 
@@ -95,15 +97,6 @@ class DecodedDenoiser(nn.Module):
 
     def forward(self, x_sigma, sigma, mean, spread, features):
         return self.dec(self.dg(x_sigma, sigma, mean, spread, features))
-
-
-class ConditionerGraph(nn.Module):
-    def __init__(self, cond):
-        super().__init__()
-        self.cond = cond
-
-    def forward(self, members, mean, spread):
-        return self.cond(members, mean, spread)
 
 
 class Wrap(nn.Module):
