@@ -1129,7 +1129,6 @@ impl Bundle {
             (Some((enc, dec)), Some(latent))
         };
         let stats = members_z.as_ref().unwrap_or(background);
-        let d_stats = stats.dim();
         let mean = stats.mean();
         let spread = stats.std();
         let mut cond: BTreeMap<String, TensorF32> = BTreeMap::new();
@@ -1160,7 +1159,6 @@ impl Bundle {
             for name in &conditioner.spec.inputs {
                 let t = if name == "members" {
                     let shape: Vec<usize> = [1, n].into_iter().chain(m.latent.shape.iter().copied()).collect();
-                    let _ = d_stats;
                     TensorF32::from_f64(shape, stats.as_flat())
                 } else {
                     cond.get(name).cloned().ok_or_else(|| {
