@@ -103,6 +103,9 @@ pub struct ExperimentFile {
     pub inflation: Option<f64>,
     /// RTPS α.
     pub rtps: Option<f64>,
+    /// Score filter: RTPS α after sampling (default: `rtps`); the baseline that starts a latent
+    /// bundle's members keeps `rtps`.
+    pub score_rtps: Option<f64>,
     /// LETKF Gaspari–Cohn half-width in km.
     pub localization_km: Option<f64>,
     /// Start from the truth plus noise of this standard deviation instead of climatological draws.
@@ -135,6 +138,9 @@ pub struct SamplerFile {
     pub sigma_min: Option<f64>,
     /// Latent-optimisation steps after sampling (LO-SDA; 0 = off).
     pub lo_steps: Option<usize>,
+    /// Add σ² G Gᵀ (G = H ∂x̂₀/∂z) to the guidance's likelihood covariance for latent bundles
+    /// (default true; false is SDA's R + γσ²I).
+    pub jacobian_cov: Option<bool>,
     /// Start each member's diffusion at its own background ("member"), at the mean ("mean"), or at
     /// its perturbed-observation Kalman update under the prior's covariance ("analysis").
     pub start: Option<String>,
@@ -150,6 +156,7 @@ impl SamplerFile {
         if let Some(v) = self.sigma_start { c.sigma_start = v }
         if let Some(v) = self.sigma_min { c.sigma_min = v }
         if let Some(v) = self.lo_steps { c.lo_steps = v }
+        if let Some(v) = self.jacobian_cov { c.jacobian_cov = v }
         if let Some(v) = &self.start {
             *start = match v.as_str() {
                 "member" => Start::Member,
@@ -195,6 +202,7 @@ impl ExperimentFile {
         spec.burn_in = self.burn_in;
         spec.inflation = self.inflation.unwrap_or(spec.inflation);
         spec.rtps = self.rtps.unwrap_or(spec.rtps);
+        spec.score_rtps = self.score_rtps;
         spec.localization_km = self.localization_km.unwrap_or(spec.localization_km);
         spec.initial_spread = self.initial_spread;
         spec.weight_stride = self.weight_stride.unwrap_or(spec.weight_stride);
@@ -233,6 +241,8 @@ pub struct ExperimentSpec {
     pub inflation: f64,
     /// RTPS α (EnKF family).
     pub rtps: f64,
+    /// Score filter: RTPS α after sampling; `None` = `rtps`.
+    pub score_rtps: Option<f64>,
     /// LETKF localisation half-width in km.
     pub localization_km: f64,
     /// `None`: the initial ensemble is N climatological draws independent of the truth (the
@@ -303,6 +313,7 @@ impl ExperimentSpec {
             burn_in: None,
             inflation: 1.0,
             rtps: 0.0,
+            score_rtps: None,
             localization_km: f64::INFINITY,
             initial_spread: None,
             weight_stride: 1,
@@ -316,6 +327,7 @@ impl ExperimentSpec {
     /// The analysis of this spec's filter, for the EnKF family.
     pub fn analysis(&self, space: &assimd_filter::StateSpace) -> Result<Option<Box<dyn Analysis>>> {
         let inflation = Inflation::new(self.inflation, self.rtps)?;
+        let score_spread = Inflation::new(self.inflation, self.score_rtps.unwrap_or(self.rtps))?;
         Ok(match self.filter {
             FilterKind::Free | FilterKind::Climatology => None,
             FilterKind::Enkf => Some(Box::new(StochasticEnkf { inflation })),
@@ -331,7 +343,7 @@ impl ExperimentSpec {
                         prior: std::sync::Arc::new(prior),
                         sampler: Sampler::new(self.sampler.clone())?,
                         start: self.start,
-                        spread: inflation,
+                        spread: score_spread,
                         baseline: None,
                     })));
                 }
@@ -340,12 +352,12 @@ impl ExperimentSpec {
                     bail!("bundle {} is for testbed {}, not {}", dir.display(), bundle.manifest().testbed, self.testbed);
                 }
                 // Latent bundles start from the LETKF with this spec's localisation, inflation,
-                // RTPS and stride; the RTPS is applied again after sampling (towards the background).
+                // RTPS and stride; `score_rtps` is applied after sampling (towards the background).
                 if bundle.manifest().conditioning.ensemble_gaussian.is_none() && matches!(self.start, Start::Analysis | Start::SquareRoot) {
                     let letkf = Letkf::new(space, self.localization_km, inflation)?.with_stride(self.weight_stride)?;
-                    return Ok(Some(score_analysis(bundle, self.sampler.clone(), self.start, inflation, Some(Box::new(letkf)))?));
+                    return Ok(Some(score_analysis(bundle, self.sampler.clone(), self.start, score_spread, Some(Box::new(letkf)))?));
                 }
-                Some(score_analysis(bundle, self.sampler.clone(), self.start, inflation, None)?)
+                Some(score_analysis(bundle, self.sampler.clone(), self.start, score_spread, None)?)
             }
         })
     }

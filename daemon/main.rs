@@ -171,6 +171,9 @@ struct ExperimentArgs {
     /// RTPS α of the EnKF family [default: 0].
     #[arg(long)]
     rtps: Option<f64>,
+    /// Score filter: RTPS α after sampling [default: --rtps].
+    #[arg(long)]
+    score_rtps: Option<f64>,
     /// LETKF Gaspari–Cohn half-width in km [default: infinite].
     #[arg(long)]
     localization_km: Option<f64>,
@@ -210,6 +213,9 @@ struct ExperimentArgs {
     /// Score filter: latent-optimisation steps after sampling (LO-SDA; 0 = off).
     #[arg(long)]
     lo_steps: Option<usize>,
+    /// Score filter, latent bundles: add σ² G Gᵀ (G = H ∂x̂₀/∂z) to the guidance covariance (default true).
+    #[arg(long)]
+    jacobian_cov: Option<bool>,
     /// Score filter: start each member at its own background (member), the mean (mean) or its Kalman update under the prior (analysis).
     #[arg(long)]
     start: Option<String>,
@@ -234,6 +240,7 @@ impl ExperimentArgs {
         f.burn_in = self.burn_in.or(f.burn_in);
         f.inflation = self.inflation.or(f.inflation);
         f.rtps = self.rtps.or(f.rtps);
+        f.score_rtps = self.score_rtps.or(f.score_rtps);
         f.localization_km = self.localization_km.or(f.localization_km);
         f.initial_spread = self.initial_spread.or(f.initial_spread);
         f.weight_stride = self.weight_stride.or(f.weight_stride);
@@ -245,6 +252,7 @@ impl ExperimentArgs {
         sf.gamma = self.gamma.or(sf.gamma);
         sf.sigma_start = self.sigma_start.or(sf.sigma_start);
         sf.lo_steps = self.lo_steps.or(sf.lo_steps);
+        sf.jacobian_cov = self.jacobian_cov.or(sf.jacobian_cov);
         sf.start = self.start.or(sf.start);
         f.sampler = Some(sf);
         let mut spec = f.spec()?;

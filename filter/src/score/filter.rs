@@ -83,7 +83,12 @@ impl Analysis for ScoreFilter {
             };
             z.extend_from_slice(start);
         }
-        let mut z = den.encode(&z)?;
+        // The diffusion's result enters as an increment on the starting members, x_start +
+        // decode(z) - decode(encode(x_start)), so the codec's reconstruction error never enters the
+        // cycled state (for pixel-space models decode ∘ encode is the identity and this is decode(z)).
+        let x_start = z;
+        let mut z = den.encode(&x_start)?;
+        let x_rec = den.decode(&z)?;
         let background_var = if self.sampler.config.lo_steps > 0 {
             let zb = Ensemble::from_flat(ens.n_members(), den.dim(), den.encode(ens.as_flat())?)?;
             zb.variance().iter().sum::<f64>() / den.dim() as f64
@@ -93,7 +98,9 @@ impl Analysis for ScoreFilter {
         self.sampler.sample(&*den, &mut z, batch, rng)?;
         self.sampler.optimise(&*den, &mut z, batch, background_var)?;
         let x = den.decode(&z)?;
-        ens.as_flat_mut().copy_from_slice(&x);
+        for (((e, s), a), r) in ens.as_flat_mut().iter_mut().zip(&x_start).zip(&x).zip(&x_rec) {
+            *e = s + (a - r);
+        }
         self.spread.relax(ens, &background_std);
         Ok(())
     }

@@ -27,11 +27,15 @@ pub struct SamplerConfig {
     /// Latent optimisation after sampling (LO-SDA, Li et al. 2025): gradient steps per member on
     /// ½‖y - H(decode(z))‖²_R + ½‖z - z_s‖²/s_b², from the sample z_s (0 = off; see [`Sampler::optimise`]).
     pub lo_steps: usize,
+    /// When the denoiser knows no prior covariance (latent bundles), add σ² G Gᵀ to the likelihood's
+    /// covariance, G = H ∂x̂₀/∂z at σ_min and the batch mean (Tweedie: Cov[z₀ | z_σ] ≈ σ² I for small
+    /// σ), from one batch of VJPs per analysis; see the module docs for why (stiff guidance).
+    pub jacobian_cov: bool,
 }
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        SamplerConfig { steps: 16, corrections: 1, tau: 0.05, gamma: 0.01, sigma_start: 2.0, sigma_min: 0.01, rho: 7.0, lo_steps: 0 }
+        SamplerConfig { steps: 16, corrections: 1, tau: 0.05, gamma: 0.01, sigma_start: 2.0, sigma_min: 0.01, rho: 7.0, lo_steps: 0, jacobian_cov: true }
     }
 }
 
@@ -76,10 +80,21 @@ pub(crate) fn tangent_basis(batch: &ObsBatch, x: &[f64], u: &DMatrix<f64>) -> DM
     hu
 }
 
-/// H U and λ of a prior covariance U diag(λ) Uᵀ, for the likelihood's observation-space covariance.
+/// H U and λ of a prior covariance U diag(λ) Uᵀ, for the likelihood's observation-space covariance
+/// H Cov[x₀ | z_σ] Hᵀ = (H U) diag(w(σ)) (H U)ᵀ with w = λσ²/(λ + σ²); without λ (the Jacobian
+/// form, U = ∂x̂₀/∂z) w = σ².
 struct ObsCovariance {
     hu: DMatrix<f64>,
-    lam: DVector<f64>,
+    lam: Option<DVector<f64>>,
+}
+
+impl ObsCovariance {
+    fn weight(&self, k: usize, s2: f64) -> f64 {
+        match &self.lam {
+            Some(l) => l[k] * s2 / (l[k] + s2),
+            None => s2,
+        }
+    }
 }
 
 /// Guided posterior sampler over a batch of members.
@@ -99,15 +114,45 @@ impl Sampler {
     }
 
     /// H U and λ of the denoiser's prior covariance (see [`Denoiser::prior_covariance`]), linearised
-    /// at the first member's decoded state, if the denoiser has one.
+    /// at the first member's decoded state, if the denoiser has one; else, with `jacobian_cov`, the
+    /// Jacobian G = H ∂x̂₀/∂z at σ_min and the batch mean, one VJP per observation.
     fn obs_space_covariance(&self, den: &dyn Denoiser, z: &[f64], batch: &ObsBatch) -> Result<Option<ObsCovariance>, FilterError> {
-        let Some((u, lam)) = den.prior_covariance() else { return Ok(None) };
         let m = batch.len();
         if m == 0 {
             return Ok(None);
         }
-        let x = den.decode(&z[..den.dim()])?;
-        Ok(Some(ObsCovariance { hu: tangent_basis(batch, &x, u), lam: lam.clone() }))
+        if let Some((u, lam)) = den.prior_covariance() {
+            let x = den.decode(&z[..den.dim()])?;
+            return Ok(Some(ObsCovariance { hu: tangent_basis(batch, &x, u), lam: Some(lam.clone()) }));
+        }
+        if !self.config.jacobian_cov {
+            return Ok(None);
+        }
+        let (d, n) = (den.dim(), den.state_dim());
+        let b = z.len() / d;
+        let mut zbar = vec![0.0; d];
+        for zk in z.chunks(d) {
+            for (a, v) in zbar.iter_mut().zip(zk) {
+                *a += v / b as f64;
+            }
+        }
+        let mut dz = vec![0.0; d];
+        den.denoise(&zbar, &[self.config.sigma_min], &mut dz)?;
+        let xbar = den.decode(&dz)?;
+        // Rows of G: the VJP of x̂₀ with the cotangent Hᵀ e_j, batched over observations.
+        let zs: Vec<f64> = (0..m).flat_map(|_| zbar.iter().copied()).collect();
+        let mut v = vec![0.0; m * n];
+        let mut e = vec![0.0; m];
+        for j in 0..m {
+            e[j] = 1.0;
+            batch.op.adjoint(&xbar, &e, &mut v[j * n..(j + 1) * n]);
+            e[j] = 0.0;
+        }
+        let mut xs = vec![0.0; m * n];
+        let mut g = vec![0.0; m * d];
+        den.denoise_vjp(&zs, &vec![self.config.sigma_min; m], &v, &mut xs, &mut g)?;
+        // g is m × d row-major: G (m × d) as a column-major DMatrix.
+        Ok(Some(ObsCovariance { hu: DMatrix::from_row_slice(m, d, &g), lam: None }))
     }
 
     /// Posterior score s(z; σ) for every member of the batch `z` (B × d), into `score`.
@@ -129,10 +174,9 @@ impl Sampler {
         let s2 = sigma * sigma;
         let chol = match cov {
             Some(c) => {
-                let w: Vec<f64> = c.lam.iter().map(|&l| l * s2 / (l + s2)).collect();
                 let mut hw = c.hu.clone();
-                for (k, wk) in w.iter().enumerate() {
-                    hw.column_mut(k).scale_mut(*wk);
+                for k in 0..hw.ncols() {
+                    hw.column_mut(k).scale_mut(c.weight(k, s2));
                 }
                 let mut smat = &hw * c.hu.transpose();
                 for j in 0..m {
