@@ -113,25 +113,33 @@ impl Canvas {
     }
 
     /// A line from (x0, y0) to (x1, y1) of width `w`; `dash` = (on, off) lengths in pixels.
-    pub fn line(&mut self, (x0, y0): (f64, f64), (x1, y1): (f64, f64), w: f64, c: Rgb, dash: Option<(f64, f64)>) {
+    pub fn line(&mut self, a: (f64, f64), b: (f64, f64), w: f64, c: Rgb, dash: Option<(f64, f64)>) {
+        self.dashed_segment(a, b, w, c, dash, 0.0);
+    }
+
+    /// A segment whose dash pattern starts `phase` pixels in; returns the phase at its end, so that
+    /// a polyline of short segments keeps one continuous pattern.
+    fn dashed_segment(&mut self, (x0, y0): (f64, f64), (x1, y1): (f64, f64), w: f64, c: Rgb, dash: Option<(f64, f64)>, phase: f64) -> f64 {
         let len = (x1 - x0).hypot(y1 - y0);
         let steps = (len * 2.0).ceil().max(1.0) as usize;
         for s in 0..=steps {
             let t = s as f64 / steps as f64;
             if let Some((on, off)) = dash {
-                if (t * len) % (on + off) > on {
+                if (phase + t * len) % (on + off) > on {
                     continue;
                 }
             }
             self.disc(x0 + t * (x1 - x0), y0 + t * (y1 - y0), w / 2.0, c);
         }
+        phase + len
     }
 
-    /// A polyline through `pts`; consecutive points with a non-finite coordinate break it.
+    /// A polyline through `pts`; a point with a non-finite coordinate breaks it.
     pub fn polyline(&mut self, pts: &[(f64, f64)], w: f64, c: Rgb, dash: Option<(f64, f64)>) {
+        let mut phase = 0.0;
         for p in pts.windows(2) {
             if [p[0].0, p[0].1, p[1].0, p[1].1].iter().all(|v| v.is_finite()) {
-                self.line(p[0], p[1], w, c, dash);
+                phase = self.dashed_segment(p[0], p[1], w, c, dash, phase);
             }
         }
     }

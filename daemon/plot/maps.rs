@@ -211,7 +211,10 @@ pub fn render(m: &MapInput) -> Result<Canvas> {
     }
     let o = Layout::panel_origin(0, 1);
     let n_sat = m.assimilated.iter().filter(|o| o.modality == Modality::Satellite).count();
-    panel_title(&mut c, o, &format!("observations ({} station, {} satellite)", m.assimilated.len() - n_sat, n_sat));
+    let mut sites: Vec<(f64, f64)> = m.assimilated.iter().filter(|o| o.modality == Modality::Station).map(|o| (o.lat, o.lon)).collect();
+    sites.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    sites.dedup();
+    panel_title(&mut c, o, &format!("observations: {} stations, {} footprints", sites.len(), n_sat));
     draw_observations(&mut c, &lay, m, o, &oscale);
     horizontal_bar(&mut c, o.0 + 8, o.1 + PANEL + 8, PANEL - 16, &oscale, "temperature anomaly (K); □ withheld");
 
