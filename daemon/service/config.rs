@@ -486,5 +486,10 @@ mod tests {
         assert!(format!("{e:#}").contains("metrics.listen"), "{e:#}");
         let e = Config::parse("[score]\nbundle = \"/nonexistent\"\n", Path::new("t")).unwrap_err();
         assert!(format!("{e:#}").contains("manifest.toml"), "{e:#}");
+        let e = Config::parse("[maps]\nenabled = true\n", Path::new("t")).unwrap_err();
+        assert!(format!("{e:#}").contains("maps.enabled needs testbed.name = \"qg2l\""), "{e:#}");
+        assert!(Config::parse("[testbed]\nname = \"qg2l\"\n[maps]\nenabled = true\n", Path::new("t")).is_ok());
+        let e = Config::parse("[cycle]\nkeep = 10\nkeep_summaries = 5\n", Path::new("t")).unwrap_err();
+        assert!(format!("{e:#}").contains("cycle.keep_summaries"), "{e:#}");
     }
 }
