@@ -113,3 +113,22 @@ fn qg2l_daemon_writes_a_map_per_cycle_and_its_history_plots() {
     let p = read_png(&plot).unwrap();
     assert_eq!(p.height, 70 + 2 * 350, "a truth panel and a withheld-station panel");
 }
+
+/// `assimd demo --testbed qg2l` writes a map per cycle (its own embedded broker on a free port).
+#[test]
+fn qg2l_demo_writes_its_maps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let maps = tmp.path().join("maps");
+    let out = std::process::Command::new(ASSIMD)
+        .args(["demo", "--testbed", "qg2l", "--cycles", "2", "--bundle", "none", "--interval-ms", "0", "--maps-dir"])
+        .arg(&maps)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&format!("maps: {}", maps.join("cycle-000002.png").display())), "{stdout}");
+    for k in [1, 2] {
+        let png = read_png(&maps.join(format!("cycle-00000{k}.png"))).unwrap();
+        assert_eq!(png.width as i64, 16 + 2 * (256 + 16) + 96, "truth/observations and the LETKF");
+    }
+}

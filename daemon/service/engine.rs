@@ -4,7 +4,7 @@
 //! filter's ensemble with the testbed dynamics, analyse (LETKF always, the score filter when a
 //! bundle is configured; both see the same observations), verify against the withheld stations and,
 //! in OSSE mode, against the truth, commit the analyses atomically, then publish the summaries and
-//! means and update the metrics. Filters are built the way `assimd experiment` builds them.
+//! means, update the metrics and, with `[maps]` on, draw the cycle's picture (`plot::maps`). Filters are built the way `assimd experiment` builds them.
 
 use super::clock::CycleClock;
 use super::store::{CycleCommit, Store};
