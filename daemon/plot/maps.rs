@@ -246,7 +246,7 @@ impl MapWriter {
 
     /// Whether cycle k gets a picture.
     pub fn due(&self, k: u64) -> bool {
-        k % self.every == 0
+        k.is_multiple_of(self.every)
     }
 
     /// Render and write cycle `m.cycle`'s picture, then delete the oldest beyond `keep`.
@@ -282,8 +282,8 @@ mod tests {
         let np = g.n_points();
         let a = 3000.0;
         let mut truth = vec![0.0; tb.space.dim()];
-        for p in 0..np {
-            truth[p] = if p % 64 < 32 { a } else { -a };
+        for (p, t) in truth.iter_mut().enumerate().take(np) {
+            *t = if p % 64 < 32 { a } else { -a };
         }
         let members: Vec<Vec<f64>> = (0..4).map(|k| truth.iter().map(|v| v + k as f64).collect()).collect();
         let ens = Ensemble::from_members(members).unwrap();

@@ -130,9 +130,12 @@ pub fn colour(i: usize) -> Rgb {
 
 type Get = fn(&SkillPoint) -> f64;
 
+/// A line of a panel: the value it draws, its dash pattern (None = solid) and its width.
+type Line = (Get, Option<(f64, f64)>, f64);
+
 struct Panel {
     title: &'static str,
-    lines: Vec<(Get, Option<(f64, f64)>, f64)>,
+    lines: Vec<Line>,
 }
 
 /// Draw the history of `runs`; `log_y` puts the values on a logarithmic axis.
