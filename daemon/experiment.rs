@@ -396,8 +396,30 @@ pub struct Summary {
     pub burn_in: usize,
 }
 
+/// One cycle's scores, as [`Summary`] averages them (against the truth; `rmse_withheld_a`
+/// against the withheld stations).
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct CycleScores {
+    /// Analysis RMSE.
+    pub rmse_a: f64,
+    /// Background RMSE.
+    pub rmse_f: f64,
+    /// Analysis spread.
+    pub spread_a: f64,
+    /// Analysis CRPS.
+    pub crps_a: f64,
+    /// Analysis RMSE against the withheld stations.
+    pub rmse_withheld_a: f64,
+}
+
 /// Run one experiment.
 pub fn run(spec: &ExperimentSpec) -> Result<Summary> {
+    run_with(spec, &mut |_, _| {})
+}
+
+/// As [`run`], calling `on_cycle(k, scores)` after every cycle k (scores `None` during burn-in):
+/// progress bars and per-cycle histories hook in here.
+pub fn run_with(spec: &ExperimentSpec, on_cycle: &mut dyn FnMut(usize, Option<&CycleScores>)) -> Result<Summary> {
     if spec.members == 0 {
         bail!("--members must be at least 1");
     }
@@ -497,6 +519,7 @@ pub fn run(spec: &ExperimentSpec) -> Result<Summary> {
                 }
             }
         }
+        on_cycle(k, scored.then_some(&acc.last));
     }
     let seconds_per_cycle = start.elapsed().as_secs_f64() / spec.cycles as f64;
     if let Some(r) = recorder {
@@ -547,10 +570,12 @@ struct Accumulator {
     spread_a: f64,
     crps_a: f64,
     withheld: f64,
+    last: CycleScores,
 }
 
 impl Accumulator {
     fn add(&mut self, rmse_a: f64, rmse_f: f64, spread_a: f64, crps_a: f64, withheld: f64) {
+        self.last = CycleScores { rmse_a, rmse_f, spread_a, crps_a, rmse_withheld_a: withheld };
         self.n += 1;
         self.rmse_a += rmse_a;
         self.rmse_f += rmse_f;

@@ -67,11 +67,39 @@ enum Command {
         /// Wall-clock milliseconds per simulated cycle.
         #[arg(long, default_value_t = 150)]
         interval_ms: u64,
+        /// qg2l: directory of the per-cycle maps (PNG) [default: demo-maps]; "none" = no maps.
+        #[arg(long)]
+        maps_dir: Option<PathBuf>,
     },
     /// Inspect a state store.
     State {
         #[command(subcommand)]
         command: StateCommand,
+    },
+    /// Draw pictures of a run as PNG.
+    Plot {
+        #[command(subcommand)]
+        command: PlotCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PlotCommand {
+    /// The per-cycle RMSE and spread of each filter against the truth and the withheld stations.
+    Skill {
+        /// A history written by `assimd experiment --history FILE`, or a daemon's store directory
+        /// (daemon stopped); repeat to overlay runs (e.g. an LETKF and a score experiment).
+        #[arg(long, required = true)]
+        input: Vec<PathBuf>,
+        /// The PNG to write.
+        #[arg(long)]
+        output: PathBuf,
+        /// Logarithmic value axis (for runs whose errors differ by orders of magnitude).
+        #[arg(long)]
+        log_y: bool,
+        /// Title [default: the input names].
+        #[arg(long)]
+        title: Option<String>,
     },
 }
 
@@ -222,6 +250,10 @@ struct ExperimentArgs {
     /// Print one JSON line instead of a table.
     #[arg(long)]
     json: bool,
+    /// Write each scored cycle's RMSE, spread and CRPS as JSON lines to this file (for
+    /// `assimd plot skill`; --burn-in 0 scores every cycle).
+    #[arg(long)]
+    history: Option<PathBuf>,
 }
 
 impl ExperimentArgs {
@@ -261,6 +293,44 @@ impl ExperimentArgs {
     }
 }
 
+/// `assimd experiment`: the run, with a progress bar on a terminal and the per-cycle history.
+fn run_experiment(spec: &ExperimentSpec, history: Option<&std::path::Path>) -> Result<experiment::Summary> {
+    use anyhow::Context;
+    use std::io::Write;
+    let mut out = match history {
+        Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating the history file {}", p.display()))?)),
+        None => None,
+    };
+    let bar = assimd::progress::bar(spec.cycles as u64, &format!("{} {} {}", spec.testbed, spec.filter, spec.network));
+    let filter = spec.filter.to_string();
+    let (mut sum, mut n, mut write_err) = (0.0, 0usize, None);
+    let s = experiment::run_with(spec, &mut |k, scores| {
+        bar.inc(1);
+        let Some(c) = scores else { return };
+        sum += c.rmse_a;
+        n += 1;
+        bar.set_message(format!("mean analysis RMSE {:.4}", sum / n as f64));
+        if let Some(w) = out.as_mut() {
+            let line = serde_json::json!({
+                "cycle": k, "filter": filter, "rmse_a_truth": c.rmse_a, "rmse_f_truth": c.rmse_f,
+                "spread_a": c.spread_a, "crps_a": c.crps_a, "rmse_a_withheld": c.rmse_withheld_a,
+            });
+            if let Err(e) = writeln!(w, "{line}") {
+                write_err.get_or_insert(e);
+            }
+        }
+    });
+    bar.finish_and_clear();
+    let s = s?;
+    if let Some(mut w) = out {
+        if let Some(e) = write_err {
+            return Err(e).context("writing the history file");
+        }
+        w.flush().context("writing the history file")?;
+    }
+    Ok(s)
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     // The demo prints a table: only warnings and errors go to the log there.
@@ -291,13 +361,31 @@ fn main() -> Result<()> {
             let s = runtime()?.block_on(service::simulator::simulate(&cfg, |k| tracing::debug!("published cycle {k}")))?;
             println!("published {} cycles, {} observation messages, {} messages in all, to {}:{}", s.cycles, s.observations, s.messages, cfg.mqtt.host, cfg.mqtt.port);
         }
-        Command::Demo { testbed, network, cycles, bundle, interval_ms } => {
-            runtime()?.block_on(service::demo::demo(service::demo::DemoArgs { testbed, network, cycles, bundle, interval_ms }))?;
+        Command::Demo { testbed, network, cycles, bundle, interval_ms, maps_dir } => {
+            let maps = match maps_dir {
+                Some(p) if p.as_os_str() == "none" => None,
+                Some(p) => Some(p),
+                None => (testbed == TestbedKind::Qg2l).then(|| PathBuf::from("demo-maps")),
+            };
+            runtime()?.block_on(service::demo::demo(service::demo::DemoArgs { testbed, network, cycles, bundle, interval_ms, maps }))?;
+        }
+        Command::Plot { command: PlotCommand::Skill { input, output, log_y, title } } => {
+            let t0 = std::time::Instant::now();
+            let runs = assimd::plot::skill::load_all(&input)?;
+            let title = title.unwrap_or_else(|| {
+                let names: Vec<String> = input.iter().map(|p| p.display().to_string()).collect();
+                format!("skill history: {}", names.join(", "))
+            });
+            assimd::plot::skill::render(&runs, &title, log_y)?.save_png(&output)?;
+            let n: usize = runs.iter().map(|r| r.points.len()).sum();
+            let labels: Vec<&str> = runs.iter().map(|r| r.label.as_str()).collect();
+            println!("wrote {} ({} points of {}) in {:.0} ms", output.display(), n, labels.join(", "), t0.elapsed().as_secs_f64() * 1e3);
         }
         Command::State { command: StateCommand::Inspect { store, json } } => inspect(&store, json)?,
         Command::Experiment(args) => {
             let json = args.json;
-            let s = experiment::run(&args.spec()?)?;
+            let history = args.history.clone();
+            let s = run_experiment(&args.spec()?, history.as_deref())?;
             if json {
                 println!("{}", serde_json::to_string(&s)?);
             } else {

@@ -67,3 +67,38 @@ _assimd_setup_apt() {
 }
 _assimd_setup_apt || exit 1
 unset -f _assimd_setup_apt
+
+# promtool (Prometheus's checker) for the monitoring tests (`promtool check metrics|rules|config`,
+# `promtool test rules`): extracted from Debian's `prometheus` package into $REPO/.tools/bin rather
+# than installing the package, which would also install and start a Prometheus server and pull in
+# its web assets. A promtool already on the PATH is used as it is. Exports PROMTOOL.
+_assimd_setup_promtool() {
+    local repo tools tmp deb
+    repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+    tools="$repo/.tools/bin"
+    if [ -x "$tools/promtool" ]; then
+        export PROMTOOL="$tools/promtool"
+        return 0
+    fi
+    if command -v promtool >/dev/null 2>&1; then
+        export PROMTOOL="$(command -v promtool)"
+        return 0
+    fi
+    echo "setup: extracting promtool from Debian's prometheus package into $tools"
+    tmp="$(mktemp -d)"
+    if ! (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1); then
+        # A fresh machine may have no package lists yet.
+        local sudo=""
+        [ "$(id -u)" -ne 0 ] && sudo="sudo -n"
+        $sudo apt-get update -qq >/dev/null 2>&1
+        (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1) \
+            || { echo "setup: apt-get download prometheus failed (needed for promtool)" >&2; rm -rf "$tmp"; return 1; }
+    fi
+    deb="$(ls "$tmp"/prometheus_*.deb)"
+    dpkg-deb -x "$deb" "$tmp/x" && mkdir -p "$tools" && install -m 0755 "$tmp/x/usr/bin/promtool" "$tools/promtool" \
+        || { echo "setup: extracting promtool from $deb failed" >&2; rm -rf "$tmp"; return 1; }
+    rm -rf "$tmp"
+    export PROMTOOL="$tools/promtool"
+}
+_assimd_setup_promtool || exit 1
+unset -f _assimd_setup_promtool

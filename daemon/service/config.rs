@@ -36,6 +36,8 @@ pub struct Config {
     pub store: StoreSection,
     /// The Prometheus endpoint.
     pub metrics: MetricsSection,
+    /// Per-cycle PNG maps (qg2l).
+    pub maps: MapsSection,
     /// Process behaviour: shutdown grace, logging.
     pub service: ServiceSection,
     /// `assimd simulate`: the simulated observing network.
@@ -160,6 +162,9 @@ pub struct CycleSection {
     pub seed: u64,
     /// Analysis cycles kept in the store (the rolling state); older ones are deleted at commit.
     pub keep: u64,
+    /// Cycle summaries kept in the store (small JSON, about 1 KB each), at least `keep`: the skill
+    /// history that `assimd plot skill --input STORE` draws.
+    pub keep_summaries: u64,
     /// Most empty cycles run in a row to catch up with observations far ahead of the state; a
     /// larger gap is refused (reset or move `start`).
     pub max_gap: u64,
@@ -167,7 +172,7 @@ pub struct CycleSection {
 
 impl Default for CycleSection {
     fn default() -> Self {
-        CycleSection { start: "2026-01-01T00:00:00Z".into(), members: 20, seed: 1, keep: 8, max_gap: 10_000 }
+        CycleSection { start: "2026-01-01T00:00:00Z".into(), members: 20, seed: 1, keep: 8, keep_summaries: 1460, max_gap: 10_000 }
     }
 }
 
@@ -240,6 +245,27 @@ pub struct MetricsSection {
 impl Default for MetricsSection {
     fn default() -> Self {
         MetricsSection { listen: "127.0.0.1:9464".into() }
+    }
+}
+
+/// `[maps]`: pictures of every cycle (qg2l only), for operators who want to see the fields.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MapsSection {
+    /// Write a PNG per cycle: truth (in simulation), observations, each filter's analysis mean and
+    /// spread (`plot::maps`). Off by default: it costs a few tens of milliseconds and disk space.
+    pub enabled: bool,
+    /// Directory of the pictures (`cycle-NNNNNN.png`); created when missing.
+    pub dir: PathBuf,
+    /// Draw every this many cycles.
+    pub every: u64,
+    /// Most pictures kept, the oldest deleted first (0 = keep all), so that the disk does not fill.
+    pub keep: usize,
+}
+
+impl Default for MapsSection {
+    fn default() -> Self {
+        MapsSection { enabled: false, dir: PathBuf::from("/var/lib/assimd/maps"), every: 1, keep: 240 }
     }
 }
 
@@ -374,6 +400,20 @@ impl Config {
         if self.cycle.keep < 1 {
             bail!("cycle.keep must be >= 1 (the last committed cycle is the restart point)");
         }
+        if self.cycle.keep_summaries < self.cycle.keep {
+            bail!("cycle.keep_summaries ({}) must be >= cycle.keep ({})", self.cycle.keep_summaries, self.cycle.keep);
+        }
+        if self.maps.enabled {
+            if tb != TestbedKind::Qg2l {
+                bail!("maps.enabled needs testbed.name = \"qg2l\" (l96 has no two-dimensional field to map): turn maps off");
+            }
+            if self.maps.every == 0 {
+                bail!("maps.every must be >= 1 (1 = a picture every cycle)");
+            }
+            if self.maps.dir.as_os_str().is_empty() {
+                bail!("maps.dir is empty: give the directory for the pictures");
+            }
+        }
         let l = &self.letkf;
         if !(l.inflation >= 1.0) {
             bail!("letkf.inflation must be >= 1.0 (1.0 = none, 1.01-1.1 typical), got {}", l.inflation);
@@ -446,5 +486,10 @@ mod tests {
         assert!(format!("{e:#}").contains("metrics.listen"), "{e:#}");
         let e = Config::parse("[score]\nbundle = \"/nonexistent\"\n", Path::new("t")).unwrap_err();
         assert!(format!("{e:#}").contains("manifest.toml"), "{e:#}");
+        let e = Config::parse("[maps]\nenabled = true\n", Path::new("t")).unwrap_err();
+        assert!(format!("{e:#}").contains("maps.enabled needs testbed.name = \"qg2l\""), "{e:#}");
+        assert!(Config::parse("[testbed]\nname = \"qg2l\"\n[maps]\nenabled = true\n", Path::new("t")).is_ok());
+        let e = Config::parse("[cycle]\nkeep = 10\nkeep_summaries = 5\n", Path::new("t")).unwrap_err();
+        assert!(format!("{e:#}").contains("cycle.keep_summaries"), "{e:#}");
     }
 }

@@ -28,6 +28,8 @@ pub struct DemoArgs {
     pub bundle: Option<PathBuf>,
     /// Wall-clock milliseconds per simulated cycle.
     pub interval_ms: u64,
+    /// qg2l: write the per-cycle maps (PNG) into this directory.
+    pub maps: Option<PathBuf>,
 }
 
 fn fmt(v: &serde_json::Value) -> String {
@@ -83,6 +85,11 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
             cfg.score.sampler = None;
         }
     }
+    if let (TestbedKind::Qg2l, Some(dir)) = (tb, &args.maps) {
+        cfg.maps.enabled = true;
+        cfg.maps.dir = dir.clone();
+        cfg.maps.keep = 0;
+    }
     let cfg = cfg.validate()?;
     let score_on = cfg.score.bundle.is_some();
     println!(
@@ -90,6 +97,9 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         cfg.cycle.members,
         store.display()
     );
+    if cfg.maps.enabled {
+        println!("maps: {}/cycle-NNNNNN.png, one per cycle", cfg.maps.dir.display());
+    }
     println!("filters: letkf{}", if score_on { format!(" and score ({})", cfg.score.bundle.as_ref().map(|b| b.display().to_string()).unwrap_or_default()) } else { String::new() });
 
     let (rep_tx, mut rep_rx) = mpsc::unbounded_channel();
@@ -157,6 +167,9 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         println!();
     }
     println!("{} cycles in {:.1} s; the simulator published {} messages", args.cycles, t0.elapsed().as_secs_f64(), sim_stats.messages);
+    if cfg.maps.enabled {
+        println!("maps: {}", super::super::plot::maps::MapWriter::path(&cfg.maps.dir, args.cycles).display());
+    }
     let _ = std::fs::remove_dir_all(&store);
     Ok(())
 }

@@ -4,7 +4,7 @@
 //! filter's ensemble with the testbed dynamics, analyse (LETKF always, the score filter when a
 //! bundle is configured; both see the same observations), verify against the withheld stations and,
 //! in OSSE mode, against the truth, commit the analyses atomically, then publish the summaries and
-//! means and update the metrics. Filters are built the way `assimd experiment` builds them.
+//! means, update the metrics and, with `[maps]` on, draw the cycle's picture (`plot::maps`). Filters are built the way `assimd experiment` builds them.
 
 use super::clock::CycleClock;
 use super::store::{CycleCommit, Store};
@@ -57,6 +57,10 @@ pub struct Engine {
     pub seed: u64,
     /// Cycles kept in the store.
     pub keep: u64,
+    /// Cycle summaries kept in the store.
+    pub keep_summaries: u64,
+    /// Per-cycle pictures (`[maps]`), when enabled.
+    pub maps: Option<crate::plot::maps::MapWriter>,
     /// Longest run of cycles to catch up in one go.
     pub max_gap: u64,
     /// The last committed cycle.
@@ -113,8 +117,10 @@ impl Engine {
                 self.max_gap
             );
         }
+        metrics::gauge!(tm::CYCLES_PENDING).set(closed.saturating_sub(self.committed) as f64);
         while self.committed < closed && !stop() {
             self.cycle(self.committed + 1)?;
+            metrics::gauge!(tm::CYCLES_PENDING).set(closed.saturating_sub(self.committed) as f64);
         }
         Ok(())
     }
@@ -173,6 +179,8 @@ impl Engine {
                 None => (f64::NAN, f64::NAN, f64::NAN),
             };
             let (rmse_a_w, rmse_f_w) = (withheld_rmse(&verif, &mean_a), withheld_rmse(&verif, &mean_b));
+            // The spread the ensemble predicts at the withheld stations, observation error included.
+            let spread_w = stats::obs_space_spread(&verif, &slot.ens);
             let mut innov = serde_json::Map::new();
             for m in [Modality::Station, Modality::Satellite] {
                 let (b, a) = (stats::innovations(&batch, &mean_b, m), stats::innovations(&batch, &mean_a, m));
@@ -194,8 +202,11 @@ impl Engine {
             }
             metrics::gauge!(tm::SPREAD, "filter" => name).set(spread);
             if rmse_a_t.is_finite() {
-                metrics::gauge!(tm::SPREAD_SKILL, "filter" => name).set(spread / rmse_a_t);
+                metrics::gauge!(tm::SPREAD_SKILL, "filter" => name, "against" => "truth").set(spread / rmse_a_t);
                 metrics::gauge!(tm::CRPS, "filter" => name).set(crps);
+            }
+            if rmse_a_w.is_finite() && rmse_a_w > 0.0 {
+                metrics::gauge!(tm::SPREAD_SKILL, "filter" => name, "against" => "withheld").set(spread_w / rmse_a_w);
             }
             metrics::histogram!(tm::PHASE_SECONDS, "phase" => "verify", "filter" => name).record(t2.elapsed().as_secs_f64());
             per_filter.insert(
@@ -205,12 +216,14 @@ impl Engine {
                     "rmse_a_truth": finite_or_null(rmse_a_t), "rmse_f_truth": finite_or_null(rmse_f_t),
                     "rmse_a_withheld": finite_or_null(rmse_a_w), "rmse_f_withheld": finite_or_null(rmse_f_w),
                     "spread_a": finite_or_null(spread), "crps_a": finite_or_null(crps),
+                    "spread_a_withheld": finite_or_null(spread_w),
                     "innovations": innov,
                     "analysis_failed": failed,
                     "seconds": t0.elapsed().as_secs_f64(),
                 }),
             );
         }
+        metrics::gauge!(tm::OBS_WITHHELD).set(verif.len() as f64);
         let time = crate::wire::format_time(chrono::DateTime::from_timestamp_millis(time_ms).unwrap_or_default());
         let summary = json!({
             "cycle": k, "time": time, "messages": messages,
@@ -226,7 +239,7 @@ impl Engine {
         }
         let t3 = Instant::now();
         let ensembles = self.filters.iter().map(|s| (s.name, &s.ens)).collect();
-        self.store.commit_cycle(&CycleCommit { cycle: k, ensembles, summary: summary.clone(), messages, keep: self.keep })?;
+        self.store.commit_cycle(&CycleCommit { cycle: k, ensembles, summary: summary.clone(), messages, keep: self.keep, keep_summaries: self.keep_summaries })?;
         self.committed = k;
         metrics::histogram!(tm::PHASE_SECONDS, "phase" => "commit", "filter" => "all").record(t3.elapsed().as_secs_f64());
         if k > self.keep {
@@ -238,6 +251,28 @@ impl Engine {
         metrics::gauge!(tm::LAST_COMMIT_TIME).set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
         metrics::gauge!(tm::STORE_BYTES).set(self.store.size_on_disk() as f64);
         self.publish(k, &summary);
+        if let Some(w) = self.maps.as_ref().filter(|w| w.due(k)) {
+            // After the commit: a picture that cannot be written costs a warning, never the cycle.
+            let t4 = Instant::now();
+            let input = crate::plot::maps::MapInput {
+                geometry: &space.geometry,
+                variables: &space.variables,
+                cycle: k,
+                time: &time,
+                truth: truth.as_deref(),
+                filters: self.filters.iter().map(|s| (s.name, &s.ens)).collect(),
+                assimilated: &batch.obs,
+                withheld: &verif.obs,
+                field: 0,
+                field_title: "upper-layer streamfunction ψ1 (m²/s)",
+                field_limit: w.field_limit,
+            };
+            match w.write(&input) {
+                Ok(p) => tracing::debug!("cycle {k}: wrote {}", p.display()),
+                Err(e) => tracing::warn!("cycle {k}: the map was not written: {e:#}"),
+            }
+            metrics::histogram!(tm::PHASE_SECONDS, "phase" => "maps", "filter" => "all").record(t4.elapsed().as_secs_f64());
+        }
         metrics::histogram!(tm::CYCLE_SECONDS).record(t_cycle.elapsed().as_secs_f64());
         if let Some(r) = &self.reports {
             let _ = r.send(CycleReport { cycle: k, summary });

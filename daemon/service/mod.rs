@@ -162,6 +162,8 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = S
         tracing::info!(%hash, %provider, "score filter: model bundle loaded");
     }
     let names: Vec<&str> = built.iter().map(|(n, _)| *n).collect();
+    telemetry::register_filters(&built.iter().map(|(n, _)| *n).collect::<Vec<_>>());
+    metrics::gauge!(telemetry::CYCLE_LENGTH).set(cycle_ms as f64 / 1000.0);
     let store = Store::open(&cfg.store.path)?;
     store.check_or_init(&compat_key(&cfg, cycle_ms, &names), bundle_info.as_ref().map(|(h, _)| h.as_str()), &opts.config_hint)?;
     let committed = store.assimilated_up_to()?;
@@ -238,6 +240,17 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = S
         withheld,
         seed: cfg.cycle.seed,
         keep: cfg.cycle.keep,
+        keep_summaries: cfg.cycle.keep_summaries,
+        maps: cfg.maps.enabled.then(|| {
+            // ± three climatological standard deviations of the mapped field (the upper layer).
+            let clim = testbed.climatology();
+            crate::plot::maps::MapWriter {
+                dir: cfg.maps.dir.clone(),
+                every: cfg.maps.every,
+                keep: cfg.maps.keep,
+                field_limit: crate::plot::nice_ceil(3.0 * clim.std[0]),
+            }
+        }),
         max_gap: cfg.cycle.max_gap,
         committed,
         prefix: cfg.mqtt.prefix.clone(),

@@ -116,6 +116,8 @@ pub struct CycleCommit<'a> {
     pub messages: u64,
     /// Cycles kept: the state of cycle - keep is deleted.
     pub keep: u64,
+    /// Summaries kept (>= keep): the summary of cycle - keep_summaries is deleted.
+    pub keep_summaries: u64,
 }
 
 impl Store {
@@ -274,7 +276,8 @@ impl Store {
     }
 
     /// Commit a cycle: ensembles member by member, summary, counters and the marker, in one
-    /// transaction, then flush. Also deletes the state of cycle - keep.
+    /// transaction, then flush. Also deletes the state of cycle - keep and the summary of cycle -
+    /// keep_summaries.
     pub fn commit_cycle(&self, c: &CycleCommit) -> Result<()> {
         let summary = serde_json::to_vec(&c.summary)?;
         (&self.state, &self.cycles, &self.meta)
@@ -294,8 +297,8 @@ impl Store {
                     }
                 }
                 cycles.insert(&be(c.cycle), summary.as_slice())?;
-                if c.cycle > c.keep {
-                    cycles.remove(&be(c.cycle - c.keep))?;
+                if c.cycle > c.keep_summaries {
+                    cycles.remove(&be(c.cycle - c.keep_summaries))?;
                 }
                 meta.insert(META_ASSIMILATED, &be(c.cycle))?;
                 let total = u64_of(meta.get(META_ASSIMILATED_MSGS)?).unwrap_or(0) + c.messages;
@@ -404,7 +407,7 @@ mod tests {
             assert_eq!(s.journal_cycle(1).unwrap().len(), 2);
             assert_eq!(s.obs_clock_ms().unwrap(), Some(20));
             let ens = Ensemble::from_members(vec![vec![1.0, 2.0], vec![3.0, 4.0]]).unwrap();
-            let bad = CycleCommit { cycle: 2, ensembles: vec![("letkf", &ens)], summary: serde_json::json!({}), messages: 2, keep: 4 };
+            let bad = CycleCommit { cycle: 2, ensembles: vec![("letkf", &ens)], summary: serde_json::json!({}), messages: 2, keep: 4, keep_summaries: 4 };
             assert!(s.commit_cycle(&bad).is_err(), "cycle 2 before cycle 1 must be refused");
             let good = CycleCommit { cycle: 1, ..bad };
             s.commit_cycle(&good).unwrap();

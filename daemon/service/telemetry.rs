@@ -2,7 +2,9 @@
 //!
 //! Every metric is named here, with prefix `assimd_`, and described for Prometheus. The exporter is
 //! `metrics-exporter-prometheus` serving `GET /metrics` on `[metrics].listen`. Histograms have
-//! explicit buckets so they export as histograms, not summaries.
+//! explicit buckets so they export as histograms, not summaries. [`ALL`] is the authoritative list:
+//! the end-to-end test checks that a scrape exports exactly these families, and that the Grafana
+//! dashboard and the alert rules under `configs/` use no other name.
 
 use anyhow::{Context, Result};
 use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
@@ -23,13 +25,18 @@ pub const OBS_JOURNALED: &str = "assimd_obs_journaled_total";
 pub const OBS_ASSIMILATED: &str = "assimd_obs_assimilated_total";
 /// Scalar observations used per cycle, by filter and modality.
 pub const OBS_USED: &str = "assimd_obs_used";
+/// Scalar observations of withheld (verification-only) stations in the last cycle.
+pub const OBS_WITHHELD: &str = "assimd_obs_withheld";
 /// Analysis RMSE of the ensemble mean, by filter and `against` (`withheld` or `truth`).
 pub const ANALYSIS_RMSE: &str = "assimd_analysis_rmse";
 /// Background (forecast) RMSE, same labels.
 pub const BACKGROUND_RMSE: &str = "assimd_background_rmse";
 /// Analysis ensemble spread (RMS standard deviation), by filter.
 pub const SPREAD: &str = "assimd_analysis_spread";
-/// Spread / analysis RMSE against truth, by filter.
+/// Spread over analysis RMSE, by filter and `against`: `truth` (state spread over the RMSE against
+/// the truth) or `withheld` (observation-space spread, observation error included, over the RMSE
+/// against the withheld stations; see `stats::obs_space_spread`). About 1 for a reliable ensemble;
+/// far below 1 means an overconfident ensemble, the signature of filter divergence.
 pub const SPREAD_SKILL: &str = "assimd_spread_skill_ratio";
 /// Analysis CRPS against truth, by filter.
 pub const CRPS: &str = "assimd_analysis_crps";
@@ -49,6 +56,11 @@ pub const PHASE_SECONDS: &str = "assimd_phase_duration_seconds";
 pub const JOURNAL_SECONDS: &str = "assimd_journal_batch_duration_seconds";
 /// Last committed cycle number.
 pub const LAST_CYCLE: &str = "assimd_last_cycle";
+/// Windows closed (by observation time) but not yet analysed and committed: the engine's backlog.
+pub const CYCLES_PENDING: &str = "assimd_cycles_pending";
+/// Length of one cycle (the observation window) in model time, seconds: 21600 for l96, 43200 for
+/// qg2l. Alert rules compare the time since the last commit with it.
+pub const CYCLE_LENGTH: &str = "assimd_cycle_length_seconds";
 /// Valid time of the last committed cycle, Unix seconds.
 pub const LAST_CYCLE_TIME: &str = "assimd_last_cycle_valid_time_seconds";
 /// Wall time when the last cycle was committed, Unix seconds.
@@ -65,6 +77,53 @@ pub const STORE_BYTES: &str = "assimd_store_size_bytes";
 pub const ORT_PROVIDER: &str = "assimd_ort_execution_provider";
 /// Analyses that failed or diverged (the background was kept), by filter.
 pub const ANALYSIS_FAILURES: &str = "assimd_analysis_failures_total";
+
+/// Every metric family the daemon exports (base names: a histogram's series add `_bucket`, `_sum`
+/// and `_count`). All of them are present once a cycle with both filters and a truth has run.
+pub const ALL: &[&str] = &[
+    OBS_RECEIVED,
+    OBS_REJECTED,
+    OBS_DUPLICATES,
+    OBS_LATE,
+    OBS_JOURNALED,
+    OBS_ASSIMILATED,
+    OBS_USED,
+    OBS_WITHHELD,
+    ANALYSIS_RMSE,
+    BACKGROUND_RMSE,
+    SPREAD,
+    SPREAD_SKILL,
+    CRPS,
+    OMB_MEAN,
+    OMB_RMS,
+    OMA_MEAN,
+    OMA_RMS,
+    CYCLE_SECONDS,
+    PHASE_SECONDS,
+    JOURNAL_SECONDS,
+    LAST_CYCLE,
+    CYCLES_PENDING,
+    CYCLE_LENGTH,
+    LAST_CYCLE_TIME,
+    LAST_COMMIT_TIME,
+    MQTT_CONNECTED,
+    MQTT_SUBSCRIBED,
+    MQTT_ERRORS,
+    STORE_BYTES,
+    ORT_PROVIDER,
+    ANALYSIS_FAILURES,
+];
+
+/// The metric family a series name belongs to: the name itself, or for a histogram's `_bucket`,
+/// `_sum` and `_count` series the histogram's name. `None` when it is not one of [`ALL`].
+pub fn family_of(series: &str) -> Option<&'static str> {
+    ALL.iter().copied().find(|&f| {
+        series == f || (HISTOGRAMS.contains(&f) && ["_bucket", "_sum", "_count"].iter().any(|s| series.strip_prefix(f) == Some(*s)))
+    })
+}
+
+/// The histograms among [`ALL`].
+pub const HISTOGRAMS: &[&str] = &[CYCLE_SECONDS, PHASE_SECONDS, JOURNAL_SECONDS];
 
 /// Install the Prometheus recorder and its HTTP listener (within a tokio runtime).
 pub fn install(listen: Option<SocketAddr>) -> Result<()> {
@@ -99,7 +158,10 @@ fn describe() {
     describe_gauge!(ANALYSIS_RMSE, "Analysis RMSE of the ensemble mean, by filter and reference");
     describe_gauge!(BACKGROUND_RMSE, "Background RMSE of the ensemble mean, by filter and reference");
     describe_gauge!(SPREAD, "Analysis ensemble spread");
-    describe_gauge!(SPREAD_SKILL, "Analysis spread over analysis RMSE against truth");
+    describe_gauge!(SPREAD_SKILL, "Analysis spread over analysis RMSE, against truth or withheld stations");
+    describe_gauge!(OBS_WITHHELD, "Scalar observations of withheld verification stations in the last cycle");
+    describe_gauge!(CYCLES_PENDING, "Closed observation windows not yet analysed and committed");
+    describe_gauge!(CYCLE_LENGTH, "Cycle length in model time");
     describe_gauge!(CRPS, "Analysis CRPS against truth");
     describe_gauge!(OMB_MEAN, "Mean observation minus background, by filter and modality");
     describe_gauge!(OMB_RMS, "RMS observation minus background, by filter and modality");
@@ -121,11 +183,25 @@ fn describe() {
     for r in crate::wire::RejectReason::ALL {
         metrics::counter!(OBS_REJECTED, "reason" => r.as_str()).absolute(0);
     }
+    // And the received counters of the observing modalities, so that "no observations" alerts see
+    // a flat series rather than none.
+    for m in ["station", "satellite"] {
+        metrics::counter!(OBS_RECEIVED, "modality" => m).absolute(0);
+    }
     for c in [OBS_DUPLICATES, OBS_LATE, OBS_JOURNALED, OBS_ASSIMILATED, MQTT_ERRORS] {
         metrics::counter!(c).absolute(0);
     }
     metrics::gauge!(MQTT_CONNECTED).set(0.0);
     metrics::gauge!(MQTT_SUBSCRIBED).set(0.0);
+    metrics::gauge!(CYCLES_PENDING).set(0.0);
+}
+
+/// Series that must exist from the start for the alert rules' `increase()` to see their first
+/// increment: the failure counter of each filter.
+pub fn register_filters(names: &[&'static str]) {
+    for &f in names {
+        metrics::counter!(ANALYSIS_FAILURES, "filter" => f).absolute(0);
+    }
 }
 
 /// The daemon's log filter: info, with the broker libraries' chatter off (rumqttd logs every
@@ -139,4 +215,21 @@ pub fn init_logging(default: &str) {
     use std::io::IsTerminal;
     let ansi = std::io::stderr().is_terminal();
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_are_unique_prefixed_and_histogram_series_map_to_them() {
+        let set: std::collections::HashSet<_> = ALL.iter().collect();
+        assert_eq!(set.len(), ALL.len(), "a metric is listed twice");
+        assert!(ALL.iter().all(|n| n.starts_with("assimd_")));
+        assert_eq!(family_of("assimd_phase_duration_seconds_bucket"), Some(PHASE_SECONDS));
+        assert_eq!(family_of("assimd_cycle_duration_seconds_count"), Some(CYCLE_SECONDS));
+        assert_eq!(family_of("assimd_cycle_length_seconds"), Some(CYCLE_LENGTH));
+        assert_eq!(family_of("assimd_cycle_length_seconds_count"), None, "a gauge has no _count series");
+        assert_eq!(family_of("assimd_analysis_rmse_total"), None);
+    }
 }

@@ -14,6 +14,10 @@
 //!   counted over points, N + 1 bins.
 //! - Innovation statistics: mean and RMS of d = y - H(x) per modality (O-B with the background,
 //!   O-A with the analysis).
+//! - Spread in observation space: sqrt((1/m) Σ_i (var_k H_i(x_k) + σ_i²)), the error size a
+//!   reliable ensemble predicts for its mean at independent (withheld) observations; its ratio to
+//!   the RMSE against those observations is the spread/skill ratio where no truth is known
+//!   (Desroziers et al. 2005's consistency check, with the analysis ensemble).
 //!
 //! ## References
 //! - Hersbach, H. (2000). Decomposition of the continuous ranked probability score for ensemble
@@ -22,6 +26,8 @@
 //! - Gneiting, T. et al. (2005). Calibrated probabilistic forecasting using ensemble model output
 //!   statistics and minimum CRPS estimation. Monthly Weather Review 133.
 //! - Hamill, T. M. (2001). Interpretation of rank histograms for verifying ensemble forecasts. MWR 129.
+//! - Desroziers, G. et al. (2005). Diagnosis of observation, background and analysis-error
+//!   statistics in observation space. QJRMS 131.
 
 use crate::ensemble::Ensemble;
 use crate::obs::{Modality, ObsBatch, ObservationOperator};
@@ -127,6 +133,32 @@ pub fn innovations(batch: &ObsBatch, x: &[f64], modality: Modality) -> Innovatio
     }
 }
 
+/// Spread in observation space, observation error included: sqrt((1/m) Σ_i (var_k H_i(x_k) + σ_i²))
+/// over the batch's m observations (unbiased ensemble variance of each H_i(x_k)). NaN when empty.
+pub fn obs_space_spread(batch: &ObsBatch, e: &Ensemble) -> f64 {
+    if batch.is_empty() {
+        return f64::NAN;
+    }
+    let (m, n) = (batch.len(), e.n_members());
+    let mut hx = vec![0.0; m];
+    let (mut sum, mut sum2) = (vec![0.0; m], vec![0.0; m]);
+    for x in e.members() {
+        batch.op.apply(x, &mut hx);
+        for i in 0..m {
+            sum[i] += hx[i];
+            sum2[i] += hx[i] * hx[i];
+        }
+    }
+    let nf = n as f64;
+    let total: f64 = (0..m)
+        .map(|i| {
+            let var = if n > 1 { ((sum2[i] - sum[i] * sum[i] / nf) / (nf - 1.0)).max(0.0) } else { 0.0 };
+            var + batch.sigma[i] * batch.sigma[i]
+        })
+        .sum();
+    (total / m as f64).sqrt()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,5 +214,21 @@ mod tests {
         for c in h {
             assert!((c as f64 - 5000.0).abs() < 300.0, "bin count {c} far from 5000");
         }
+    }
+
+    #[test]
+    fn obs_space_spread_by_hand() {
+        use crate::obs::{Footprint, Observation, SparseOperator};
+        // Two observations: point 0 (σ 0.5) and the mean of points 1 and 2 (σ 1).
+        let op = SparseOperator::from_rows(3, vec![vec![(0, 1.0)], vec![(1, 0.5), (2, 0.5)]]).unwrap();
+        let o = |sigma: f64| Observation { modality: Modality::Station, var: 0, lat: 45.0, lon: 0.0, footprint: Footprint::Point, value: 0.0, sigma };
+        let obs = vec![o(0.5), o(1.0)];
+        let batch = ObsBatch { y: vec![0.0, 0.0], sigma: vec![0.5, 1.0], obs, op };
+        let e = Ensemble::from_members(vec![vec![1.0, 0.0, 2.0], vec![3.0, 2.0, 2.0]]).unwrap();
+        // H x per member: (1, 1) and (3, 2); unbiased variances 2 and 0.5.
+        let expect = ((2.0 + 0.25 + 0.5 + 1.0) / 2.0f64).sqrt();
+        assert!((obs_space_spread(&batch, &e) - expect).abs() < 1e-12);
+        let empty = ObsBatch { y: vec![], sigma: vec![], obs: vec![], op: SparseOperator::from_rows(3, vec![]).unwrap() };
+        assert!(obs_space_spread(&empty, &e).is_nan());
     }
 }

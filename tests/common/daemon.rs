@@ -321,3 +321,29 @@ pub fn publish_all(port: u16, msgs: &[(String, Vec<u8>)]) {
 pub fn committed_messages(state: &serde_json::Value) -> Vec<(u64, u64)> {
     state["cycles"].as_array().unwrap().iter().map(|c| (c["cycle"].as_u64().unwrap(), c["messages"].as_u64().unwrap())).collect()
 }
+
+/// promtool: `$PROMTOOL` (set by scripts/setup.sh), else `.tools/bin/promtool` (where setup puts
+/// it), else `promtool` on the PATH. Panics with the fix when there is none: CI installs it, so a
+/// missing promtool is a failure, never a skip.
+pub fn promtool() -> PathBuf {
+    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/promtool");
+    let found = std::env::var_os("PROMTOOL")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .or_else(|| local.is_file().then(|| local.clone()))
+        .or_else(|| std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("promtool")).find(|p| p.is_file())));
+    found.unwrap_or_else(|| panic!("promtool is missing: run `source scripts/setup.sh` (it extracts promtool from Debian's prometheus package into {}) or set PROMTOOL", local.display()))
+}
+
+/// Run promtool with `args` (and `stdin`); returns (success, stdout + stderr).
+pub fn run_promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    let mut cmd = Command::new(promtool());
+    cmd.args(args).current_dir(env!("CARGO_MANIFEST_DIR")).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("starting promtool");
+    if let Some(text) = stdin {
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}

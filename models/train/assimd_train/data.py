@@ -17,6 +17,8 @@ from dataclasses import dataclass, asdict, field
 
 import numpy as np
 
+from . import progress
+
 
 @dataclass
 class Run:
@@ -93,7 +95,7 @@ def generate(testbed: str, binary: str, root: str, every: int = 1, max_rmse: flo
     """Run assimd for every run of the testbed; keep runs that did not diverge. Returns provenance."""
     os.makedirs(root, exist_ok=True)
     kept = []
-    for run in (runs if runs is not None else RUNS[testbed]()):
+    for run in progress.bar(runs if runs is not None else RUNS[testbed](), f"{testbed} training data"):
         out = os.path.join(root, run.name)
         args = run.args(binary, testbed, out, every)
         res_path = os.path.join(out, "result.json")
@@ -103,14 +105,13 @@ def generate(testbed: str, binary: str, root: str, every: int = 1, max_rmse: flo
             p = subprocess.run(args, capture_output=True, text=True)
             if p.returncode != 0:
                 msg = (p.stderr + p.stdout).strip().splitlines()[-1:] or [""]
-                print(f"[data] {run.name}: exit {p.returncode} ({msg[0]}) -> dropped", flush=True)
+                progress.write(f"[data] {run.name}: exit {p.returncode} ({msg[0]}) -> dropped")
                 continue
             res = json.loads(p.stdout.strip().splitlines()[-1])
             json.dump(res, open(res_path, "w"))
         ok = res.get("rmse_a", 1e9) <= max_rmse
-        print(f"[data] {run.name:28s} seed {run.seed} rmse_a {res['rmse_a']:.3f} "
-              f"spread_a {res['spread_a']:.3f} {'kept' if ok else 'DROPPED (rmse_a > %g)' % max_rmse}",
-              flush=True)
+        progress.write(f"[data] {run.name:28s} seed {run.seed} rmse_a {res['rmse_a']:.3f} "
+                       f"spread_a {res['spread_a']:.3f} {'kept' if ok else 'DROPPED (rmse_a > %g)' % max_rmse}")
         if ok:
             meta = json.load(open(os.path.join(out, "meta.json")))
             kept.append({**asdict(run), "dir": out, "command": " ".join(args[1:]),

@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from . import qg2l_data, qg2l_nets as nets, qg2l_train as tr, tomlw
+from . import progress, qg2l_data, qg2l_nets as nets, qg2l_train as tr, tomlw
 from .qg2l_export import benchmark, export_bundle
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,7 +33,7 @@ SCORE_KW = {"feat_ch": 16, "width": 32, "blocks": 3}
 
 
 def log(msg):
-    print(msg, flush=True)
+    progress.write(msg)
 
 
 def git_commit():

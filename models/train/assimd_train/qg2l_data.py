@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from . import progress
 from .data import Run
 
 # Tuned qg2l LETKF (N = 32): RTPS 0.5, no multiplicative inflation, Gaspari-Cohn half-width 100 km.
@@ -70,12 +71,12 @@ def qg2l_runs() -> list[QgRun]:
     return runs
 
 
-def generate(binary: str, root: str, log=print) -> list[dict]:
+def generate(binary: str, root: str, log=progress.write) -> list[dict]:
     """Run assimd for every qg2l run (cached per directory); keep runs that did not diverge."""
     os.makedirs(root, exist_ok=True)
     kept = []
     t_all = time.time()
-    for run in qg2l_runs():
+    for run in progress.bar(qg2l_runs(), "qg2l training data"):
         out = os.path.join(root, run.name)
         args = run.args(binary, "qg2l", out, EVERY)
         res_path = os.path.join(out, "result.json")
