@@ -73,9 +73,9 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     };
     if let Some(b) = bundle {
         cfg.score.bundle = Some(b.clone());
-        if let Ok(f) = ExperimentFile::load(&Path::new("configs/experiments").join(format!("{tb}-full-score.toml"))) {
+        if let Ok(f) = ExperimentFile::load(&Path::new("configs/experiments").join(format!("{tb}-{network}-score.toml"))) {
             cfg.score.sampler = f.sampler;
-            cfg.score.rtps = f.rtps.unwrap_or(0.0);
+            cfg.score.rtps = f.score_rtps.or(f.rtps).unwrap_or(0.0);
         }
         // The score filter is optional in the demo: without ONNX Runtime it runs the LETKF alone.
         let probe = cfg.clone();

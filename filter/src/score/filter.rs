@@ -98,8 +98,9 @@ impl Analysis for ScoreFilter {
         self.sampler.sample(&*den, &mut z, batch, rng)?;
         self.sampler.optimise(&*den, &mut z, batch, background_var)?;
         let x = den.decode(&z)?;
+        // Written as decode(z) + (x_start - x_rec) so that an identity codec gives decode(z) exactly.
         for (((e, s), a), r) in ens.as_flat_mut().iter_mut().zip(&x_start).zip(&x).zip(&x_rec) {
-            *e = s + (a - r);
+            *e = a + (s - r);
         }
         self.spread.relax(ens, &background_std);
         Ok(())
