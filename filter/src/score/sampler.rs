@@ -80,19 +80,25 @@ pub(crate) fn tangent_basis(batch: &ObsBatch, x: &[f64], u: &DMatrix<f64>) -> DM
     hu
 }
 
-/// H U and λ of a prior covariance U diag(λ) Uᵀ, for the likelihood's observation-space covariance
-/// H Cov[x₀ | z_σ] Hᵀ = (H U) diag(w(σ)) (H U)ᵀ with w = λσ²/(λ + σ²); without λ (the Jacobian
-/// form, U = ∂x̂₀/∂z) w = σ².
-struct ObsCovariance {
-    hu: DMatrix<f64>,
-    lam: Option<DVector<f64>>,
+/// H Cov[x₀ | z_σ] Hᵀ in observation space, for the likelihood's covariance.
+enum ObsCovariance {
+    /// A prior covariance U diag(λ) Uᵀ seen through H: (H U) diag(λσ²/(λ + σ²)) (H U)ᵀ.
+    Spectral { hu: DMatrix<f64>, lam: DVector<f64> },
+    /// The Jacobian form σ² G Gᵀ, G = H ∂x̂₀/∂z; G Gᵀ is formed once per analysis.
+    Jacobian { ggt: DMatrix<f64> },
 }
 
 impl ObsCovariance {
-    fn weight(&self, k: usize, s2: f64) -> f64 {
-        match &self.lam {
-            Some(l) => l[k] * s2 / (l[k] + s2),
-            None => s2,
+    fn at(&self, s2: f64) -> DMatrix<f64> {
+        match self {
+            ObsCovariance::Spectral { hu, lam } => {
+                let mut hw = hu.clone();
+                for k in 0..hw.ncols() {
+                    hw.column_mut(k).scale_mut(lam[k] * s2 / (lam[k] + s2));
+                }
+                &hw * hu.transpose()
+            }
+            ObsCovariance::Jacobian { ggt } => ggt * s2,
         }
     }
 }
@@ -123,7 +129,7 @@ impl Sampler {
         }
         if let Some((u, lam)) = den.prior_covariance() {
             let x = den.decode(&z[..den.dim()])?;
-            return Ok(Some(ObsCovariance { hu: tangent_basis(batch, &x, u), lam: Some(lam.clone()) }));
+            return Ok(Some(ObsCovariance::Spectral { hu: tangent_basis(batch, &x, u), lam: lam.clone() }));
         }
         if !self.config.jacobian_cov {
             return Ok(None);
@@ -152,7 +158,8 @@ impl Sampler {
         let mut g = vec![0.0; m * d];
         den.denoise_vjp(&zs, &vec![self.config.sigma_min; m], &v, &mut xs, &mut g)?;
         // g is m × d row-major: G (m × d) as a column-major DMatrix.
-        Ok(Some(ObsCovariance { hu: DMatrix::from_row_slice(m, d, &g), lam: None }))
+        let gm = DMatrix::from_row_slice(m, d, &g);
+        Ok(Some(ObsCovariance::Jacobian { ggt: &gm * gm.transpose() }))
     }
 
     /// Posterior score s(z; σ) for every member of the batch `z` (B × d), into `score`.
@@ -174,11 +181,7 @@ impl Sampler {
         let s2 = sigma * sigma;
         let chol = match cov {
             Some(c) => {
-                let mut hw = c.hu.clone();
-                for k in 0..hw.ncols() {
-                    hw.column_mut(k).scale_mut(c.weight(k, s2));
-                }
-                let mut smat = &hw * c.hu.transpose();
+                let mut smat = c.at(s2);
                 for j in 0..m {
                     smat[(j, j)] += batch.sigma[j] * batch.sigma[j] + self.config.gamma * s2;
                 }
