@@ -10,14 +10,18 @@ fn steps(c: &mut Criterion) {
     for kind in [TestbedKind::L96, TestbedKind::Qg2l] {
         let tb = Testbed::new(kind);
         let mut x = tb.initial_truth(1);
-        group.bench_function(kind.to_string(), |b| b.iter(|| tb.dynamics.advance(black_box(&mut x), 1)));
+        group.bench_function(kind.to_string(), |b| {
+            b.iter(|| tb.dynamics.advance(black_box(&mut x), 1))
+        });
     }
     group.finish();
     let mut group = c.benchmark_group("model_cycle");
     group.sample_size(20);
     let tb = Testbed::new(TestbedKind::Qg2l);
     let mut x = tb.initial_truth(1);
-    group.bench_function("qg2l", |b| b.iter(|| tb.dynamics.forecast(black_box(&mut x))));
+    group.bench_function("qg2l", |b| {
+        b.iter(|| tb.dynamics.forecast(black_box(&mut x)))
+    });
     group.finish();
 }
 

@@ -38,7 +38,9 @@ fn plain_subscriber(port: u16, msgs: &[(String, Vec<u8>)]) -> f64 {
     let mut o = MqttOptions::new(format!("plain-{}", free_port()), "127.0.0.1", port);
     o.set_inflight(1000);
     let (client, mut conn) = Client::new(o, 100);
-    client.subscribe("bench/obs/station/#", QoS::AtLeastOnce).unwrap();
+    client
+        .subscribe("bench/obs/station/#", QoS::AtLeastOnce)
+        .unwrap();
     let got = Arc::new(AtomicU64::new(0));
     let g = got.clone();
     let (sub_tx, sub_rx) = std::sync::mpsc::channel();
@@ -68,16 +70,30 @@ fn plain_subscriber(port: u16, msgs: &[(String, Vec<u8>)]) -> f64 {
 /// msg/s journaled by the daemon.
 fn daemon_ingest(port: u16, dir: &std::path::Path, msgs: &[(String, Vec<u8>)]) -> f64 {
     let s = write_config(dir, port, "");
-    let cfg = std::fs::read_to_string(&s.config).unwrap().replace("prefix = \"test\"", "prefix = \"bench\"").replace("[ingest]\n", "[ingest]\ntruth = false\n");
+    let cfg = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("prefix = \"test\"", "prefix = \"bench\"")
+        .replace("[ingest]\n", "[ingest]\ntruth = false\n");
     std::fs::write(&s.config, cfg).unwrap();
     let d = Daemon::start(&s, &[]);
     let n = msgs.len() as f64;
     let t0 = Instant::now();
     publish_all(port, msgs);
-    wait_for_or("every message journaled", || metric(s.metrics_port, "assimd_obs_journaled_total").filter(|v| *v >= n), || {
-        let t = scrape(s.metrics_port).unwrap_or_default();
-        t.lines().filter(|l| l.starts_with("assimd_obs") || l.starts_with("assimd_journal_batch_duration_seconds_count") || l.starts_with("assimd_journal_batch_duration_seconds_sum")).collect::<Vec<_>>().join("\n")
-    });
+    wait_for_or(
+        "every message journaled",
+        || metric(s.metrics_port, "assimd_obs_journaled_total").filter(|v| *v >= n),
+        || {
+            let t = scrape(s.metrics_port).unwrap_or_default();
+            t.lines()
+                .filter(|l| {
+                    l.starts_with("assimd_obs")
+                        || l.starts_with("assimd_journal_batch_duration_seconds_count")
+                        || l.starts_with("assimd_journal_batch_duration_seconds_sum")
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        },
+    );
     let rate = n / t0.elapsed().as_secs_f64();
     d.terminate();
     rate
@@ -89,7 +105,14 @@ fn time_to_ready(s: &Setup, sock_path: &std::path::Path) -> (f64, std::process::
     let sock = UnixDatagram::bind(sock_path).unwrap();
     sock.set_read_timeout(Some(GUARD)).unwrap();
     let t0 = Instant::now();
-    let child = Command::new(ASSIMD).arg("run").arg("--config").arg(&s.config).env("NOTIFY_SOCKET", sock_path).stderr(Stdio::null()).spawn().unwrap();
+    let child = Command::new(ASSIMD)
+        .arg("run")
+        .arg("--config")
+        .arg(&s.config)
+        .env("NOTIFY_SOCKET", sock_path)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let mut buf = [0u8; 4096];
     loop {
         let n = sock.recv(&mut buf).expect("READY=1");
@@ -103,7 +126,10 @@ fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let tmp = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(&tmp.path().join("broker"));
-    let n = std::env::var("ASSIMD_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(if full { 100_000 } else { 2_000 });
+    let n = std::env::var("ASSIMD_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full { 100_000 } else { 2_000 });
     let msgs = station_messages(n);
     let reps = if full { 3 } else { 1 };
     let mut plain = Vec::new();
@@ -111,7 +137,11 @@ fn main() {
     for r in 0..reps {
         plain.push(plain_subscriber(broker.port, &msgs));
         // A fresh store and client id each time: every id is new.
-        daemon.push(daemon_ingest(broker.port, &tmp.path().join(format!("ingest-{r}")), &msgs));
+        daemon.push(daemon_ingest(
+            broker.port,
+            &tmp.path().join(format!("ingest-{r}")),
+            &msgs,
+        ));
     }
     let med = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -120,7 +150,10 @@ fn main() {
     let (p, d) = (med(&mut plain), med(&mut daemon));
     println!("ingest, {n} station reports, QoS 1, Mosquitto, median of {reps}:");
     println!("  plain subscriber   {p:>10.0} msg/s");
-    println!("  assimd journaled   {d:>10.0} msg/s  ({:.2} of plain)", d / p);
+    println!(
+        "  assimd journaled   {d:>10.0} msg/s  ({:.2} of plain)",
+        d / p
+    );
 
     // Memory and restart on qg2l N=32 (full) or l96 (smoke).
     let (testbed, extra, members, cycles) = if full {
@@ -130,14 +163,23 @@ fn main() {
     };
     let dir = tmp.path().join("cycling");
     let s = write_config(&dir, broker.port, extra);
-    let cfg = std::fs::read_to_string(&s.config).unwrap().replace("[cycle]\n", &format!("[cycle]\nmembers = {members}\n"));
+    let cfg = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("[cycle]\n", &format!("[cycle]\nmembers = {members}\n"));
     std::fs::write(&s.config, cfg).unwrap();
     let d = Daemon::start(&s, &[]);
     simulate(&s, 1, cycles);
     let target = (cycles - 2) as f64;
-    wait_for("cycles committed", || metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= target));
+    wait_for("cycles committed", || {
+        metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= target)
+    });
     let (peak, now) = rss(d.child.id());
-    println!("memory, {testbed} after {} cycles: peak RSS {:.0} MB, RSS {:.0} MB", target, peak as f64 / 1e6, now as f64 / 1e6);
+    println!(
+        "memory, {testbed} after {} cycles: peak RSS {:.0} MB, RSS {:.0} MB",
+        target,
+        peak as f64 / 1e6,
+        now as f64 / 1e6
+    );
     d.kill();
     let sock = dir.join("notify.sock");
     let mut ready = Vec::new();
@@ -147,6 +189,8 @@ fn main() {
         child.kill().unwrap();
         let _ = child.wait();
     }
-    println!("SIGKILL -> restart -> READY=1 ({testbed} store): {:.3} s (median of {reps})", med(&mut ready));
+    println!(
+        "SIGKILL -> restart -> READY=1 ({testbed} store): {:.3} s (median of {reps})",
+        med(&mut ready)
+    );
 }
-

@@ -15,38 +15,63 @@ use rand_chacha::ChaCha8Rng;
 fn bench_file(c: &mut Criterion, file: &str, members: usize, samples: usize) {
     let root = env!("CARGO_MANIFEST_DIR");
     std::env::set_current_dir(root).unwrap();
-    let mut spec = ExperimentFile::load(std::path::Path::new(file)).unwrap().spec().unwrap();
+    let mut spec = ExperimentFile::load(std::path::Path::new(file))
+        .unwrap()
+        .spec()
+        .unwrap();
     spec.members = members;
     let tb = Testbed::new(spec.testbed);
     let analysis = spec.analysis(&tb.space).unwrap().expect("a score filter");
     let network = tb.network(spec.network).unwrap();
     let truth = tb.initial_truth(1);
     // A background near the truth, as in a cycled run: truth + 0.3 climatological std.
-    let std = tb.climatology().std_state(truth.len() / tb.space.fields.len());
+    let std = tb
+        .climatology()
+        .std_state(truth.len() / tb.space.fields.len());
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let members_v: Vec<Vec<f64>> = (0..members)
         .map(|_| {
             truth
                 .iter()
                 .zip(&std)
-                .map(|(x, s)| x + 0.3 * s * <rand_distr::StandardNormal as rand_distr::Distribution<f64>>::sample(&rand_distr::StandardNormal, &mut rng))
+                .map(|(x, s)| {
+                    x + 0.3
+                        * s
+                        * <rand_distr::StandardNormal as rand_distr::Distribution<f64>>::sample(
+                            &rand_distr::StandardNormal,
+                            &mut rng,
+                        )
+                })
                 .collect()
         })
         .collect();
     let ens = Ensemble::from_members(members_v).unwrap();
     let (obs, _) = network.observe(&tb.space, &truth, 1, &mut rng);
     let batch = ObsBatch::new(&tb.space, obs).unwrap();
-    let name = std::path::Path::new(file).file_stem().unwrap().to_string_lossy().to_string();
+    let name = std::path::Path::new(file)
+        .file_stem()
+        .unwrap()
+        .to_string_lossy()
+        .to_string();
     let mut group = c.benchmark_group("score_analysis");
     group.sample_size(samples);
     group.bench_function(format!("{name}-N{members}"), |b| {
-        b.iter_batched(|| ens.clone(), |mut e| analysis.analyse(&mut e, &batch, &mut rng).unwrap(), BatchSize::LargeInput)
+        b.iter_batched(
+            || ens.clone(),
+            |mut e| analysis.analyse(&mut e, &batch, &mut rng).unwrap(),
+            BatchSize::LargeInput,
+        )
     });
     group.finish();
 }
 
 fn benches(c: &mut Criterion) {
-    bench_file(c, "configs/experiments/qg2l-stations+satellite-score.toml", 16, 10);
+    bench_file(
+        c,
+        "configs/experiments/qg2l-stations+satellite-score.toml",
+        16,
+        10,
+    );
     bench_file(c, "configs/experiments/l96-full-score.toml", 20, 20);
 }
 

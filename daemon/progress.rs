@@ -14,7 +14,11 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
 
 /// As [`bar`], drawn on stderr only when `visible`.
 pub fn bar_on(len: u64, what: &str, visible: bool) -> ProgressBar {
-    let target = if visible { ProgressDrawTarget::stderr_with_hz(4) } else { ProgressDrawTarget::hidden() };
+    let target = if visible {
+        ProgressDrawTarget::stderr_with_hz(4)
+    } else {
+        ProgressDrawTarget::hidden()
+    };
     let b = ProgressBar::with_draw_target(Some(len), target);
     // The template is a constant known to parse (checked by the unit test below).
     b.set_style(ProgressStyle::with_template(TEMPLATE).expect("the progress template parses"));
@@ -22,7 +26,8 @@ pub fn bar_on(len: u64, what: &str, visible: bool) -> ProgressBar {
     b
 }
 
-const TEMPLATE: &str = "{prefix} {wide_bar} {pos}/{len} cycles [{elapsed_precise}, {per_sec}, {eta} left] {msg}";
+const TEMPLATE: &str =
+    "{prefix} {wide_bar} {pos}/{len} cycles [{elapsed_precise}, {per_sec}, {eta} left] {msg}";
 
 #[cfg(test)]
 mod tests {

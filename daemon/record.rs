@@ -32,7 +32,11 @@ pub struct NpyWriter {
 
 fn header(shape: &[usize]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape = if dims.len() == 1 { format!("({},)", dims[0]) } else { format!("({})", dims.join(", ")) };
+    let shape = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
     let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
     let mut h = b"\x93NUMPY\x01\x00".to_vec();
     let body_len = HEADER_LEN - 10;
@@ -50,12 +54,20 @@ impl NpyWriter {
         let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
         let mut out = BufWriter::new(file);
         out.write_all(&header(&[0]))?;
-        Ok(NpyWriter { out, row_shape: row_shape.to_vec(), rows: 0 })
+        Ok(NpyWriter {
+            out,
+            row_shape: row_shape.to_vec(),
+            rows: 0,
+        })
     }
 
     /// Append one row (its length must be the product of the row shape).
     pub fn push(&mut self, row: &[f64]) -> Result<()> {
-        assert_eq!(row.len(), self.row_shape.iter().product::<usize>(), "npy row of the wrong length");
+        assert_eq!(
+            row.len(),
+            self.row_shape.iter().product::<usize>(),
+            "npy row of the wrong length"
+        );
         for v in row {
             self.out.write_all(&(*v as f32).to_le_bytes())?;
         }
@@ -90,14 +102,29 @@ pub struct Recorder {
 
 impl Recorder {
     /// Create the files in `dir` (created if missing).
-    pub fn create(dir: &Path, dim: usize, n_members: usize, with_members: bool, every: usize, meta: serde_json::Value) -> Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating the record directory {}", dir.display()))?;
+    pub fn create(
+        dir: &Path,
+        dim: usize,
+        n_members: usize,
+        with_members: bool,
+        every: usize,
+        meta: serde_json::Value,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the record directory {}", dir.display()))?;
         Ok(Recorder {
             every: every.max(1),
             truth: NpyWriter::create(&dir.join("truth.npy"), &[dim])?,
             mean: NpyWriter::create(&dir.join("mean.npy"), &[dim])?,
             spread: NpyWriter::create(&dir.join("spread.npy"), &[dim])?,
-            members: if with_members { Some(NpyWriter::create(&dir.join("members.npy"), &[n_members, dim])?) } else { None },
+            members: if with_members {
+                Some(NpyWriter::create(
+                    &dir.join("members.npy"),
+                    &[n_members, dim],
+                )?)
+            } else {
+                None
+            },
             meta,
             dir: dir.to_path_buf(),
         })
@@ -123,7 +150,10 @@ impl Recorder {
             m.finish()?;
         }
         self.meta["records"] = rows.into();
-        std::fs::write(self.dir.join("meta.json"), serde_json::to_string_pretty(&self.meta)?)?;
+        std::fs::write(
+            self.dir.join("meta.json"),
+            serde_json::to_string_pretty(&self.meta)?,
+        )?;
         Ok(rows)
     }
 }
@@ -146,7 +176,11 @@ mod tests {
         let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
         assert_eq!((10 + hlen) % 64, 0, "numpy wants the data 64-byte aligned");
         let h = std::str::from_utf8(&bytes[10..10 + hlen]).unwrap();
-        assert!(h.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2, 3), }") && h.ends_with('\n'), "{h}");
+        assert!(
+            h.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2, 3), }")
+                && h.ends_with('\n'),
+            "{h}"
+        );
         let data = &bytes[10 + hlen..];
         assert_eq!(data.len(), 12 * 4);
         assert_eq!(f32::from_le_bytes(data[8..12].try_into().unwrap()), 3.0);

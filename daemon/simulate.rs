@@ -7,8 +7,8 @@
 //! cycle's messages do not depend on which cycles were generated before.
 
 use crate::wire::{
-    format_time, Feature, FeatureTag, MultiPointGeometry, MultiPointTag, PointGeometry, PointTag, SatelliteFeature,
-    SatelliteProperties, StationFeature, StationProperties, StationValue,
+    format_time, Feature, FeatureTag, MultiPointGeometry, MultiPointTag, PointGeometry, PointTag,
+    SatelliteFeature, SatelliteProperties, StationFeature, StationProperties, StationValue,
 };
 use assimd_filter::obs::Observation;
 use assimd_models::testbed::{Network, Testbed};
@@ -19,7 +19,9 @@ use rand_chacha::ChaCha8Rng;
 /// Valid time of cycle 0 of every simulation.
 pub fn epoch() -> DateTime<Utc> {
     // 2026-01-01T00:00:00Z is a valid calendar date.
-    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().expect("valid epoch")
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+        .single()
+        .expect("valid epoch")
 }
 
 /// One message and the topic suffix it is published under (after the prefix).
@@ -51,7 +53,13 @@ impl Simulator {
     /// A simulator at cycle 0 with the seed's initial truth.
     pub fn new(testbed: Testbed, network: Network, seed: u64) -> Simulator {
         let truth = testbed.initial_truth(seed);
-        Simulator { testbed, network, seed, cycle: 0, truth }
+        Simulator {
+            testbed,
+            network,
+            seed,
+            cycle: 0,
+            truth,
+        }
     }
 
     /// The current cycle number.
@@ -66,7 +74,10 @@ impl Simulator {
 
     /// Valid time of cycle `k`.
     pub fn time_of(&self, k: u64) -> DateTime<Utc> {
-        epoch() + chrono::Duration::milliseconds((self.testbed.dynamics.cycle_seconds() * 1000.0 * k as f64).round() as i64)
+        epoch()
+            + chrono::Duration::milliseconds(
+                (self.testbed.dynamics.cycle_seconds() * 1000.0 * k as f64).round() as i64,
+            )
     }
 
     /// Advance the truth by one cycle.
@@ -77,8 +88,10 @@ impl Simulator {
 
     /// The observations of the current cycle: (assimilated, withheld). Same draws as [`Self::messages`].
     pub fn observations(&self) -> (Vec<Observation>, Vec<Observation>) {
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.cycle);
-        self.network.observe(&self.testbed.space, &self.truth, self.cycle, &mut rng)
+        let mut rng =
+            ChaCha8Rng::seed_from_u64(self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.cycle);
+        self.network
+            .observe(&self.testbed.space, &self.truth, self.cycle, &mut rng)
     }
 
     /// The messages of the current cycle: one per station, one granule for the satellite.
@@ -96,7 +109,11 @@ impl Simulator {
                 .map(|&(var, _)| {
                     // observe() emits one observation per (station, variable) in this order.
                     let o = source.next().expect("one observation per station variable");
-                    StationValue { var: space.variables[var].name.clone(), value: o.value, sigma: o.sigma }
+                    StationValue {
+                        var: space.variables[var].name.clone(),
+                        value: o.value,
+                        sigma: o.sigma,
+                    }
                 })
                 .collect();
             out.push(Message {
@@ -104,8 +121,15 @@ impl Simulator {
                 feature: Feature::Station(StationFeature {
                     kind: FeatureTag::Feature,
                     id: format!("{}/{time}", s.id),
-                    geometry: PointGeometry { kind: PointTag::Point, coordinates: vec![s.lon, s.lat] },
-                    properties: StationProperties { station: s.id.clone(), time: time.clone(), observations },
+                    geometry: PointGeometry {
+                        kind: PointTag::Point,
+                        coordinates: vec![s.lon, s.lat],
+                    },
+                    properties: StationProperties {
+                        station: s.id.clone(),
+                        time: time.clone(),
+                        observations,
+                    },
                 }),
                 withheld: s.withheld,
             });

@@ -12,7 +12,11 @@ use std::collections::BTreeSet;
 
 /// The metric families of a scrape, from its `# TYPE` lines.
 fn families(text: &str) -> BTreeSet<String> {
-    text.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split_whitespace().next()).map(String::from).collect()
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(String::from)
+        .collect()
 }
 
 /// Both filters (LETKF and the l96 bundle), with the truth: every family is exported.
@@ -29,40 +33,95 @@ fn scrape_passes_promtool_and_exports_exactly_the_listed_metrics() {
     let out = Collector::start(broker.port, "test/analysis/+/summary");
     simulate(&s, 1, 6);
     let per_cycle = messages_per_cycle("l96", "full");
-    wait_for("cycle 4 to be committed", || metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 4.0));
-    wait_for("all 6 cycles journaled", || metric(s.metrics_port, "assimd_obs_journaled_total").filter(|v| *v >= (6 * per_cycle) as f64));
+    wait_for("cycle 4 to be committed", || {
+        metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 4.0)
+    });
+    wait_for("all 6 cycles journaled", || {
+        metric(s.metrics_port, "assimd_obs_journaled_total")
+            .filter(|v| *v >= (6 * per_cycle) as f64)
+    });
     wait_for("4 summaries of each filter", || {
-        (out.payloads("test/analysis/letkf/summary").len() >= 4 && out.payloads("test/analysis/score/summary").len() >= 4).then_some(())
+        (out.payloads("test/analysis/letkf/summary").len() >= 4
+            && out.payloads("test/analysis/score/summary").len() >= 4)
+            .then_some(())
     });
     let text = scrape(s.metrics_port).unwrap();
-    let body = text.split_once("\r\n\r\n").map_or(text.as_str(), |(_, b)| b);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or(text.as_str(), |(_, b)| b);
 
     let (ok, lint) = run_promtool(&["check", "metrics"], Some(body));
-    assert!(ok && lint.trim().is_empty(), "promtool check metrics:\n{lint}\n{body}");
+    assert!(
+        ok && lint.trim().is_empty(),
+        "promtool check metrics:\n{lint}\n{body}"
+    );
 
     let got = families(body);
     let want: BTreeSet<String> = telemetry::ALL.iter().map(|s| s.to_string()).collect();
-    assert_eq!(got, want, "exported families differ from telemetry::ALL (extra: {:?}, missing: {:?})", got.difference(&want).collect::<Vec<_>>(), want.difference(&got).collect::<Vec<_>>());
+    assert_eq!(
+        got,
+        want,
+        "exported families differ from telemetry::ALL (extra: {:?}, missing: {:?})",
+        got.difference(&want).collect::<Vec<_>>(),
+        want.difference(&got).collect::<Vec<_>>()
+    );
     for h in telemetry::HISTOGRAMS {
-        assert!(body.contains(&format!("# TYPE {h} histogram")), "{h} is a histogram");
+        assert!(
+            body.contains(&format!("# TYPE {h} histogram")),
+            "{h} is a histogram"
+        );
     }
 
     // Values computed by the engine.
     assert_eq!(sample(body, "assimd_cycle_length_seconds"), Some(21600.0));
-    assert_eq!(sample(body, "assimd_cycles_pending"), Some(0.0), "every closed window is committed");
-    assert_eq!(sample(body, "assimd_obs_withheld"), Some(4.0), "l96 has 4 withheld stations, one value each");
-    assert_eq!(sample(body, "assimd_analysis_failures_total{filter=\"score\"}"), Some(0.0));
-    assert_eq!(sample(body, "assimd_obs_used{filter=\"letkf\",modality=\"station\"}"), Some(40.0));
+    assert_eq!(
+        sample(body, "assimd_cycles_pending"),
+        Some(0.0),
+        "every closed window is committed"
+    );
+    assert_eq!(
+        sample(body, "assimd_obs_withheld"),
+        Some(4.0),
+        "l96 has 4 withheld stations, one value each"
+    );
+    assert_eq!(
+        sample(body, "assimd_analysis_failures_total{filter=\"score\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            body,
+            "assimd_obs_used{filter=\"letkf\",modality=\"station\"}"
+        ),
+        Some(40.0)
+    );
     for f in ["letkf", "score"] {
         // The exported ratio is the last committed cycle's spread at the withheld stations over the
         // RMSE there, as in its summary.
-        let last: serde_json::Value = serde_json::from_slice(out.payloads(&format!("test/analysis/{f}/summary")).last().unwrap()).unwrap();
-        let expect = last["spread_a_withheld"].as_f64().unwrap() / last["rmse_a_withheld"].as_f64().unwrap();
-        let got = sample(body, &format!("assimd_spread_skill_ratio{{filter=\"{f}\",against=\"withheld\"}}")).unwrap();
-        assert!(expect.is_finite() && expect > 0.0 && (got - expect).abs() <= 1e-9 * expect, "{f}: {got} vs {expect} ({last})");
+        let last: serde_json::Value = serde_json::from_slice(
+            out.payloads(&format!("test/analysis/{f}/summary"))
+                .last()
+                .unwrap(),
+        )
+        .unwrap();
+        let expect =
+            last["spread_a_withheld"].as_f64().unwrap() / last["rmse_a_withheld"].as_f64().unwrap();
+        let got = sample(
+            body,
+            &format!("assimd_spread_skill_ratio{{filter=\"{f}\",against=\"withheld\"}}"),
+        )
+        .unwrap();
+        assert!(
+            expect.is_finite() && expect > 0.0 && (got - expect).abs() <= 1e-9 * expect,
+            "{f}: {got} vs {expect} ({last})"
+        );
         // Observation error alone (σ = 1 on l96) bounds the observation-space spread from below.
         assert!(last["spread_a_withheld"].as_f64().unwrap() >= 1.0, "{last}");
-        let t = sample(body, &format!("assimd_spread_skill_ratio{{filter=\"{f}\",against=\"truth\"}}")).unwrap();
+        let t = sample(
+            body,
+            &format!("assimd_spread_skill_ratio{{filter=\"{f}\",against=\"truth\"}}"),
+        )
+        .unwrap();
         assert!(t > 0.0 && t.is_finite());
     }
     daemon.terminate();
@@ -85,17 +144,35 @@ fn qg2l_daemon_writes_a_map_per_cycle_and_its_history_plots() {
         ),
     );
     // Eight members keep the fresh state's climatological draws short.
-    let text = std::fs::read_to_string(&s.config).unwrap().replace("keep = 100", "keep = 100\nmembers = 8");
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("keep = 100", "keep = 100\nmembers = 8");
     std::fs::write(&s.config, text).unwrap();
     let daemon = Daemon::start(&s, &[]);
     simulate(&s, 1, 4);
     // Cutoff one cycle: the observations of cycle 4 close the window of cycle 2.
-    wait_for("cycle 2 to be committed", || metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 2.0));
-    let text = wait_for("two maps drawn", || scrape(s.metrics_port).filter(|t| sample(t, "assimd_phase_duration_seconds_count{phase=\"maps\",filter=\"all\"}") == Some(2.0)));
-    assert_eq!(sample(&text, "assimd_obs_withheld"), Some(16.0), "8 withheld stations, pressure and temperature");
+    wait_for("cycle 2 to be committed", || {
+        metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 2.0)
+    });
+    let text = wait_for("two maps drawn", || {
+        scrape(s.metrics_port).filter(|t| {
+            sample(
+                t,
+                "assimd_phase_duration_seconds_count{phase=\"maps\",filter=\"all\"}",
+            ) == Some(2.0)
+        })
+    });
+    assert_eq!(
+        sample(&text, "assimd_obs_withheld"),
+        Some(16.0),
+        "8 withheld stations, pressure and temperature"
+    );
     daemon.terminate();
 
-    let mut names: Vec<String> = std::fs::read_dir(&maps).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> = std::fs::read_dir(&maps)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
     names.sort();
     assert_eq!(names, vec!["cycle-000001.png", "cycle-000002.png"]);
     let png = read_png(&maps.join("cycle-000002.png")).unwrap();
@@ -103,15 +180,40 @@ fn qg2l_daemon_writes_a_map_per_cycle_and_its_history_plots() {
     assert_eq!(png.width as i64, 16 + 2 * (256 + 16) + 96);
     // The truth panel is a field, not a blank: red and blue both occur.
     let (x0, y0) = (16u32, 36 + 22);
-    let px: Vec<[u8; 3]> = (0..256).step_by(4).flat_map(|dy| (0..256).step_by(4).map(move |dx| (dx, dy))).map(|(dx, dy)| png.get(x0 + dx, y0 + dy)).collect();
-    assert!(px.iter().any(|p| p[0] > 200 && p[2] < 150) && px.iter().any(|p| p[2] > 200 && p[0] < 150), "truth panel shows positive and negative streamfunction");
+    let px: Vec<[u8; 3]> = (0..256)
+        .step_by(4)
+        .flat_map(|dy| (0..256).step_by(4).map(move |dx| (dx, dy)))
+        .map(|(dx, dy)| png.get(x0 + dx, y0 + dy))
+        .collect();
+    assert!(
+        px.iter().any(|p| p[0] > 200 && p[2] < 150) && px.iter().any(|p| p[2] > 200 && p[0] < 150),
+        "truth panel shows positive and negative streamfunction"
+    );
 
     let plot = tmp.path().join("skill.png");
-    let out = std::process::Command::new(ASSIMD).args(["plot", "skill", "--input"]).arg(&s.store).arg("--output").arg(&plot).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("2 points of letkf"), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = std::process::Command::new(ASSIMD)
+        .args(["plot", "skill", "--input"])
+        .arg(&s.store)
+        .arg("--output")
+        .arg(&plot)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("2 points of letkf"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let p = read_png(&plot).unwrap();
-    assert_eq!(p.height, 70 + 2 * 350, "a truth panel and a withheld-station panel");
+    assert_eq!(
+        p.height,
+        70 + 2 * 350,
+        "a truth panel and a withheld-station panel"
+    );
 }
 
 /// `assimd demo --testbed qg2l` writes a map per cycle (its own embedded broker on a free port).
@@ -120,15 +222,40 @@ fn qg2l_demo_writes_its_maps() {
     let tmp = tempfile::tempdir().unwrap();
     let maps = tmp.path().join("maps");
     let out = std::process::Command::new(ASSIMD)
-        .args(["demo", "--testbed", "qg2l", "--cycles", "2", "--bundle", "none", "--interval-ms", "0", "--maps-dir"])
+        .args([
+            "demo",
+            "--testbed",
+            "qg2l",
+            "--cycles",
+            "2",
+            "--bundle",
+            "none",
+            "--interval-ms",
+            "0",
+            "--maps-dir",
+        ])
         .arg(&maps)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains(&format!("maps: {}", maps.join("cycle-000002.png").display())), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "maps: {}",
+            maps.join("cycle-000002.png").display()
+        )),
+        "{stdout}"
+    );
     for k in [1, 2] {
         let png = read_png(&maps.join(format!("cycle-00000{k}.png"))).unwrap();
-        assert_eq!(png.width as i64, 16 + 2 * (256 + 16) + 96, "truth/observations and the LETKF");
+        assert_eq!(
+            png.width as i64,
+            16 + 2 * (256 + 16) + 96,
+            "truth/observations and the LETKF"
+        );
     }
 }

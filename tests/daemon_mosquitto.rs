@@ -20,32 +20,73 @@ fn observations_in_analyses_and_metrics_out() {
     let per_cycle = messages_per_cycle(TB, NET);
     simulate(&s, 1, 8);
     // Cutoff one cycle: the observations of cycle 8 close the window of cycle 6.
-    wait_for("cycle 6 to be committed", || metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 6.0));
+    wait_for("cycle 6 to be committed", || {
+        metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 6.0)
+    });
     // Every message of cycle 8 journaled (the first of them closed window 6).
     let all = (8 * per_cycle) as f64;
-    wait_for("all 8 cycles journaled", || metric(s.metrics_port, "assimd_obs_journaled_total").filter(|v| *v >= all));
+    wait_for("all 8 cycles journaled", || {
+        metric(s.metrics_port, "assimd_obs_journaled_total").filter(|v| *v >= all)
+    });
     let text = scrape(s.metrics_port).unwrap();
     assert_eq!(sample(&text, "assimd_obs_journaled_total"), Some(all));
-    assert_eq!(sample(&text, "assimd_obs_assimilated_total"), Some((6 * per_cycle) as f64));
-    assert_eq!(sample(&text, "assimd_obs_rejected_total{reason=\"schema\"}"), Some(0.0));
+    assert_eq!(
+        sample(&text, "assimd_obs_assimilated_total"),
+        Some((6 * per_cycle) as f64)
+    );
+    assert_eq!(
+        sample(&text, "assimd_obs_rejected_total{reason=\"schema\"}"),
+        Some(0.0)
+    );
     assert_eq!(sample(&text, "assimd_obs_late_total"), Some(0.0));
     assert_eq!(sample(&text, "assimd_mqtt_connected"), Some(1.0));
-    let rmse = sample(&text, "assimd_analysis_rmse{filter=\"letkf\",against=\"truth\"}").expect("analysis RMSE against truth exported");
+    let rmse = sample(
+        &text,
+        "assimd_analysis_rmse{filter=\"letkf\",against=\"truth\"}",
+    )
+    .expect("analysis RMSE against truth exported");
     assert!(rmse.is_finite());
-    assert!(sample(&text, "assimd_background_rmse{filter=\"letkf\",against=\"truth\"}").is_some());
-    assert!(sample(&text, "assimd_analysis_rmse{filter=\"letkf\",against=\"withheld\"}").is_some());
-    assert!(text.contains("assimd_cycle_duration_seconds_bucket"), "cycle durations are a histogram");
+    assert!(sample(
+        &text,
+        "assimd_background_rmse{filter=\"letkf\",against=\"truth\"}"
+    )
+    .is_some());
+    assert!(sample(
+        &text,
+        "assimd_analysis_rmse{filter=\"letkf\",against=\"withheld\"}"
+    )
+    .is_some());
+    assert!(
+        text.contains("assimd_cycle_duration_seconds_bucket"),
+        "cycle durations are a histogram"
+    );
     assert!(text.contains("assimd_omb_rms{filter=\"letkf\",modality=\"satellite\"}"));
 
-    wait_for("six summaries and means", || (summaries.payloads("test/analysis/letkf/summary").len() >= 6).then_some(()));
-    let all: Vec<serde_json::Value> = summaries.payloads("test/analysis/letkf/summary").iter().map(|p| serde_json::from_slice(p).unwrap()).collect();
+    wait_for("six summaries and means", || {
+        (summaries.payloads("test/analysis/letkf/summary").len() >= 6).then_some(())
+    });
+    let all: Vec<serde_json::Value> = summaries
+        .payloads("test/analysis/letkf/summary")
+        .iter()
+        .map(|p| serde_json::from_slice(p).unwrap())
+        .collect();
     let total = |key: &str| all.iter().map(|v| v[key].as_f64().unwrap()).sum::<f64>();
-    assert!(total("rmse_a_truth") < total("rmse_f_truth"), "over 6 cycles the analyses improve on their backgrounds");
+    assert!(
+        total("rmse_a_truth") < total("rmse_f_truth"),
+        "over 6 cycles the analyses improve on their backgrounds"
+    );
     let last = all.last().unwrap().clone();
     assert_eq!(last["filter"], "letkf");
     assert!(last["rmse_a_truth"].as_f64().unwrap().is_finite());
-    assert!(last["obs"]["satellite"].as_u64().unwrap() > 0, "a granule of footprints per cycle: {last}");
-    let mean = summaries.payloads("test/analysis/letkf/mean").last().unwrap().clone();
+    assert!(
+        last["obs"]["satellite"].as_u64().unwrap() > 0,
+        "a granule of footprints per cycle: {last}"
+    );
+    let mean = summaries
+        .payloads("test/analysis/letkf/mean")
+        .last()
+        .unwrap()
+        .clone();
     assert_eq!(&mean[..8], b"ASSIMD01");
     assert_eq!(u32::from_le_bytes(mean[24..28].try_into().unwrap()), 40);
     assert_eq!(mean.len(), 32 + 4 * 40);
@@ -53,7 +94,10 @@ fn observations_in_analyses_and_metrics_out() {
     daemon.terminate();
     let state = inspect(&s.store);
     assert_eq!(state["assimilated_up_to"], 6);
-    assert_eq!(committed_messages(&state), (1..=6).map(|k| (k, per_cycle)).collect::<Vec<_>>());
+    assert_eq!(
+        committed_messages(&state),
+        (1..=6).map(|k| (k, per_cycle)).collect::<Vec<_>>()
+    );
 }
 
 /// A burst of malformed and duplicate messages is rejected and counted, sent to the dead-letter
@@ -71,53 +115,111 @@ fn malformed_and_duplicate_burst_is_counted_while_cycling_goes_on() {
     // Duplicates: cycle 4's own messages again (journaled, window still open).
     use assimd_models::testbed::Testbed;
     let tb = Testbed::new(TB.parse().unwrap());
-    let mut sim = assimd::simulate::Simulator::new(tb.clone(), tb.network(NET.parse().unwrap()).unwrap(), 101);
+    let mut sim = assimd::simulate::Simulator::new(
+        tb.clone(),
+        tb.network(NET.parse().unwrap()).unwrap(),
+        101,
+    );
     for _ in 0..4 {
         sim.step();
     }
-    let valid: Vec<(String, Vec<u8>)> = sim.messages().iter().map(|m| (format!("test/{}", m.topic), serde_json::to_vec(&m.feature).unwrap())).collect();
+    let valid: Vec<(String, Vec<u8>)> = sim
+        .messages()
+        .iter()
+        .map(|m| {
+            (
+                format!("test/{}", m.topic),
+                serde_json::to_vec(&m.feature).unwrap(),
+            )
+        })
+        .collect();
     let station = String::from_utf8(valid[0].1.clone()).unwrap();
     let t = "test/obs/station/sim/S00".to_string();
     let mut burst = Vec::new();
     for i in 0..30 {
-        burst.push((t.clone(), format!("{{\"type\":\"Feature\",\"id\":{i}").into_bytes())); // truncated JSON
+        burst.push((
+            t.clone(),
+            format!("{{\"type\":\"Feature\",\"id\":{i}").into_bytes(),
+        )); // truncated JSON
     }
     for _ in 0..20 {
-        burst.push((t.clone(), station.replacen("\"value\":", "\"value\":NaN,\"x\":", 1).into_bytes()));
+        burst.push((
+            t.clone(),
+            station
+                .replacen("\"value\":", "\"value\":NaN,\"x\":", 1)
+                .into_bytes(),
+        ));
     }
     for _ in 0..15 {
-        burst.push((t.clone(), station.replace("45.0", "89.0").replace("45]", "89]").into_bytes()));
+        burst.push((
+            t.clone(),
+            station
+                .replace("45.0", "89.0")
+                .replace("45]", "89]")
+                .into_bytes(),
+        ));
     }
     for _ in 0..10 {
-        burst.push((t.clone(), station.replace("\"var\":\"x\"", "\"var\":\"humidity\"").into_bytes()));
+        burst.push((
+            t.clone(),
+            station
+                .replace("\"var\":\"x\"", "\"var\":\"humidity\"")
+                .into_bytes(),
+        ));
     }
     for _ in 0..5 {
-        burst.push((t.clone(), station.replace("\"sigma\":", "\"sigma\":-").into_bytes()));
+        burst.push((
+            t.clone(),
+            station.replace("\"sigma\":", "\"sigma\":-").into_bytes(),
+        ));
     }
     burst.extend(valid.iter().cloned());
     publish_all(broker.port, &burst);
     simulate(&s, 5, 4);
-    wait_for("cycle 6 to be committed", || metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 6.0));
+    wait_for("cycle 6 to be committed", || {
+        metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 6.0)
+    });
     let all = (8 * per_cycle) as f64;
-    wait_for("all 8 cycles journaled", || metric(s.metrics_port, "assimd_obs_journaled_total").filter(|v| *v >= all));
+    wait_for("all 8 cycles journaled", || {
+        metric(s.metrics_port, "assimd_obs_journaled_total").filter(|v| *v >= all)
+    });
     let text = scrape(s.metrics_port).unwrap();
-    let r = |reason: &str| sample(&text, &format!("assimd_obs_rejected_total{{reason=\"{reason}\"}}")).unwrap_or(f64::NAN);
+    let r = |reason: &str| {
+        sample(
+            &text,
+            &format!("assimd_obs_rejected_total{{reason=\"{reason}\"}}"),
+        )
+        .unwrap_or(f64::NAN)
+    };
     assert_eq!(r("malformed_json"), 30.0);
     assert_eq!(r("non_finite"), 20.0);
     assert_eq!(r("out_of_domain"), 15.0);
     assert_eq!(r("unknown_variable"), 10.0);
     assert_eq!(r("bad_sigma"), 5.0);
-    assert_eq!(sample(&text, "assimd_obs_duplicates_total"), Some(valid.len() as f64));
-    assert_eq!(sample(&text, "assimd_obs_journaled_total"), Some((8 * per_cycle) as f64));
-    wait_for("80 dead letters", || (dead.count_prefix("test/deadletter/") >= 80).then_some(()));
+    assert_eq!(
+        sample(&text, "assimd_obs_duplicates_total"),
+        Some(valid.len() as f64)
+    );
+    assert_eq!(
+        sample(&text, "assimd_obs_journaled_total"),
+        Some((8 * per_cycle) as f64)
+    );
+    wait_for("80 dead letters", || {
+        (dead.count_prefix("test/deadletter/") >= 80).then_some(())
+    });
     // A new message for a closed window is late: counted, not assimilated.
     let late = station.replace("\"id\":\"", "\"id\":\"late-");
     publish_all(broker.port, &[(t.clone(), late.into_bytes())]);
-    wait_for("the late message to be counted", || metric(s.metrics_port, "assimd_obs_late_total").filter(|v| *v == 1.0));
+    wait_for("the late message to be counted", || {
+        metric(s.metrics_port, "assimd_obs_late_total").filter(|v| *v == 1.0)
+    });
     assert_eq!(dead.payloads("test/deadletter/unknown_variable").len(), 10);
     daemon.terminate();
     let state = inspect(&s.store);
-    assert_eq!(committed_messages(&state), (1..=6).map(|k| (k, per_cycle)).collect::<Vec<_>>());
+    assert_eq!(
+        committed_messages(&state),
+        (1..=6).map(|k| (k, per_cycle)).collect::<Vec<_>>()
+    );
 }
 
 /// SIGKILL of the daemon mid-cycle (after the analyses of cycle 4, before their commit), then a
@@ -131,22 +233,43 @@ fn sigkill_mid_cycle_then_restart_assimilates_everything_exactly_once() {
     let per_cycle = messages_per_cycle(TB, NET);
     let daemon = Daemon::start(&s, &[("ASSIMD_TEST_STALL_BEFORE_COMMIT", "4")]);
     simulate(&s, 1, 7);
-    wait_for("the daemon to stall before committing cycle 4", || daemon.log_text().contains("stalling before the commit of cycle 4").then_some(()));
+    wait_for("the daemon to stall before committing cycle 4", || {
+        daemon
+            .log_text()
+            .contains("stalling before the commit of cycle 4")
+            .then_some(())
+    });
     daemon.kill();
     // While it is down the broker queues the rest for its persistent session.
     simulate(&s, 8, 5);
     let daemon = Daemon::start(&s, &[]);
-    wait_for("cycle 10 to be committed", || metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 10.0));
+    wait_for("cycle 10 to be committed", || {
+        metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 10.0)
+    });
     let log = daemon.log_text();
     daemon.terminate();
-    assert!(log.contains("committed=3"), "the restart resumes from cycle 3:\n{log}");
+    assert!(
+        log.contains("committed=3"),
+        "the restart resumes from cycle 3:\n{log}"
+    );
     let state = inspect(&s.store);
     assert_eq!(state["assimilated_up_to"], 10);
-    assert_eq!(committed_messages(&state), (1..=10).map(|k| (k, per_cycle)).collect::<Vec<_>>());
+    assert_eq!(
+        committed_messages(&state),
+        (1..=10).map(|k| (k, per_cycle)).collect::<Vec<_>>()
+    );
     // Cycles 11 and 12 may be partly journaled at SIGTERM (the rest stays with the broker), never twice.
     let journaled = state["journaled_total"].as_u64().unwrap();
-    assert!(journaled > 10 * per_cycle && journaled <= 12 * per_cycle, "journaled {journaled} of {} published", 12 * per_cycle);
-    assert_eq!(state["assimilated_messages_total"].as_u64(), Some(10 * per_cycle), "every message of cycles 1-10 assimilated once");
+    assert!(
+        journaled > 10 * per_cycle && journaled <= 12 * per_cycle,
+        "journaled {journaled} of {} published",
+        12 * per_cycle
+    );
+    assert_eq!(
+        state["assimilated_messages_total"].as_u64(),
+        Some(10 * per_cycle),
+        "every message of cycles 1-10 assimilated once"
+    );
 }
 
 /// Broker restart: the daemon reconnects to its persistent session, and the messages published
@@ -159,22 +282,44 @@ fn broker_restart_daemon_reconnects_and_loses_nothing() {
     let per_cycle = messages_per_cycle(TB, NET);
     let daemon = Daemon::start(&s, &[]);
     simulate(&s, 1, 4);
-    wait_for("cycle 2 to be committed", || metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 2.0));
+    wait_for("cycle 2 to be committed", || {
+        metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 2.0)
+    });
     broker.stop();
-    wait_for("the daemon to notice", || metric(s.metrics_port, "assimd_mqtt_connected").filter(|v| *v == 0.0));
+    wait_for("the daemon to notice", || {
+        metric(s.metrics_port, "assimd_mqtt_connected").filter(|v| *v == 0.0)
+    });
     broker.restart();
     simulate(&s, 5, 6);
-    wait_for_or("cycle 8 to be committed", || metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 8.0), || {
-        format!("{}\n{}", daemon.log_text(), std::fs::read_to_string(broker.dir.join("mosquitto.log")).unwrap_or_default())
-    });
+    wait_for_or(
+        "cycle 8 to be committed",
+        || metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 8.0),
+        || {
+            format!(
+                "{}\n{}",
+                daemon.log_text(),
+                std::fs::read_to_string(broker.dir.join("mosquitto.log")).unwrap_or_default()
+            )
+        },
+    );
     let errors = metric(s.metrics_port, "assimd_mqtt_connection_errors_total").unwrap_or(0.0);
     assert!(errors >= 1.0, "the connection loss was counted");
     daemon.terminate();
     let state = inspect(&s.store);
-    assert_eq!(committed_messages(&state), (1..=8).map(|k| (k, per_cycle)).collect::<Vec<_>>());
+    assert_eq!(
+        committed_messages(&state),
+        (1..=8).map(|k| (k, per_cycle)).collect::<Vec<_>>()
+    );
     let journaled = state["journaled_total"].as_u64().unwrap();
-    assert!(journaled > 8 * per_cycle && journaled <= 10 * per_cycle, "journaled {journaled} of {} published", 10 * per_cycle);
-    assert_eq!(state["assimilated_messages_total"].as_u64(), Some(8 * per_cycle));
+    assert!(
+        journaled > 8 * per_cycle && journaled <= 10 * per_cycle,
+        "journaled {journaled} of {} published",
+        10 * per_cycle
+    );
+    assert_eq!(
+        state["assimilated_messages_total"].as_u64(),
+        Some(8 * per_cycle)
+    );
 }
 
 /// SIGINT abandons a running cycle at once; SIGTERM lets it run for the grace period, then
@@ -184,23 +329,47 @@ fn sigint_and_sigterm_abandon_a_stuck_cycle_which_the_restart_redoes() {
     let tmp = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(&tmp.path().join("broker"));
     let s = write_config(tmp.path(), broker.port, "");
-    std::fs::write(&s.config, std::fs::read_to_string(&s.config).unwrap().replace("grace_seconds = 30", "grace_seconds = 1")).unwrap();
+    std::fs::write(
+        &s.config,
+        std::fs::read_to_string(&s.config)
+            .unwrap()
+            .replace("grace_seconds = 30", "grace_seconds = 1"),
+    )
+    .unwrap();
     let per_cycle = messages_per_cycle(TB, NET);
     for signal in [libc::SIGINT, libc::SIGTERM] {
         let mut daemon = Daemon::start(&s, &[("ASSIMD_TEST_STALL_BEFORE_COMMIT", "2")]);
         if signal == libc::SIGINT {
             simulate(&s, 1, 4);
         }
-        wait_for("the stall before cycle 2", || daemon.log_text().contains("stalling before the commit of cycle 2").then_some(()));
+        wait_for("the stall before cycle 2", || {
+            daemon
+                .log_text()
+                .contains("stalling before the commit of cycle 2")
+                .then_some(())
+        });
         unsafe { libc::kill(daemon.child.id() as i32, signal) };
         let status = wait_for("the daemon to exit", || daemon.child.try_wait().unwrap());
-        assert!(status.success(), "exit {status} after signal {signal}:\n{}", daemon.log_text());
-        assert!(daemon.log_text().contains("abandoned"), "{}", daemon.log_text());
+        assert!(
+            status.success(),
+            "exit {status} after signal {signal}:\n{}",
+            daemon.log_text()
+        );
+        assert!(
+            daemon.log_text().contains("abandoned"),
+            "{}",
+            daemon.log_text()
+        );
     }
     let daemon = Daemon::start(&s, &[]);
-    wait_for("cycle 2 to be committed", || metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 2.0));
+    wait_for("cycle 2 to be committed", || {
+        metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 2.0)
+    });
     daemon.terminate();
-    assert_eq!(committed_messages(&inspect(&s.store)), vec![(1, per_cycle), (2, per_cycle)]);
+    assert_eq!(
+        committed_messages(&inspect(&s.store)),
+        vec![(1, per_cycle), (2, per_cycle)]
+    );
 }
 
 /// TLS (a CA made here, the broker's certificate for 127.0.0.1) and username/password: the daemon
@@ -211,8 +380,17 @@ fn tls_and_password_authentication() {
     let certs = tmp.path().join("certs");
     std::fs::create_dir_all(&certs).unwrap();
     let sh = |cmd: &str| {
-        let out = std::process::Command::new("sh").arg("-c").arg(cmd).current_dir(&certs).output().unwrap();
-        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .current_dir(&certs)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     };
     sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=assimd-test-ca");
     sh("openssl req -newkey rsa:2048 -nodes -keyout broker.key -out broker.csr -subj /CN=127.0.0.1");
@@ -225,16 +403,30 @@ fn tls_and_password_authentication() {
         &tmp.path().join("broker"),
         &format!("cafile {c}/ca.pem\ncertfile {c}/broker.pem\nkeyfile {c}/broker.key\nallow_anonymous false\npassword_file {c}/passwd"),
     );
-    let auth = |pw: &str| format!("tls_ca_file = \"{c}/ca.pem\"\nusername = \"assimd\"\npassword_file = \"{c}/{pw}\"\n");
+    let auth = |pw: &str| {
+        format!(
+            "tls_ca_file = \"{c}/ca.pem\"\nusername = \"assimd\"\npassword_file = \"{c}/{pw}\"\n"
+        )
+    };
     let s = write_config(tmp.path(), broker.port, "");
     let base = std::fs::read_to_string(&s.config).unwrap();
-    std::fs::write(&s.config, base.replace("[mqtt]\n", &format!("[mqtt]\n{}", auth("good")))).unwrap();
+    std::fs::write(
+        &s.config,
+        base.replace("[mqtt]\n", &format!("[mqtt]\n{}", auth("good"))),
+    )
+    .unwrap();
     let daemon = Daemon::start(&s, &[]);
     simulate(&s, 1, 4);
-    wait_for("cycle 2 over TLS", || metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 2.0));
+    wait_for("cycle 2 over TLS", || {
+        metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 2.0)
+    });
     daemon.terminate();
 
-    std::fs::write(&s.config, base.replace("[mqtt]\n", &format!("[mqtt]\n{}", auth("bad")))).unwrap();
+    std::fs::write(
+        &s.config,
+        base.replace("[mqtt]\n", &format!("[mqtt]\n{}", auth("bad"))),
+    )
+    .unwrap();
     let mut child = std::process::Command::new(ASSIMD)
         .arg("run")
         .arg("--config")
@@ -242,7 +434,9 @@ fn tls_and_password_authentication() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_for("the refused connection to be counted", || metric(s.metrics_port, "assimd_mqtt_connection_errors_total").filter(|v| *v >= 2.0));
+    wait_for("the refused connection to be counted", || {
+        metric(s.metrics_port, "assimd_mqtt_connection_errors_total").filter(|v| *v >= 2.0)
+    });
     assert_eq!(metric(s.metrics_port, "assimd_mqtt_connected"), Some(0.0));
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());

@@ -3,16 +3,44 @@
 use std::process::Command;
 
 fn assimd(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_assimd")).args(args).output().expect("the assimd binary runs")
+    Command::new(env!("CARGO_BIN_EXE_assimd"))
+        .args(args)
+        .output()
+        .expect("the assimd binary runs")
 }
 
 #[test]
 fn json_summary_has_the_documented_keys_and_climatology_skill() {
-    let out = assimd(&["experiment", "--testbed", "l96", "--filter", "climatology", "--network", "full", "--cycles", "2000", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = assimd(&[
+        "experiment",
+        "--testbed",
+        "l96",
+        "--filter",
+        "climatology",
+        "--network",
+        "full",
+        "--cycles",
+        "2000",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
     for key in [
-        "testbed", "filter", "network", "members", "cycles", "seed", "rmse_a", "rmse_f", "spread_a", "spread_skill", "crps_a",
+        "testbed",
+        "filter",
+        "network",
+        "members",
+        "cycles",
+        "seed",
+        "rmse_a",
+        "rmse_f",
+        "spread_a",
+        "spread_skill",
+        "crps_a",
         "seconds_per_cycle",
     ] {
         assert!(v.get(key).is_some(), "missing key {key} in {v}");
@@ -30,26 +58,82 @@ fn experiment_files_are_read_and_flags_override_them() {
     let dir = std::env::temp_dir().join(format!("assimd-exp-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("x.toml");
-    std::fs::write(&file, "testbed = \"l96\"\nfilter = \"free\"\nnetwork = \"sparse\"\nmembers = 5\ncycles = 50\n").unwrap();
-    let out = assimd(&["experiment", "--config", file.to_str().unwrap(), "--members", "7", "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    std::fs::write(
+        &file,
+        "testbed = \"l96\"\nfilter = \"free\"\nnetwork = \"sparse\"\nmembers = 5\ncycles = 50\n",
+    )
+    .unwrap();
+    let out = assimd(&[
+        "experiment",
+        "--config",
+        file.to_str().unwrap(),
+        "--members",
+        "7",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!((v["members"].as_u64(), v["cycles"].as_u64(), v["network"].as_str()), (Some(7), Some(50), Some("sparse")));
+    assert_eq!(
+        (
+            v["members"].as_u64(),
+            v["cycles"].as_u64(),
+            v["network"].as_str()
+        ),
+        (Some(7), Some(50), Some("sparse"))
+    );
     std::fs::write(&file, "testbed = \"l96\"\nfiltr = \"free\"\n").unwrap();
     let out = assimd(&["experiment", "--config", file.to_str().unwrap()]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `filtr`"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown field `filtr`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
 fn bad_arguments_fail_with_a_message_that_names_the_fix() {
-    let out = assimd(&["experiment", "--testbed", "qg2l", "--filter", "free", "--network", "sparse", "--cycles", "1"]);
+    let out = assimd(&[
+        "experiment",
+        "--testbed",
+        "qg2l",
+        "--filter",
+        "free",
+        "--network",
+        "sparse",
+        "--cycles",
+        "1",
+    ]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("use stations, satellite or stations+satellite"));
-    let out = assimd(&["experiment", "--testbed", "l96", "--filter", "letkf", "--network", "full", "--inflation", "0.2"]);
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("use stations, satellite or stations+satellite"));
+    let out = assimd(&[
+        "experiment",
+        "--testbed",
+        "l96",
+        "--filter",
+        "letkf",
+        "--network",
+        "full",
+        "--inflation",
+        "0.2",
+    ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("inflation must be in"));
-    let out = assimd(&["experiment", "--testbed", "l96", "--filter", "kalman", "--network", "full"]);
+    let out = assimd(&[
+        "experiment",
+        "--testbed",
+        "l96",
+        "--filter",
+        "kalman",
+        "--network",
+        "full",
+    ]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("use free, climatology, enkf, etkf, letkf or score"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("use free, climatology, enkf, etkf, letkf or score"));
 }

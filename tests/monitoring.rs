@@ -20,7 +20,8 @@ fn metric_names(expr: &str) -> Vec<String> {
     let mut i = 0;
     while let Some(off) = expr[i..].find("assimd_") {
         let start = i + off;
-        let word_start = start == 0 || !(b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_');
+        let word_start =
+            start == 0 || !(b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_');
         let mut end = start;
         while end < b.len() && (b[end].is_ascii_alphanumeric() || b[end] == b'_') {
             end += 1;
@@ -35,7 +36,11 @@ fn metric_names(expr: &str) -> Vec<String> {
 
 /// Names that are not daemon metrics: Prometheus's own `up`.
 fn unknown(names: &[String]) -> Vec<String> {
-    names.iter().filter(|n| telemetry::family_of(n).is_none()).cloned().collect()
+    names
+        .iter()
+        .filter(|n| telemetry::family_of(n).is_none())
+        .cloned()
+        .collect()
 }
 
 /// Every `"expr"` string anywhere in the dashboard.
@@ -55,13 +60,20 @@ fn exprs(v: &serde_json::Value, out: &mut Vec<String>) {
 }
 
 fn dashboard() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(DASHBOARD).unwrap()).expect("the dashboard is JSON")
+    serde_json::from_str(&std::fs::read_to_string(DASHBOARD).unwrap())
+        .expect("the dashboard is JSON")
 }
 
 #[test]
 fn name_extraction_finds_names_and_flags_unknown_ones() {
     let e = "histogram_quantile(0.9, sum by (le) (rate(assimd_cycle_duration_seconds_bucket[5m]))) / assimd_nonexistent_total + xassimd_no";
-    assert_eq!(metric_names(e), vec!["assimd_cycle_duration_seconds_bucket", "assimd_nonexistent_total"]);
+    assert_eq!(
+        metric_names(e),
+        vec![
+            "assimd_cycle_duration_seconds_bucket",
+            "assimd_nonexistent_total"
+        ]
+    );
     assert_eq!(unknown(&metric_names(e)), vec!["assimd_nonexistent_total"]);
 }
 
@@ -72,8 +84,15 @@ fn dashboard_uses_only_exported_metrics_and_covers_what_operators_watch() {
     exprs(&d["panels"], &mut all);
     assert!(all.len() >= 20, "{} queries", all.len());
     let names: Vec<String> = all.iter().flat_map(|e| metric_names(e)).collect();
-    assert_eq!(unknown(&names), Vec::<String>::new(), "the dashboard queries metrics the daemon does not export");
-    let used: BTreeSet<&str> = names.iter().filter_map(|n| telemetry::family_of(n)).collect();
+    assert_eq!(
+        unknown(&names),
+        Vec::<String>::new(),
+        "the dashboard queries metrics the daemon does not export"
+    );
+    let used: BTreeSet<&str> = names
+        .iter()
+        .filter_map(|n| telemetry::family_of(n))
+        .collect();
     // What the issue asks the dashboard to show.
     for must in [
         telemetry::ANALYSIS_RMSE,
@@ -97,7 +116,10 @@ fn dashboard_uses_only_exported_metrics_and_covers_what_operators_watch() {
         assert!(used.contains(must), "the dashboard does not show {must}");
     }
     for against in ["against=\"withheld\"", "against=\"truth\""] {
-        assert!(all.iter().any(|e| e.contains(against)), "no panel of skill {against}");
+        assert!(
+            all.iter().any(|e| e.contains(against)),
+            "no panel of skill {against}"
+        );
     }
 
     // Importable as is: a title and uid, unique panel ids, panels inside the 24-column grid, and
@@ -108,12 +130,21 @@ fn dashboard_uses_only_exported_metrics_and_covers_what_operators_watch() {
     assert_eq!(ids.len(), panels.len(), "panel ids are unique");
     for p in panels {
         let g = &p["gridPos"];
-        assert!(g["x"].as_u64().unwrap() + g["w"].as_u64().unwrap() <= 24, "{}", p["title"]);
+        assert!(
+            g["x"].as_u64().unwrap() + g["w"].as_u64().unwrap() <= 24,
+            "{}",
+            p["title"]
+        );
         for t in p["targets"].as_array().into_iter().flatten() {
             assert_eq!(t["datasource"]["uid"], "${datasource}", "{}", p["title"]);
         }
     }
-    let vars: Vec<&str> = d["templating"]["list"].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap()).collect();
+    let vars: Vec<&str> = d["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
     assert_eq!(vars, vec!["datasource", "instance"]);
 }
 
@@ -125,8 +156,13 @@ fn dashboard_queries_parse_as_promql() {
     exprs(&dashboard()["panels"], &mut all);
     let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
     for (i, e) in all.iter().enumerate() {
-        let e = e.replace("$__rate_interval", "5m").replace("$instance", ".*");
-        rules += &format!("      - record: dashboard:query{i}\n        expr: {}\n", serde_json::to_string(&e).unwrap());
+        let e = e
+            .replace("$__rate_interval", "5m")
+            .replace("$instance", ".*");
+        rules += &format!(
+            "      - record: dashboard:query{i}\n        expr: {}\n",
+            serde_json::to_string(&e).unwrap()
+        );
     }
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("dashboard-rules.yml");
@@ -149,10 +185,22 @@ fn alert_rules_pass_promtool_and_their_unit_tests() {
     assert!(ok && out.contains("1 rule files found"), "{out}");
     // The four alerts the issue names exist, and the rules query only exported metrics.
     let text = std::fs::read_to_string(RULES).unwrap();
-    for alert in ["AssimdFilterDivergence", "AssimdNoObservations", "AssimdCycleOverrun", "AssimdBrokerDisconnected"] {
-        assert!(text.contains(&format!("alert: {alert}\n")), "{alert} missing");
+    for alert in [
+        "AssimdFilterDivergence",
+        "AssimdNoObservations",
+        "AssimdCycleOverrun",
+        "AssimdBrokerDisconnected",
+    ] {
+        assert!(
+            text.contains(&format!("alert: {alert}\n")),
+            "{alert} missing"
+        );
     }
-    let names: Vec<String> = text.lines().filter_map(|l| l.trim().strip_prefix("expr:")).flat_map(metric_names).collect();
+    let names: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("expr:"))
+        .flat_map(metric_names)
+        .collect();
     assert!(names.len() >= 10);
     assert_eq!(unknown(&names), Vec::<String>::new());
 }

@@ -12,11 +12,23 @@ fn score_filter_cycles_and_tracks_the_truth() {
     let root = env!("CARGO_MANIFEST_DIR");
     let out = Command::new(env!("CARGO_BIN_EXE_assimd"))
         .current_dir(root)
-        .args(["experiment", "--config", "configs/experiments/l96-full-score.toml", "--cycles", "60", "--burn-in", "20"])
+        .args([
+            "experiment",
+            "--config",
+            "configs/experiments/l96-full-score.toml",
+            "--cycles",
+            "60",
+            "--burn-in",
+            "20",
+        ])
         .args(["--initial-spread", "1.0", "--json"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     // Started from truth + N(0, I) with all 40 points observed (R = I): a working filter keeps the
     // analysis error well below the observation error (1) and the climatology (3.6); a filter that
@@ -24,14 +36,27 @@ fn score_filter_cycles_and_tracks_the_truth() {
     let rmse = v["rmse_a"].as_f64().unwrap();
     let ss = v["spread_skill"].as_f64().unwrap();
     assert!(rmse < 0.6, "score filter analysis RMSE {rmse}");
-    assert!(v["rmse_f"].as_f64().unwrap() > rmse, "the analysis must improve on the background");
+    assert!(
+        v["rmse_f"].as_f64().unwrap() > rmse,
+        "the analysis must improve on the background"
+    );
     assert!((0.5..2.0).contains(&ss), "spread/skill {ss}");
 }
 
 #[test]
 fn score_filter_without_a_bundle_names_the_fix() {
     let out = Command::new(env!("CARGO_BIN_EXE_assimd"))
-        .args(["experiment", "--testbed", "l96", "--network", "full", "--filter", "score", "--cycles", "2"])
+        .args([
+            "experiment",
+            "--testbed",
+            "l96",
+            "--network",
+            "full",
+            "--filter",
+            "score",
+            "--cycles",
+            "2",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -43,7 +68,10 @@ fn score_filter_without_a_bundle_names_the_fix() {
 /// 2,000 cycles) with spread/skill within 0.7–1.3.
 #[test]
 fn l96_full_score_file_meets_the_issue_bound() {
-    assert!(std::env::var_os("ORT_DYLIB_PATH").is_some(), "set ORT_DYLIB_PATH (scripts/setup.sh does)");
+    assert!(
+        std::env::var_os("ORT_DYLIB_PATH").is_some(),
+        "set ORT_DYLIB_PATH (scripts/setup.sh does)"
+    );
     let root = env!("CARGO_MANIFEST_DIR");
     let file = "configs/experiments/l96-full-score.toml";
     let text = std::fs::read_to_string(std::path::Path::new(root).join(file)).unwrap();
@@ -56,12 +84,28 @@ fn l96_full_score_file_meets_the_issue_bound() {
         .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_assimd"))
         .current_dir(root)
-        .args(["experiment", "--config", file, "--cycles", "1000", "--burn-in", "200", "--json"])
+        .args([
+            "experiment",
+            "--config",
+            file,
+            "--cycles",
+            "1000",
+            "--burn-in",
+            "200",
+            "--json",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let (rmse, ss) = (v["rmse_a"].as_f64().unwrap(), v["spread_skill"].as_f64().unwrap());
+    let (rmse, ss) = (
+        v["rmse_a"].as_f64().unwrap(),
+        v["spread_skill"].as_f64().unwrap(),
+    );
     assert!(rmse <= max, "score filter on l96 full: RMSE {rmse} > {max}");
     assert!((0.7..=1.3).contains(&ss), "spread/skill {ss}");
 }
@@ -73,7 +117,11 @@ fn experiment_json(root: &str, file: &str, extra: &[&str]) -> serde_json::Value 
         .args(extra)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{file}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -84,14 +132,33 @@ fn experiment_json(root: &str, file: &str, extra: &[&str]) -> serde_json::Value 
 /// 400 cycles); measured now over 400 cycles: 306 against 281, spread/skill 0.98.
 #[test]
 fn qg2l_score_filter_cycles_next_to_its_letkf() {
-    assert!(std::env::var_os("ORT_DYLIB_PATH").is_some(), "set ORT_DYLIB_PATH (scripts/setup.sh does)");
+    assert!(
+        std::env::var_os("ORT_DYLIB_PATH").is_some(),
+        "set ORT_DYLIB_PATH (scripts/setup.sh does)"
+    );
     let root = env!("CARGO_MANIFEST_DIR");
     let cycles = ["--cycles", "120", "--burn-in", "60"];
-    let score = experiment_json(root, "configs/experiments/qg2l-stations+satellite-score.toml", &cycles);
-    let letkf = experiment_json(root, "configs/experiments/qg2l-stations+satellite-letkf.toml", &cycles);
-    let (rs, rl) = (score["rmse_a"].as_f64().unwrap(), letkf["rmse_a"].as_f64().unwrap());
+    let score = experiment_json(
+        root,
+        "configs/experiments/qg2l-stations+satellite-score.toml",
+        &cycles,
+    );
+    let letkf = experiment_json(
+        root,
+        "configs/experiments/qg2l-stations+satellite-letkf.toml",
+        &cycles,
+    );
+    let (rs, rl) = (
+        score["rmse_a"].as_f64().unwrap(),
+        letkf["rmse_a"].as_f64().unwrap(),
+    );
     let ss = score["spread_skill"].as_f64().unwrap();
-    eprintln!("qg2l stations+satellite, 120 cycles: score {rs:.1} (spread/skill {ss:.2}), LETKF {rl:.1}");
-    assert!(rs <= 1.2 * rl, "score filter RMSE {rs} against the LETKF's {rl}");
+    eprintln!(
+        "qg2l stations+satellite, 120 cycles: score {rs:.1} (spread/skill {ss:.2}), LETKF {rl:.1}"
+    );
+    assert!(
+        rs <= 1.2 * rl,
+        "score filter RMSE {rs} against the LETKF's {rl}"
+    );
     assert!((0.7..=1.3).contains(&ss), "spread/skill {ss}");
 }

@@ -5,7 +5,6 @@
 use assimd::experiment::{run, ExperimentFile};
 use std::path::Path;
 
-
 #[test]
 fn l96_experiment_files_reach_their_recorded_skill() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/experiments");
@@ -21,13 +20,33 @@ fn l96_experiment_files_reach_their_recorded_skill() {
             // 5,000 score-filter cycles take ~15 minutes: checked by hand (README), not in CI.
             continue;
         }
-        let expected = file.expected.clone().unwrap_or_else(|| panic!("{name} records no [expected] skill"));
+        let expected = file
+            .expected
+            .clone()
+            .unwrap_or_else(|| panic!("{name} records no [expected] skill"));
         let s = run(&file.spec().unwrap()).unwrap();
-        eprintln!("{name}: rmse_a {:.4} spread/skill {:.3} (expected {:.4}, bound {})", s.rmse_a, s.spread_skill, expected.rmse_a, expected.max_rmse_a);
-        assert!(s.rmse_a <= expected.max_rmse_a, "{name}: rmse_a {} above the bound {}", s.rmse_a, expected.max_rmse_a);
+        eprintln!(
+            "{name}: rmse_a {:.4} spread/skill {:.3} (expected {:.4}, bound {})",
+            s.rmse_a, s.spread_skill, expected.rmse_a, expected.max_rmse_a
+        );
+        assert!(
+            s.rmse_a <= expected.max_rmse_a,
+            "{name}: rmse_a {} above the bound {}",
+            s.rmse_a,
+            expected.max_rmse_a
+        );
         // Deterministic for a seed; the slack only absorbs floating-point differences between CPUs.
-        assert!((s.rmse_a - expected.rmse_a).abs() < 0.005, "{name}: rmse_a {} differs from the recorded {}", s.rmse_a, expected.rmse_a);
+        assert!(
+            (s.rmse_a - expected.rmse_a).abs() < 0.005,
+            "{name}: rmse_a {} differs from the recorded {}",
+            s.rmse_a,
+            expected.rmse_a
+        );
         n += 1;
     }
-    assert!(n >= 5, "only {n} l96 experiment files found in {}", dir.display());
+    assert!(
+        n >= 5,
+        "only {n} l96 experiment files found in {}",
+        dir.display()
+    );
 }

@@ -27,7 +27,9 @@ static GO_REGULAR: &[u8] = include_bytes!("Go-Regular.ttf");
 fn font() -> &'static FontRef<'static> {
     static FONT: OnceLock<FontRef<'static>> = OnceLock::new();
     // The bundled file is a valid TrueType font, checked by the unit test below.
-    FONT.get_or_init(|| FontRef::try_from_slice(GO_REGULAR).expect("the bundled Go-Regular.ttf parses"))
+    FONT.get_or_init(|| {
+        FontRef::try_from_slice(GO_REGULAR).expect("the bundled Go-Regular.ttf parses")
+    })
 }
 
 /// Horizontal placement of text relative to the given x.
@@ -54,8 +56,17 @@ pub struct Canvas {
 impl Canvas {
     /// A canvas filled with `background`.
     pub fn new(width: u32, height: u32, background: Rgb) -> Canvas {
-        let pixels = background.iter().copied().cycle().take(3 * width as usize * height as usize).collect();
-        Canvas { width, height, pixels }
+        let pixels = background
+            .iter()
+            .copied()
+            .cycle()
+            .take(3 * width as usize * height as usize)
+            .collect();
+        Canvas {
+            width,
+            height,
+            pixels,
+        }
     }
 
     /// The colour at (x, y) (inside the canvas).
@@ -119,7 +130,15 @@ impl Canvas {
 
     /// A segment whose dash pattern starts `phase` pixels in; returns the phase at its end, so that
     /// a polyline of short segments keeps one continuous pattern.
-    fn dashed_segment(&mut self, (x0, y0): (f64, f64), (x1, y1): (f64, f64), w: f64, c: Rgb, dash: Option<(f64, f64)>, phase: f64) -> f64 {
+    fn dashed_segment(
+        &mut self,
+        (x0, y0): (f64, f64),
+        (x1, y1): (f64, f64),
+        w: f64,
+        c: Rgb,
+        dash: Option<(f64, f64)>,
+        phase: f64,
+    ) -> f64 {
         let len = (x1 - x0).hypot(y1 - y0);
         let steps = (len * 2.0).ceil().max(1.0) as usize;
         for s in 0..=steps {
@@ -138,7 +157,10 @@ impl Canvas {
     pub fn polyline(&mut self, pts: &[(f64, f64)], w: f64, c: Rgb, dash: Option<(f64, f64)>) {
         let mut phase = 0.0;
         for p in pts.windows(2) {
-            if [p[0].0, p[0].1, p[1].0, p[1].1].iter().all(|v| v.is_finite()) {
+            if [p[0].0, p[0].1, p[1].0, p[1].1]
+                .iter()
+                .all(|v| v.is_finite())
+            {
                 phase = self.dashed_segment(p[0], p[1], w, c, dash, phase);
             }
         }
@@ -181,7 +203,14 @@ impl Canvas {
             prev = Some(id);
             if let Some(og) = font().outline_glyph(glyph) {
                 let b = og.px_bounds();
-                og.draw(|gx, gy, cov| self.blend(b.min.x as i64 + gx as i64, b.min.y as i64 + gy as i64, c, cov));
+                og.draw(|gx, gy, cov| {
+                    self.blend(
+                        b.min.x as i64 + gx as i64,
+                        b.min.y as i64 + gy as i64,
+                        c,
+                        cov,
+                    )
+                });
             }
         }
     }
@@ -196,7 +225,10 @@ impl Canvas {
             for tx in 0..w {
                 // Coverage from the black-on-white rendering.
                 let cov = 1.0 - tmp.get(tx, ty)[0] as f32 / 255.0;
-                let (px, py) = (x - h as f64 / 2.0 + ty as f64, y + w as f64 / 2.0 - tx as f64);
+                let (px, py) = (
+                    x - h as f64 / 2.0 + ty as f64,
+                    y + w as f64 / 2.0 - tx as f64,
+                );
                 self.blend(px as i64, py as i64, c, cov);
             }
         }
@@ -222,14 +254,18 @@ impl Canvas {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
         let tmp = path.with_extension("png.tmp");
-        std::fs::write(&tmp, self.png_bytes()?).with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
+        std::fs::write(&tmp, self.png_bytes()?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))
     }
 }
 
 /// Read a PNG written by [`Canvas::save_png`] back (8-bit RGB), for tests and checks.
 pub fn read_png(path: &Path) -> Result<Canvas> {
-    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?));
+    let dec = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?,
+    ));
     let mut r = dec.read_info().context("PNG header")?;
     let mut buf = vec![0; r.output_buffer_size().context("PNG size")?];
     let info = r.next_frame(&mut buf).context("PNG data")?;
@@ -237,7 +273,11 @@ pub fn read_png(path: &Path) -> Result<Canvas> {
         anyhow::bail!("{}: not an 8-bit RGB PNG", path.display());
     }
     buf.truncate(info.buffer_size());
-    Ok(Canvas { width: info.width, height: info.height, pixels: buf })
+    Ok(Canvas {
+        width: info.width,
+        height: info.height,
+        pixels: buf,
+    })
 }
 
 #[cfg(test)]
@@ -248,11 +288,20 @@ mod tests {
     fn text_lands_where_it_is_placed_and_png_round_trips() {
         let mut c = Canvas::new(120, 40, WHITE);
         c.text(60.0, 10.0, 16.0, BLACK, Align::Centre, "O-B 12");
-        let dark = |c: &Canvas, x0: u32, x1: u32| (x0..x1).flat_map(|x| (0..40).map(move |y| (x, y))).filter(|&(x, y)| c.get(x, y)[0] < 128).count();
+        let dark = |c: &Canvas, x0: u32, x1: u32| {
+            (x0..x1)
+                .flat_map(|x| (0..40).map(move |y| (x, y)))
+                .filter(|&(x, y)| c.get(x, y)[0] < 128)
+                .count()
+        };
         let w = Canvas::text_width(16.0, "O-B 12");
         assert!(w > 30.0 && w < 80.0, "{w}");
         assert!(dark(&c, 30, 90) > 40, "glyphs drawn around the centre");
-        assert_eq!(dark(&c, 0, 20) + dark(&c, 100, 120), 0, "nothing far from the text");
+        assert_eq!(
+            dark(&c, 0, 20) + dark(&c, 100, 120),
+            0,
+            "nothing far from the text"
+        );
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("t.png");
         c.save_png(&p).unwrap();

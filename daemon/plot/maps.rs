@@ -67,14 +67,20 @@ struct Layout {
 
 impl Layout {
     fn panel_origin(col: usize, row: usize) -> (i64, i64) {
-        (MARGIN + col as i64 * (PANEL + MARGIN), TITLE + PANEL_TITLE + row as i64 * (PANEL + PANEL_TITLE + MARGIN))
+        (
+            MARGIN + col as i64 * (PANEL + MARGIN),
+            TITLE + PANEL_TITLE + row as i64 * (PANEL + PANEL_TITLE + MARGIN),
+        )
     }
 
     /// Pixel position of a latitude/longitude inside the panel at (x0, y0).
     fn to_px(&self, g: &Geometry, (x0, y0): (i64, i64), lat: f64, lon: f64) -> (f64, f64) {
         let (x, y) = g.to_plane(lat, lon);
         let l = self.length_km;
-        (x0 as f64 + (x + l / 2.0) / l * PANEL as f64, y0 as f64 + (l / 2.0 - y) / l * PANEL as f64)
+        (
+            x0 as f64 + (x + l / 2.0) / l * PANEL as f64,
+            y0 as f64 + (l / 2.0 - y) / l * PANEL as f64,
+        )
     }
 }
 
@@ -83,16 +89,32 @@ fn draw_field(c: &mut Canvas, lay: &Layout, origin: (i64, i64), values: &[f64], 
     let cell = |i: usize, n: usize| (i as f64 * PANEL as f64 / n as f64).round() as i64;
     for j in 0..lay.ny {
         // Row j of the grid lies j cells north of the southern edge: pixel rows count down from the top.
-        let (ya, yb) = (y0 + PANEL - cell(j + 1, lay.ny), y0 + PANEL - cell(j, lay.ny));
+        let (ya, yb) = (
+            y0 + PANEL - cell(j + 1, lay.ny),
+            y0 + PANEL - cell(j, lay.ny),
+        );
         for i in 0..lay.nx {
-            c.fill_rect(x0 + cell(i, lay.nx), ya, x0 + cell(i + 1, lay.nx), yb, scale.colour(values[j * lay.nx + i]));
+            c.fill_rect(
+                x0 + cell(i, lay.nx),
+                ya,
+                x0 + cell(i + 1, lay.nx),
+                yb,
+                scale.colour(values[j * lay.nx + i]),
+            );
         }
     }
     c.stroke_rect(x0 - 1, y0 - 1, x0 + PANEL + 1, y0 + PANEL + 1, BLACK);
 }
 
 fn panel_title(c: &mut Canvas, (x0, y0): (i64, i64), text: &str) {
-    c.text((x0 + PANEL / 2) as f64, (y0 - PANEL_TITLE + 2) as f64, 15.0, BLACK, Align::Centre, text);
+    c.text(
+        (x0 + PANEL / 2) as f64,
+        (y0 - PANEL_TITLE + 2) as f64,
+        15.0,
+        BLACK,
+        Align::Centre,
+        text,
+    );
 }
 
 fn vertical_bar(c: &mut Canvas, x0: i64, y0: i64, h: i64, scale: &Scale, title: &str) {
@@ -105,9 +127,22 @@ fn vertical_bar(c: &mut Canvas, x0: i64, y0: i64, h: i64, scale: &Scale, title: 
     for t in ticks(scale.lo, scale.hi, 4) {
         let y = y0 as f64 + (scale.hi - t) / (scale.hi - scale.lo) * h as f64;
         c.fill_rect(x0 + w, y as i64, x0 + w + 4, y as i64 + 1, BLACK);
-        c.text((x0 + w + 6) as f64, y - 7.0, 12.0, BLACK, Align::Left, &label(t));
+        c.text(
+            (x0 + w + 6) as f64,
+            y - 7.0,
+            12.0,
+            BLACK,
+            Align::Left,
+            &label(t),
+        );
     }
-    c.text_vertical((x0 + w + 72) as f64, (y0 + h / 2) as f64, 13.0, BLACK, title);
+    c.text_vertical(
+        (x0 + w + 72) as f64,
+        (y0 + h / 2) as f64,
+        13.0,
+        BLACK,
+        title,
+    );
 }
 
 fn horizontal_bar(c: &mut Canvas, x0: i64, y0: i64, w: i64, scale: &Scale, title: &str) {
@@ -120,34 +155,77 @@ fn horizontal_bar(c: &mut Canvas, x0: i64, y0: i64, w: i64, scale: &Scale, title
     for t in ticks(scale.lo, scale.hi, 4) {
         let x = x0 as f64 + (t - scale.lo) / (scale.hi - scale.lo) * w as f64;
         c.fill_rect(x as i64, y0 + h, x as i64 + 1, y0 + h + 3, BLACK);
-        c.text(x, (y0 + h + 3) as f64, 11.0, BLACK, Align::Centre, &label(t));
+        c.text(
+            x,
+            (y0 + h + 3) as f64,
+            11.0,
+            BLACK,
+            Align::Centre,
+            &label(t),
+        );
     }
-    c.text((x0 + w / 2) as f64, (y0 + h + 17) as f64, 12.0, BLACK, Align::Centre, title);
+    c.text(
+        (x0 + w / 2) as f64,
+        (y0 + h + 17) as f64,
+        12.0,
+        BLACK,
+        Align::Centre,
+        title,
+    );
 }
 
 /// Whether observations of this variable are coloured (temperature-like, in K).
 fn coloured(variables: &[Variable], var: usize) -> bool {
-    variables.get(var).is_some_and(|v| v.name.contains("temperature"))
+    variables
+        .get(var)
+        .is_some_and(|v| v.name.contains("temperature"))
 }
 
-fn draw_observations(c: &mut Canvas, lay: &Layout, m: &MapInput, origin: (i64, i64), scale: &Scale) {
+fn draw_observations(
+    c: &mut Canvas,
+    lay: &Layout,
+    m: &MapInput,
+    origin: (i64, i64),
+    scale: &Scale,
+) {
     let (x0, y0) = origin;
     c.fill_rect(x0, y0, x0 + PANEL, y0 + PANEL, LIGHT);
-    let colour_of = |o: &Observation| if coloured(m.variables, o.var) { scale.colour(o.value) } else { GREY };
-    for o in m.assimilated.iter().chain(m.withheld).filter(|o| o.modality == Modality::Satellite) {
+    let colour_of = |o: &Observation| {
+        if coloured(m.variables, o.var) {
+            scale.colour(o.value)
+        } else {
+            GREY
+        }
+    };
+    for o in m
+        .assimilated
+        .iter()
+        .chain(m.withheld)
+        .filter(|o| o.modality == Modality::Satellite)
+    {
         let d = match o.footprint {
             Footprint::Disc { diameter_km } => diameter_km,
             Footprint::Point => 10.0,
         };
         let (px, py) = lay.to_px(m.geometry, origin, o.lat, o.lon);
-        c.ringed_disc(px, py, (d / 2.0 / lay.length_km * PANEL as f64).max(2.0), 1.0, colour_of(o), GREY);
+        c.ringed_disc(
+            px,
+            py,
+            (d / 2.0 / lay.length_km * PANEL as f64).max(2.0),
+            1.0,
+            colour_of(o),
+            GREY,
+        );
     }
     // A station reports several variables at one place: one marker, coloured by its temperature.
     for (obs, withheld) in [(m.assimilated, false), (m.withheld, true)] {
         let mut sites: Vec<((f64, f64), Rgb)> = Vec::new();
         for o in obs.iter().filter(|o| o.modality == Modality::Station) {
             let p = lay.to_px(m.geometry, origin, o.lat, o.lon);
-            let i = match sites.iter().position(|(q, _)| (q.0 - p.0).abs() < 1e-6 && (q.1 - p.1).abs() < 1e-6) {
+            let i = match sites
+                .iter()
+                .position(|(q, _)| (q.0 - p.0).abs() < 1e-6 && (q.1 - p.1).abs() < 1e-6)
+            {
                 Some(i) => i,
                 None => {
                     sites.push((p, GREY));
@@ -173,7 +251,10 @@ fn draw_observations(c: &mut Canvas, lay: &Layout, m: &MapInput, origin: (i64, i
 
 /// Draw the picture of one cycle.
 pub fn render(m: &MapInput) -> Result<Canvas> {
-    let Geometry::PeriodicBox { nx, ny, length_km, .. } = *m.geometry else {
+    let Geometry::PeriodicBox {
+        nx, ny, length_km, ..
+    } = *m.geometry
+    else {
         bail!("maps need a two-dimensional grid (testbed qg2l)");
     };
     let lay = Layout { nx, ny, length_km };
@@ -183,14 +264,47 @@ pub fn render(m: &MapInput) -> Result<Canvas> {
     let width = MARGIN + cols as i64 * (PANEL + MARGIN) + BAR_AREA;
     let height = Layout::panel_origin(0, 1).1 + PANEL + OBS_BAR_AREA;
     let mut c = Canvas::new(width as u32, height as u32, WHITE);
-    c.text(MARGIN as f64, 8.0, 18.0, BLACK, Align::Left, &format!("cycle {}   {}   {}", m.cycle, m.time, m.field_title));
+    c.text(
+        MARGIN as f64,
+        8.0,
+        18.0,
+        BLACK,
+        Align::Left,
+        &format!("cycle {}   {}   {}", m.cycle, m.time, m.field_title),
+    );
 
-    let fscale = Scale { lo: -m.field_limit, hi: m.field_limit, map: DIVERGING };
+    let fscale = Scale {
+        lo: -m.field_limit,
+        hi: m.field_limit,
+        map: DIVERGING,
+    };
     let spreads: Vec<Vec<f64>> = m.filters.iter().map(|(_, e)| field(&e.std())).collect();
-    let smax = nice_ceil(spreads.iter().flatten().copied().filter(|v| v.is_finite()).fold(0.0, f64::max));
-    let sscale = Scale { lo: 0.0, hi: smax, map: SEQUENTIAL };
-    let omax = nice_ceil(m.assimilated.iter().chain(m.withheld).filter(|o| coloured(m.variables, o.var)).map(|o| o.value.abs()).fold(0.0, f64::max));
-    let oscale = Scale { lo: -omax, hi: omax, map: DIVERGING };
+    let smax = nice_ceil(
+        spreads
+            .iter()
+            .flatten()
+            .copied()
+            .filter(|v| v.is_finite())
+            .fold(0.0, f64::max),
+    );
+    let sscale = Scale {
+        lo: 0.0,
+        hi: smax,
+        map: SEQUENTIAL,
+    };
+    let omax = nice_ceil(
+        m.assimilated
+            .iter()
+            .chain(m.withheld)
+            .filter(|o| coloured(m.variables, o.var))
+            .map(|o| o.value.abs())
+            .fold(0.0, f64::max),
+    );
+    let oscale = Scale {
+        lo: -omax,
+        hi: omax,
+        map: DIVERGING,
+    };
 
     let o = Layout::panel_origin(0, 0);
     panel_title(&mut c, o, "truth");
@@ -198,7 +312,14 @@ pub fn render(m: &MapInput) -> Result<Canvas> {
         Some(t) => draw_field(&mut c, &lay, o, &field(t), &fscale),
         None => {
             c.fill_rect(o.0, o.1, o.0 + PANEL, o.1 + PANEL, LIGHT);
-            c.text((o.0 + PANEL / 2) as f64, (o.1 + PANEL / 2 - 8) as f64, 14.0, BLACK, Align::Centre, "no truth (not a simulation)");
+            c.text(
+                (o.0 + PANEL / 2) as f64,
+                (o.1 + PANEL / 2 - 8) as f64,
+                14.0,
+                BLACK,
+                Align::Centre,
+                "no truth (not a simulation)",
+            );
         }
     }
     for (i, ((name, ens), spread)) in m.filters.iter().zip(&spreads).enumerate() {
@@ -210,18 +331,59 @@ pub fn render(m: &MapInput) -> Result<Canvas> {
         draw_field(&mut c, &lay, o, spread, &sscale);
     }
     let o = Layout::panel_origin(0, 1);
-    let n_sat = m.assimilated.iter().filter(|o| o.modality == Modality::Satellite).count();
-    let mut sites: Vec<(f64, f64)> = m.assimilated.iter().filter(|o| o.modality == Modality::Station).map(|o| (o.lat, o.lon)).collect();
+    let n_sat = m
+        .assimilated
+        .iter()
+        .filter(|o| o.modality == Modality::Satellite)
+        .count();
+    let mut sites: Vec<(f64, f64)> = m
+        .assimilated
+        .iter()
+        .filter(|o| o.modality == Modality::Station)
+        .map(|o| (o.lat, o.lon))
+        .collect();
     sites.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     sites.dedup();
-    panel_title(&mut c, o, &format!("observations: {} stations, {} footprints", sites.len(), n_sat));
+    panel_title(
+        &mut c,
+        o,
+        &format!(
+            "observations: {} stations, {} footprints",
+            sites.len(),
+            n_sat
+        ),
+    );
     draw_observations(&mut c, &lay, m, o, &oscale);
-    horizontal_bar(&mut c, o.0 + 8, o.1 + PANEL + 8, PANEL - 16, &oscale, "temperature anomaly (K); □ withheld");
+    horizontal_bar(
+        &mut c,
+        o.0 + 8,
+        o.1 + PANEL + 8,
+        PANEL - 16,
+        &oscale,
+        "temperature anomaly (K); □ withheld",
+    );
 
     let bx = MARGIN + cols as i64 * (PANEL + MARGIN);
-    let unit = m.field_title.rsplit_once('(').map_or(String::new(), |(_, u)| format!("({}", u));
-    vertical_bar(&mut c, bx, Layout::panel_origin(0, 0).1, PANEL, &fscale, &format!("field {unit}"));
-    vertical_bar(&mut c, bx, Layout::panel_origin(0, 1).1, PANEL, &sscale, &format!("spread {unit}"));
+    let unit = m
+        .field_title
+        .rsplit_once('(')
+        .map_or(String::new(), |(_, u)| format!("({}", u));
+    vertical_bar(
+        &mut c,
+        bx,
+        Layout::panel_origin(0, 0).1,
+        PANEL,
+        &fscale,
+        &format!("field {unit}"),
+    );
+    vertical_bar(
+        &mut c,
+        bx,
+        Layout::panel_origin(0, 1).1,
+        PANEL,
+        &sscale,
+        &format!("spread {unit}"),
+    );
     Ok(c)
 }
 
@@ -256,7 +418,11 @@ impl MapWriter {
         if self.keep > 0 {
             let mut old: Vec<PathBuf> = std::fs::read_dir(&self.dir)?
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("cycle-") && n.ends_with(".png")))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("cycle-") && n.ends_with(".png"))
+                })
                 .collect();
             old.sort();
             let excess = old.len().saturating_sub(self.keep);
@@ -285,11 +451,21 @@ mod tests {
         for (p, t) in truth.iter_mut().enumerate().take(np) {
             *t = if p % 64 < 32 { a } else { -a };
         }
-        let members: Vec<Vec<f64>> = (0..4).map(|k| truth.iter().map(|v| v + k as f64).collect()).collect();
+        let members: Vec<Vec<f64>> = (0..4)
+            .map(|k| truth.iter().map(|v| v + k as f64).collect())
+            .collect();
         let ens = Ensemble::from_members(members).unwrap();
         let (lat, lon) = g.point_latlon(10 * 64 + 10);
         let t = tb.space.variable("temperature").unwrap();
-        let st = Observation { modality: Modality::Station, var: t, lat, lon, footprint: Footprint::Point, value: 2.0, sigma: 0.1 };
+        let st = Observation {
+            modality: Modality::Station,
+            var: t,
+            lat,
+            lon,
+            footprint: Footprint::Point,
+            value: 2.0,
+            sigma: 0.1,
+        };
         let m = MapInput {
             geometry: g,
             variables: &tb.space.variables,
@@ -307,8 +483,14 @@ mod tests {
         let (tx, ty) = Layout::panel_origin(0, 0);
         let west = c.get((tx + 40) as u32, (ty + 128) as u32);
         let east = c.get((tx + 220) as u32, (ty + 128) as u32);
-        assert!(west[0] > 150 && west[2] < 150, "positive streamfunction is red: {west:?}");
-        assert!(east[2] > 150 && east[0] < 150, "negative streamfunction is blue: {east:?}");
+        assert!(
+            west[0] > 150 && west[2] < 150,
+            "positive streamfunction is red: {west:?}"
+        );
+        assert!(
+            east[2] > 150 && east[0] < 150,
+            "negative streamfunction is blue: {east:?}"
+        );
         for col in 1..3 {
             let (x, y) = Layout::panel_origin(col, 0);
             // The means differ from the truth by 1.5 m²/s: the same colour on the shared scale.
@@ -318,22 +500,39 @@ mod tests {
         // Both spreads are the same field: identical panels.
         let (s1, s2) = (Layout::panel_origin(1, 1), Layout::panel_origin(2, 1));
         for (dx, dy) in [(10, 10), (128, 128), (250, 5)] {
-            assert_eq!(c.get((s1.0 + dx) as u32, (s1.1 + dy) as u32), c.get((s2.0 + dx) as u32, (s2.1 + dy) as u32));
+            assert_eq!(
+                c.get((s1.0 + dx) as u32, (s1.1 + dy) as u32),
+                c.get((s2.0 + dx) as u32, (s2.1 + dy) as u32)
+            );
         }
         // The station (grid point i = j = 10, south-west) is a red dot (2 K on a ±2 K scale).
         let o = Layout::panel_origin(0, 1);
         let (px, py) = (o.0 as f64 + 10.5 * 4.0, o.1 as f64 + 256.0 - 10.5 * 4.0);
         let dot = c.get(px as u32, py as u32);
-        assert!(dot[0] > 90 && dot[1] < 40 && dot[2] < 60, "station coloured by its temperature: {dot:?}");
-        assert_eq!(c.get((o.0 + 200) as u32, (o.1 + 40) as u32), LIGHT, "no observation there");
+        assert!(
+            dot[0] > 90 && dot[1] < 40 && dot[2] < 60,
+            "station coloured by its temperature: {dot:?}"
+        );
+        assert_eq!(
+            c.get((o.0 + 200) as u32, (o.1 + 40) as u32),
+            LIGHT,
+            "no observation there"
+        );
     }
 
     #[test]
     fn writer_keeps_the_newest_pictures() {
         let tb = Testbed::new(TestbedKind::Qg2l);
-        let ens = Ensemble::from_members(vec![vec![0.0; tb.space.dim()], vec![1.0; tb.space.dim()]]).unwrap();
+        let ens =
+            Ensemble::from_members(vec![vec![0.0; tb.space.dim()], vec![1.0; tb.space.dim()]])
+                .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let w = MapWriter { dir: dir.path().join("maps"), every: 2, keep: 2, field_limit: 10.0 };
+        let w = MapWriter {
+            dir: dir.path().join("maps"),
+            every: 2,
+            keep: 2,
+            field_limit: 10.0,
+        };
         for k in (2..=8).filter(|k| w.due(*k)) {
             let m = MapInput {
                 geometry: &tb.space.geometry,
@@ -350,11 +549,26 @@ mod tests {
             };
             w.write(&m).unwrap();
         }
-        let mut names: Vec<_> = std::fs::read_dir(&w.dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut names: Vec<_> = std::fs::read_dir(&w.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         names.sort();
         assert_eq!(names, vec!["cycle-000006.png", "cycle-000008.png"]);
         let l96 = Testbed::new(TestbedKind::L96);
-        let m = MapInput { geometry: &l96.space.geometry, variables: &[], cycle: 1, time: "t", truth: None, filters: vec![], assimilated: &[], withheld: &[], field: 0, field_title: "", field_limit: 1.0 };
+        let m = MapInput {
+            geometry: &l96.space.geometry,
+            variables: &[],
+            cycle: 1,
+            time: "t",
+            truth: None,
+            filters: vec![],
+            assimilated: &[],
+            withheld: &[],
+            field: 0,
+            field_title: "",
+            field_limit: 1.0,
+        };
         assert!(render(&m).is_err(), "no map of a ring");
     }
 }

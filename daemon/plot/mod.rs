@@ -20,11 +20,33 @@ use canvas::Rgb;
 pub struct ColourMap(&'static [Rgb]);
 
 /// Diverging blue–white–red (after ColorBrewer RdBu, reversed): negative blue, zero white.
-pub const DIVERGING: ColourMap =
-    ColourMap(&[[5, 48, 97], [33, 102, 172], [67, 147, 195], [146, 197, 222], [209, 229, 240], [247, 247, 247], [253, 219, 199], [244, 165, 130], [214, 96, 77], [178, 24, 43], [103, 0, 31]]);
+pub const DIVERGING: ColourMap = ColourMap(&[
+    [5, 48, 97],
+    [33, 102, 172],
+    [67, 147, 195],
+    [146, 197, 222],
+    [209, 229, 240],
+    [247, 247, 247],
+    [253, 219, 199],
+    [244, 165, 130],
+    [214, 96, 77],
+    [178, 24, 43],
+    [103, 0, 31],
+]);
 
 /// Sequential (viridis anchors): small dark purple, large yellow.
-pub const SEQUENTIAL: ColourMap = ColourMap(&[[68, 1, 84], [72, 40, 120], [62, 74, 137], [49, 104, 142], [38, 130, 142], [31, 158, 137], [53, 183, 121], [109, 205, 89], [180, 222, 44], [253, 231, 37]]);
+pub const SEQUENTIAL: ColourMap = ColourMap(&[
+    [68, 1, 84],
+    [72, 40, 120],
+    [62, 74, 137],
+    [49, 104, 142],
+    [38, 130, 142],
+    [31, 158, 137],
+    [53, 183, 121],
+    [109, 205, 89],
+    [180, 222, 44],
+    [253, 231, 37],
+]);
 
 impl ColourMap {
     /// The colour at t in [0, 1] (clamped; NaN is grey).
@@ -77,7 +99,9 @@ pub fn ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
             }
         }
     }
-    ((lo / step).ceil() as i64..=(hi / step).floor() as i64).map(|i| i as f64 * step).collect()
+    ((lo / step).ceil() as i64..=(hi / step).floor() as i64)
+        .map(|i| i as f64 * step)
+        .collect()
 }
 
 /// The smallest "nice" number (1, 2, 2.5, 5 times a power of ten) >= x > 0.
@@ -86,7 +110,11 @@ pub fn nice_ceil(x: f64) -> f64 {
         return 1.0;
     }
     let mag = 10f64.powf(x.log10().floor());
-    [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= x * (1.0 - 1e-12)).unwrap_or(10.0 * mag)
+    [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= x * (1.0 - 1e-12))
+        .unwrap_or(10.0 * mag)
 }
 
 /// A tick label: few digits, no trailing zeros.
@@ -115,18 +143,33 @@ mod tests {
         assert_eq!(DIVERGING.at(-3.0), [5, 48, 97]);
         assert_eq!(DIVERGING.at(7.0), [103, 0, 31]);
         assert_eq!(SEQUENTIAL.at(1.0), [253, 231, 37]);
-        let s = Scale { lo: -10.0, hi: 10.0, map: DIVERGING };
+        let s = Scale {
+            lo: -10.0,
+            hi: 10.0,
+            map: DIVERGING,
+        };
         assert!(s.colour(8.0)[0] > s.colour(8.0)[2], "positive is red");
         assert!(s.colour(-8.0)[2] > s.colour(-8.0)[0], "negative is blue");
     }
 
     #[test]
     fn ticks_are_round_and_inside() {
-        let close = |a: Vec<f64>, b: &[f64]| a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-9);
+        let close = |a: Vec<f64>, b: &[f64]| {
+            a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-9)
+        };
         assert!(close(ticks(0.0, 1.0, 5), &[0.0, 0.2, 0.4, 0.6, 0.8, 1.0]));
-        assert!(close(ticks(-4500.0, 4500.0, 4), &[-4000.0, -2000.0, 0.0, 2000.0, 4000.0]));
-        assert!(close(ticks(-5000.0, 5000.0, 4), &[-4000.0, -2000.0, 0.0, 2000.0, 4000.0]));
-        assert!(close(ticks(1.0, 60.0, 8), &[10.0, 20.0, 30.0, 40.0, 50.0, 60.0]));
+        assert!(close(
+            ticks(-4500.0, 4500.0, 4),
+            &[-4000.0, -2000.0, 0.0, 2000.0, 4000.0]
+        ));
+        assert!(close(
+            ticks(-5000.0, 5000.0, 4),
+            &[-4000.0, -2000.0, 0.0, 2000.0, 4000.0]
+        ));
+        assert!(close(
+            ticks(1.0, 60.0, 8),
+            &[10.0, 20.0, 30.0, 40.0, 50.0, 60.0]
+        ));
         assert_eq!(nice_ceil(3.1), 5.0);
         assert_eq!(nice_ceil(4596.0), 5000.0);
         assert_eq!(nice_ceil(0.22), 0.25);

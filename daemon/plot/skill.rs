@@ -58,7 +58,10 @@ pub struct SkillRun {
 fn push(runs: &mut Vec<SkillRun>, label: &str, p: SkillPoint) {
     match runs.iter_mut().find(|r| r.label == label) {
         Some(r) => r.points.push(p),
-        None => runs.push(SkillRun { label: label.to_string(), points: vec![p] }),
+        None => runs.push(SkillRun {
+            label: label.to_string(),
+            points: vec![p],
+        }),
     }
 }
 
@@ -66,7 +69,12 @@ fn push(runs: &mut Vec<SkillRun>, label: &str, p: SkillPoint) {
 pub fn load(input: &Path) -> Result<Vec<SkillRun>> {
     let mut runs = Vec::new();
     if input.is_dir() {
-        let store = crate::service::store::Store::open(input).with_context(|| format!("opening the store {} (is the daemon running? stop it first)", input.display()))?;
+        let store = crate::service::store::Store::open(input).with_context(|| {
+            format!(
+                "opening the store {} (is the daemon running? stop it first)",
+                input.display()
+            )
+        })?;
         for (k, s) in store.summaries()? {
             if let Some(filters) = s["filters"].as_object() {
                 for (name, f) in filters {
@@ -78,9 +86,15 @@ pub fn load(input: &Path) -> Result<Vec<SkillRun>> {
             bail!("the store {} holds no committed cycle", input.display());
         }
     } else {
-        let text = std::fs::read_to_string(input).with_context(|| format!("reading {}", input.display()))?;
-        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let v: Value = serde_json::from_str(line).with_context(|| format!("{} line {}: not JSON", input.display(), i + 1))?;
+        let text = std::fs::read_to_string(input)
+            .with_context(|| format!("reading {}", input.display()))?;
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let v: Value = serde_json::from_str(line)
+                .with_context(|| format!("{} line {}: not JSON", input.display(), i + 1))?;
             match (v["cycle"].as_u64(), v["filter"].as_str()) {
                 (Some(k), Some(f)) => push(&mut runs, f, SkillPoint::from_json(k, &v)),
                 _ if v.get("rmse_a").is_some() => bail!(
@@ -104,18 +118,41 @@ pub fn load(input: &Path) -> Result<Vec<SkillRun>> {
 pub fn load_all(inputs: &[std::path::PathBuf]) -> Result<Vec<SkillRun>> {
     let mut all: Vec<(String, SkillRun)> = Vec::new();
     for p in inputs {
-        let name = p.file_stem().map_or_else(|| p.display().to_string(), |s| s.to_string_lossy().into_owned());
+        let name = p.file_stem().map_or_else(
+            || p.display().to_string(),
+            |s| s.to_string_lossy().into_owned(),
+        );
         all.extend(load(p)?.into_iter().map(|r| (name.clone(), r)));
     }
     let clash = |l: &str| all.iter().filter(|(_, r)| r.label == l).count() > 1;
-    let labels: Vec<String> = all.iter().map(|(n, r)| if clash(&r.label) { format!("{} ({n})", r.label) } else { r.label.clone() }).collect();
-    Ok(all.into_iter().zip(labels).map(|((_, mut r), l)| {
-        r.label = l;
-        r
-    }).collect())
+    let labels: Vec<String> = all
+        .iter()
+        .map(|(n, r)| {
+            if clash(&r.label) {
+                format!("{} ({n})", r.label)
+            } else {
+                r.label.clone()
+            }
+        })
+        .collect();
+    Ok(all
+        .into_iter()
+        .zip(labels)
+        .map(|((_, mut r), l)| {
+            r.label = l;
+            r
+        })
+        .collect())
 }
 
-const PALETTE: [Rgb; 6] = [[31, 119, 180], [230, 110, 0], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75]];
+const PALETTE: [Rgb; 6] = [
+    [31, 119, 180],
+    [230, 110, 0],
+    [44, 160, 44],
+    [214, 39, 40],
+    [148, 103, 189],
+    [140, 86, 75],
+];
 const W: i64 = 900;
 const PANEL_H: i64 = 280;
 const LEFT: i64 = 78;
@@ -140,7 +177,11 @@ struct Panel {
 
 /// Draw the history of `runs`; `log_y` puts the values on a logarithmic axis.
 pub fn render(runs: &[SkillRun], title: &str, log_y: bool) -> Result<Canvas> {
-    let has = |g: Get| runs.iter().flat_map(|r| &r.points).any(|p| g(p).is_finite());
+    let has = |g: Get| {
+        runs.iter()
+            .flat_map(|r| &r.points)
+            .any(|p| g(p).is_finite())
+    };
     let mut panels = Vec::new();
     if has(|p| p.rmse_a_truth) {
         panels.push(Panel {
@@ -167,17 +208,35 @@ pub fn render(runs: &[SkillRun], title: &str, log_y: bool) -> Result<Canvas> {
         c.text(x + 32.0, 36.0, 14.0, BLACK, Align::Left, &r.label);
         x += 32.0 + Canvas::text_width(14.0, &r.label) + 24.0;
     }
-    let (c0, c1) = runs.iter().flat_map(|r| &r.points).fold((u64::MAX, 0), |(a, b), p| (a.min(p.cycle), b.max(p.cycle)));
+    let (c0, c1) = runs
+        .iter()
+        .flat_map(|r| &r.points)
+        .fold((u64::MAX, 0), |(a, b), p| (a.min(p.cycle), b.max(p.cycle)));
     let (x_lo, x_hi) = (c0 as f64, if c1 > c0 { c1 as f64 } else { c0 as f64 + 1.0 });
     for (pi, panel) in panels.iter().enumerate() {
         let y0 = TOP + pi as i64 * (PANEL_H + GAP) + 24;
         let (x0, x1, y1) = (LEFT, W - RIGHT, y0 + PANEL_H - 24);
-        c.text(x0 as f64, (y0 - 22) as f64, 13.0, BLACK, Align::Left, panel.title);
-        let vals: Vec<f64> = runs.iter().flat_map(|r| &r.points).flat_map(|p| panel.lines.iter().map(move |(g, _, _)| g(p))).filter(|v| v.is_finite() && (!log_y || *v > 0.0)).collect();
+        c.text(
+            x0 as f64,
+            (y0 - 22) as f64,
+            13.0,
+            BLACK,
+            Align::Left,
+            panel.title,
+        );
+        let vals: Vec<f64> = runs
+            .iter()
+            .flat_map(|r| &r.points)
+            .flat_map(|p| panel.lines.iter().map(move |(g, _, _)| g(p)))
+            .filter(|v| v.is_finite() && (!log_y || *v > 0.0))
+            .collect();
         let vmax = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let vmin = vals.iter().copied().fold(f64::INFINITY, f64::min);
         let (lo, hi) = if log_y {
-            (vmin.log10().floor(), vmax.log10().ceil().max(vmin.log10().floor() + 1.0))
+            (
+                vmin.log10().floor(),
+                vmax.log10().ceil().max(vmin.log10().floor() + 1.0),
+            )
         } else {
             (0.0, if vmax > 0.0 { vmax * 1.05 } else { 1.0 })
         };
@@ -185,23 +244,58 @@ pub fn render(runs: &[SkillRun], title: &str, log_y: bool) -> Result<Canvas> {
         let px = |cy: f64| x0 as f64 + (cy - x_lo) / (x_hi - x_lo) * (x1 - x0) as f64;
         let py = |v: f64| y1 as f64 - (ty(v) - lo) / (hi - lo) * (y1 - y0) as f64;
         // Grid and axes.
-        let yt: Vec<f64> = if log_y { (lo as i64..=hi as i64).map(|e| 10f64.powi(e as i32)).collect() } else { ticks(lo, hi, 5) };
+        let yt: Vec<f64> = if log_y {
+            (lo as i64..=hi as i64)
+                .map(|e| 10f64.powi(e as i32))
+                .collect()
+        } else {
+            ticks(lo, hi, 5)
+        };
         for t in yt {
             let y = py(t);
             c.fill_rect(x0, y as i64, x1, y as i64 + 1, [225, 225, 225]);
-            c.text((x0 - 6) as f64, y - 7.0, 12.0, BLACK, Align::Right, &label(t));
+            c.text(
+                (x0 - 6) as f64,
+                y - 7.0,
+                12.0,
+                BLACK,
+                Align::Right,
+                &label(t),
+            );
         }
-        for t in ticks(x_lo, x_hi, 8).into_iter().filter(|t| t.fract() == 0.0) {
+        for t in ticks(x_lo, x_hi, 8)
+            .into_iter()
+            .filter(|t| t.fract() == 0.0)
+        {
             let x = px(t);
             c.fill_rect(x as i64, y1, x as i64 + 1, y1 + 4, BLACK);
             c.text(x, (y1 + 5) as f64, 12.0, BLACK, Align::Centre, &label(t));
         }
         c.stroke_rect(x0, y0, x1 + 1, y1 + 1, GREY);
-        c.text(((x0 + x1) / 2) as f64, (y1 + 20) as f64, 12.0, BLACK, Align::Centre, "cycle");
+        c.text(
+            ((x0 + x1) / 2) as f64,
+            (y1 + 20) as f64,
+            12.0,
+            BLACK,
+            Align::Centre,
+            "cycle",
+        );
         for (i, r) in runs.iter().enumerate() {
             for (g, dash, w) in &panel.lines {
-                let pts: Vec<(f64, f64)> =
-                    r.points.iter().map(|p| (px(p.cycle as f64), if g(p).is_finite() && (!log_y || g(p) > 0.0) { py(g(p)) } else { f64::NAN })).collect();
+                let pts: Vec<(f64, f64)> = r
+                    .points
+                    .iter()
+                    .map(|p| {
+                        (
+                            px(p.cycle as f64),
+                            if g(p).is_finite() && (!log_y || g(p) > 0.0) {
+                                py(g(p))
+                            } else {
+                                f64::NAN
+                            },
+                        )
+                    })
+                    .collect();
                 c.polyline(&pts, *w, colour(i), *dash);
                 if pts.len() == 1 && pts[0].1.is_finite() {
                     c.disc(pts[0].0, pts[0].1, 3.0, colour(i));
@@ -228,13 +322,23 @@ mod tests {
         .unwrap();
         let runs = load(&h).unwrap();
         assert_eq!(runs.len(), 1);
-        assert_eq!(runs[0].points.iter().map(|p| p.cycle).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            runs[0].points.iter().map(|p| p.cycle).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
         assert!(runs[0].points[1].rmse_a_withheld.is_nan());
         let both = load_all(&[h.clone(), h.clone()]).unwrap();
         assert_eq!(both[0].label, "letkf (h)");
         let c = render(&runs, "t", false).unwrap();
-        assert_eq!(c.height as i64, TOP + PANEL_H + GAP, "one panel: no withheld scores");
-        assert!(c.pixels.chunks(3).any(|p| p == colour(0)), "the run's colour is drawn");
+        assert_eq!(
+            c.height as i64,
+            TOP + PANEL_H + GAP,
+            "one panel: no withheld scores"
+        );
+        assert!(
+            c.pixels.chunks(3).any(|p| p == colour(0)),
+            "the run's colour is drawn"
+        );
         std::fs::write(&h, "{\"testbed\":\"l96\",\"rmse_a\":0.2}\n").unwrap();
         assert!(format!("{:#}", load(&h).unwrap_err()).contains("--history"));
     }

@@ -54,12 +54,14 @@ pub fn start_embedded(port: u16) -> Result<()> {
         prometheus: None,
         metrics: None,
     };
-    std::thread::Builder::new().name("rumqttd".into()).spawn(move || {
-        let mut broker = Broker::new(config);
-        if let Err(e) = broker.start() {
-            tracing::error!("embedded broker stopped: {e}");
-        }
-    })?;
+    std::thread::Builder::new()
+        .name("rumqttd".into())
+        .spawn(move || {
+            let mut broker = Broker::new(config);
+            if let Err(e) = broker.start() {
+                tracing::error!("embedded broker stopped: {e}");
+            }
+        })?;
     let t0 = Instant::now();
     while TcpStream::connect(listen).is_err() {
         if t0.elapsed() > Duration::from_secs(20) {

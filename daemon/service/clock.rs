@@ -45,7 +45,11 @@ mod tests {
 
     #[test]
     fn windows_are_centred_and_close_after_the_cutoff() {
-        let c = CycleClock { start_ms: 0, cycle_ms: 100, cutoff_ms: 100 };
+        let c = CycleClock {
+            start_ms: 0,
+            cycle_ms: 100,
+            cutoff_ms: 100,
+        };
         assert_eq!(c.cycle_of(100), Some(1));
         assert_eq!(c.cycle_of(150), Some(1));
         assert_eq!(c.cycle_of(151), Some(2));

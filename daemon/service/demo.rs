@@ -33,7 +33,13 @@ pub struct DemoArgs {
 }
 
 fn fmt(v: &serde_json::Value) -> String {
-    v.as_f64().map_or("-".into(), |x| if x.abs() >= 100.0 { format!("{x:.1}") } else { format!("{x:.3}") })
+    v.as_f64().map_or("-".into(), |x| {
+        if x.abs() >= 100.0 {
+            format!("{x:.1}")
+        } else {
+            format!("{x:.3}")
+        }
+    })
 }
 
 /// Run the demo.
@@ -69,17 +75,24 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     let bundle = match &args.bundle {
         Some(p) if p.as_os_str() == "none" => None,
         Some(p) => Some(p.clone()),
-        None => Some(PathBuf::from(format!("models/zoo/{tb}"))).filter(|p| p.join("manifest.toml").is_file()),
+        None => Some(PathBuf::from(format!("models/zoo/{tb}")))
+            .filter(|p| p.join("manifest.toml").is_file()),
     };
     if let Some(b) = bundle {
         cfg.score.bundle = Some(b.clone());
-        if let Ok(f) = ExperimentFile::load(&Path::new("configs/experiments").join(format!("{tb}-{network}-score.toml"))) {
+        if let Ok(f) = ExperimentFile::load(
+            &Path::new("configs/experiments").join(format!("{tb}-{network}-score.toml")),
+        ) {
             cfg.score.sampler = f.sampler;
             cfg.score.rtps = f.score_rtps.or(f.rtps).unwrap_or(0.0);
         }
         // The score filter is optional in the demo: without ONNX Runtime it runs the LETKF alone.
         let probe = cfg.clone();
-        if let Err(e) = tokio::task::spawn_blocking(move || super::build_filters(&probe, &assimd_models::testbed::Testbed::new(tb))).await? {
+        if let Err(e) = tokio::task::spawn_blocking(move || {
+            super::build_filters(&probe, &assimd_models::testbed::Testbed::new(tb))
+        })
+        .await?
+        {
             println!("note: score filter off ({e:#}); set ORT_DYLIB_PATH (scripts/setup.sh does) to run it");
             cfg.score.bundle = None;
             cfg.score.sampler = None;
@@ -98,25 +111,58 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         store.display()
     );
     if cfg.maps.enabled {
-        println!("maps: {}/cycle-NNNNNN.png, one per cycle", cfg.maps.dir.display());
+        println!(
+            "maps: {}/cycle-NNNNNN.png, one per cycle",
+            cfg.maps.dir.display()
+        );
     }
-    println!("filters: letkf{}", if score_on { format!(" and score ({})", cfg.score.bundle.as_ref().map(|b| b.display().to_string()).unwrap_or_default()) } else { String::new() });
+    println!(
+        "filters: letkf{}",
+        if score_on {
+            format!(
+                " and score ({})",
+                cfg.score
+                    .bundle
+                    .as_ref()
+                    .map(|b| b.display().to_string())
+                    .unwrap_or_default()
+            )
+        } else {
+            String::new()
+        }
+    );
 
     let (rep_tx, mut rep_rx) = mpsc::unbounded_channel();
     let (sub_tx, mut sub_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = oneshot::channel::<Stop>();
     let daemon_cfg = cfg.clone();
     let daemon = tokio::spawn(async move {
-        let opts = RunOptions { reports: Some(rep_tx), install_metrics: true, subscribed: Some(sub_tx), config_hint: "<demo>".into() };
-        run(daemon_cfg, opts, async move { stop_rx.await.unwrap_or(Stop::Fast) }).await
+        let opts = RunOptions {
+            reports: Some(rep_tx),
+            install_metrics: true,
+            subscribed: Some(sub_tx),
+            config_hint: "<demo>".into(),
+        };
+        run(daemon_cfg, opts, async move {
+            stop_rx.await.unwrap_or(Stop::Fast)
+        })
+        .await
     });
-    tokio::time::timeout(std::time::Duration::from_secs(30), sub_rx.wait_for(|s| *s)).await.context("the daemon did not subscribe within 30 s")??;
+    tokio::time::timeout(std::time::Duration::from_secs(30), sub_rx.wait_for(|s| *s))
+        .await
+        .context("the daemon did not subscribe within 30 s")??;
     let sim_cfg = cfg.clone();
     let sim = tokio::spawn(async move { simulator::simulate(&sim_cfg, |_| {}).await });
 
-    let mut header = format!("{:>5}  {:<20} {:>5} {:>4} | {:>8} {:>8} {:>8} {:>7}", "cycle", "valid time", "stn", "sat", "letkf-a", "letkf-f", "withheld", "spread");
+    let mut header = format!(
+        "{:>5}  {:<20} {:>5} {:>4} | {:>8} {:>8} {:>8} {:>7}",
+        "cycle", "valid time", "stn", "sat", "letkf-a", "letkf-f", "withheld", "spread"
+    );
     if score_on {
-        header += &format!(" | {:>8} {:>8} {:>8} {:>7}", "score-a", "score-f", "withheld", "spread");
+        header += &format!(
+            " | {:>8} {:>8} {:>8} {:>7}",
+            "score-a", "score-f", "withheld", "spread"
+        );
     }
     println!("RMSE of the ensemble mean against the truth (analysis -a, background -f) and the withheld stations:");
     println!("{header}");
@@ -160,15 +206,26 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     daemon.await??;
     let sim_stats = sim.await??;
     if n > 0 {
-        print!("mean analysis RMSE over the last {n} cycles: letkf {:.3}", sums[0] / n as f64);
+        print!(
+            "mean analysis RMSE over the last {n} cycles: letkf {:.3}",
+            sums[0] / n as f64
+        );
         if score_on {
             print!(", score {:.3}", sums[1] / n as f64);
         }
         println!();
     }
-    println!("{} cycles in {:.1} s; the simulator published {} messages", args.cycles, t0.elapsed().as_secs_f64(), sim_stats.messages);
+    println!(
+        "{} cycles in {:.1} s; the simulator published {} messages",
+        args.cycles,
+        t0.elapsed().as_secs_f64(),
+        sim_stats.messages
+    );
     if cfg.maps.enabled {
-        println!("maps: {}", super::super::plot::maps::MapWriter::path(&cfg.maps.dir, args.cycles).display());
+        println!(
+            "maps: {}",
+            super::super::plot::maps::MapWriter::path(&cfg.maps.dir, args.cycles).display()
+        );
     }
     let _ = std::fs::remove_dir_all(&store);
     Ok(())

@@ -137,7 +137,10 @@ impl Engine {
         let messages = entries.len() as u64;
         let (mut assim, mut verif) = (Vec::new(), Vec::new());
         for (_, e) in entries {
-            if e.station.as_ref().is_some_and(|s| self.withheld.contains(s)) {
+            if e.station
+                .as_ref()
+                .is_some_and(|s| self.withheld.contains(s))
+            {
                 verif.extend(e.obs);
             } else {
                 assim.extend(e.obs);
@@ -153,12 +156,15 @@ impl Engine {
             let name = slot.name;
             let t0 = Instant::now();
             experiment::forecast(&*dynamics, &mut slot.ens);
-            metrics::histogram!(tm::PHASE_SECONDS, "phase" => "forecast", "filter" => name).record(t0.elapsed().as_secs_f64());
+            metrics::histogram!(tm::PHASE_SECONDS, "phase" => "forecast", "filter" => name)
+                .record(t0.elapsed().as_secs_f64());
             let mean_b = slot.ens.mean();
             let t1 = Instant::now();
             let mut failed = None;
             if !batch.is_empty() {
-                let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i as u64) << 56);
+                let mut rng = ChaCha8Rng::seed_from_u64(
+                    self.seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i as u64) << 56,
+                );
                 let mut trial = slot.ens.clone();
                 match slot.analysis.analyse(&mut trial, &batch, &mut rng) {
                     Ok(()) if trial.as_flat().iter().all(|v| v.is_finite()) => slot.ens = trial,
@@ -168,22 +174,37 @@ impl Engine {
             }
             if let Some(e) = &failed {
                 metrics::counter!(tm::ANALYSIS_FAILURES, "filter" => name).increment(1);
-                tracing::error!(filter = name, cycle = k, "analysis failed, keeping the background: {e}");
+                tracing::error!(
+                    filter = name,
+                    cycle = k,
+                    "analysis failed, keeping the background: {e}"
+                );
             }
-            metrics::histogram!(tm::PHASE_SECONDS, "phase" => "analysis", "filter" => name).record(t1.elapsed().as_secs_f64());
+            metrics::histogram!(tm::PHASE_SECONDS, "phase" => "analysis", "filter" => name)
+                .record(t1.elapsed().as_secs_f64());
             let t2 = Instant::now();
             let mean_a = slot.ens.mean();
             let spread = stats::spread(&slot.ens);
             let (rmse_a_t, rmse_f_t, crps) = match &truth {
-                Some(x) => (stats::rmse(&mean_a, x), stats::rmse(&mean_b, x), stats::crps_ensemble(&slot.ens, x)),
+                Some(x) => (
+                    stats::rmse(&mean_a, x),
+                    stats::rmse(&mean_b, x),
+                    stats::crps_ensemble(&slot.ens, x),
+                ),
                 None => (f64::NAN, f64::NAN, f64::NAN),
             };
-            let (rmse_a_w, rmse_f_w) = (withheld_rmse(&verif, &mean_a), withheld_rmse(&verif, &mean_b));
+            let (rmse_a_w, rmse_f_w) = (
+                withheld_rmse(&verif, &mean_a),
+                withheld_rmse(&verif, &mean_b),
+            );
             // The spread the ensemble predicts at the withheld stations, observation error included.
             let spread_w = stats::obs_space_spread(&verif, &slot.ens);
             let mut innov = serde_json::Map::new();
             for m in [Modality::Station, Modality::Satellite] {
-                let (b, a) = (stats::innovations(&batch, &mean_b, m), stats::innovations(&batch, &mean_a, m));
+                let (b, a) = (
+                    stats::innovations(&batch, &mean_b, m),
+                    stats::innovations(&batch, &mean_a, m),
+                );
                 if b.count > 0 {
                     let l = m.as_str();
                     metrics::gauge!(tm::OMB_MEAN, "filter" => name, "modality" => l).set(b.mean);
@@ -192,23 +213,32 @@ impl Engine {
                     metrics::gauge!(tm::OMA_RMS, "filter" => name, "modality" => l).set(a.rms);
                     innov.insert(l.into(), json!({"count": b.count, "omb_mean": b.mean, "omb_rms": b.rms, "oma_mean": a.mean, "oma_rms": a.rms}));
                 }
-                metrics::gauge!(tm::OBS_USED, "filter" => name, "modality" => m.as_str()).set(batch.count(m) as f64);
+                metrics::gauge!(tm::OBS_USED, "filter" => name, "modality" => m.as_str())
+                    .set(batch.count(m) as f64);
             }
-            for (against, a, f) in [("truth", rmse_a_t, rmse_f_t), ("withheld", rmse_a_w, rmse_f_w)] {
+            for (against, a, f) in [
+                ("truth", rmse_a_t, rmse_f_t),
+                ("withheld", rmse_a_w, rmse_f_w),
+            ] {
                 if a.is_finite() {
-                    metrics::gauge!(tm::ANALYSIS_RMSE, "filter" => name, "against" => against).set(a);
-                    metrics::gauge!(tm::BACKGROUND_RMSE, "filter" => name, "against" => against).set(f);
+                    metrics::gauge!(tm::ANALYSIS_RMSE, "filter" => name, "against" => against)
+                        .set(a);
+                    metrics::gauge!(tm::BACKGROUND_RMSE, "filter" => name, "against" => against)
+                        .set(f);
                 }
             }
             metrics::gauge!(tm::SPREAD, "filter" => name).set(spread);
             if rmse_a_t.is_finite() {
-                metrics::gauge!(tm::SPREAD_SKILL, "filter" => name, "against" => "truth").set(spread / rmse_a_t);
+                metrics::gauge!(tm::SPREAD_SKILL, "filter" => name, "against" => "truth")
+                    .set(spread / rmse_a_t);
                 metrics::gauge!(tm::CRPS, "filter" => name).set(crps);
             }
             if rmse_a_w.is_finite() && rmse_a_w > 0.0 {
-                metrics::gauge!(tm::SPREAD_SKILL, "filter" => name, "against" => "withheld").set(spread_w / rmse_a_w);
+                metrics::gauge!(tm::SPREAD_SKILL, "filter" => name, "against" => "withheld")
+                    .set(spread_w / rmse_a_w);
             }
-            metrics::histogram!(tm::PHASE_SECONDS, "phase" => "verify", "filter" => name).record(t2.elapsed().as_secs_f64());
+            metrics::histogram!(tm::PHASE_SECONDS, "phase" => "verify", "filter" => name)
+                .record(t2.elapsed().as_secs_f64());
             per_filter.insert(
                 name.into(),
                 json!({
@@ -224,7 +254,9 @@ impl Engine {
             );
         }
         metrics::gauge!(tm::OBS_WITHHELD).set(verif.len() as f64);
-        let time = crate::wire::format_time(chrono::DateTime::from_timestamp_millis(time_ms).unwrap_or_default());
+        let time = crate::wire::format_time(
+            chrono::DateTime::from_timestamp_millis(time_ms).unwrap_or_default(),
+        );
         let summary = json!({
             "cycle": k, "time": time, "messages": messages,
             "obs": {"station": batch.count(Modality::Station), "satellite": batch.count(Modality::Satellite), "withheld": verif.len()},
@@ -232,23 +264,34 @@ impl Engine {
             "filters": per_filter,
         });
         if self.stall_before_commit == Some(k) {
-            tracing::warn!("ASSIMD_TEST_STALL_BEFORE_COMMIT: stalling before the commit of cycle {k}");
+            tracing::warn!(
+                "ASSIMD_TEST_STALL_BEFORE_COMMIT: stalling before the commit of cycle {k}"
+            );
             loop {
                 std::thread::sleep(std::time::Duration::from_secs(1));
             }
         }
         let t3 = Instant::now();
         let ensembles = self.filters.iter().map(|s| (s.name, &s.ens)).collect();
-        self.store.commit_cycle(&CycleCommit { cycle: k, ensembles, summary: summary.clone(), messages, keep: self.keep, keep_summaries: self.keep_summaries })?;
+        self.store.commit_cycle(&CycleCommit {
+            cycle: k,
+            ensembles,
+            summary: summary.clone(),
+            messages,
+            keep: self.keep,
+            keep_summaries: self.keep_summaries,
+        })?;
         self.committed = k;
-        metrics::histogram!(tm::PHASE_SECONDS, "phase" => "commit", "filter" => "all").record(t3.elapsed().as_secs_f64());
+        metrics::histogram!(tm::PHASE_SECONDS, "phase" => "commit", "filter" => "all")
+            .record(t3.elapsed().as_secs_f64());
         if k > self.keep {
             self.store.prune_journal(k - self.keep)?;
         }
         metrics::counter!(tm::OBS_ASSIMILATED).increment(messages);
         metrics::gauge!(tm::LAST_CYCLE).set(k as f64);
         metrics::gauge!(tm::LAST_CYCLE_TIME).set(time_ms as f64 / 1000.0);
-        metrics::gauge!(tm::LAST_COMMIT_TIME).set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
+        metrics::gauge!(tm::LAST_COMMIT_TIME)
+            .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
         metrics::gauge!(tm::STORE_BYTES).set(self.store.size_on_disk() as f64);
         self.publish(k, &summary);
         if let Some(w) = self.maps.as_ref().filter(|w| w.due(k)) {
@@ -271,7 +314,8 @@ impl Engine {
                 Ok(p) => tracing::debug!("cycle {k}: wrote {}", p.display()),
                 Err(e) => tracing::warn!("cycle {k}: the map was not written: {e:#}"),
             }
-            metrics::histogram!(tm::PHASE_SECONDS, "phase" => "maps", "filter" => "all").record(t4.elapsed().as_secs_f64());
+            metrics::histogram!(tm::PHASE_SECONDS, "phase" => "maps", "filter" => "all")
+                .record(t4.elapsed().as_secs_f64());
         }
         metrics::histogram!(tm::CYCLE_SECONDS).record(t_cycle.elapsed().as_secs_f64());
         if let Some(r) = &self.reports {
@@ -287,18 +331,25 @@ impl Engine {
         let time_ms = self.clock.time_of(k);
         for slot in &self.filters {
             let mut s = json!({"cycle": k, "time": summary["time"], "filter": slot.name, "messages": summary["messages"], "obs": summary["obs"], "truth": summary["truth"]});
-            if let (Some(obj), Some(f)) = (s.as_object_mut(), summary["filters"][slot.name].as_object()) {
+            if let (Some(obj), Some(f)) =
+                (s.as_object_mut(), summary["filters"][slot.name].as_object())
+            {
                 for (key, v) in f {
                     obj.insert(key.clone(), v.clone());
                 }
             }
-            let _ = self.out.send(Outgoing { topic: format!("{}/analysis/{}/summary", self.prefix, slot.name), payload: s.to_string().into_bytes(), retain: false });
+            let _ = self.out.send(Outgoing {
+                topic: format!("{}/analysis/{}/summary", self.prefix, slot.name),
+                payload: s.to_string().into_bytes(),
+                retain: false,
+            });
             let _ = self.out.send(Outgoing {
                 topic: format!("{}/analysis/{}/mean", self.prefix, slot.name),
                 payload: encode_mean(k, time_ms, &slot.ens.mean()),
                 retain: true,
             });
         }
-        metrics::histogram!(tm::PHASE_SECONDS, "phase" => "publish", "filter" => "all").record(t.elapsed().as_secs_f64());
+        metrics::histogram!(tm::PHASE_SECONDS, "phase" => "publish", "filter" => "all")
+            .record(t.elapsed().as_secs_f64());
     }
 }

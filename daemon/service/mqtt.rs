@@ -9,7 +9,9 @@
 use super::config::MqttSection;
 use super::telemetry as tm;
 use anyhow::{Context, Result};
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport};
+use rumqttc::{
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport,
+};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -23,13 +25,17 @@ pub fn options(m: &MqttSection, client_id: &str, clean_session: bool) -> Result<
     o.set_inflight(1000);
     if let Some(user) = &m.username {
         let password = match &m.password_file {
-            Some(p) => std::fs::read_to_string(p).with_context(|| format!("reading mqtt.password_file {}", p.display()))?.trim_end().to_string(),
+            Some(p) => std::fs::read_to_string(p)
+                .with_context(|| format!("reading mqtt.password_file {}", p.display()))?
+                .trim_end()
+                .to_string(),
             None => String::new(),
         };
         o.set_credentials(user.clone(), password);
     }
     if let Some(ca) = &m.tls_ca_file {
-        let ca = std::fs::read(ca).with_context(|| format!("reading mqtt.tls_ca_file {}", ca.display()))?;
+        let ca = std::fs::read(ca)
+            .with_context(|| format!("reading mqtt.tls_ca_file {}", ca.display()))?;
         let client_auth = match (&m.tls_client_cert_file, &m.tls_client_key_file) {
             (Some(c), Some(k)) => Some((
                 std::fs::read(c).with_context(|| format!("reading {}", c.display()))?,
@@ -37,14 +43,21 @@ pub fn options(m: &MqttSection, client_id: &str, clean_session: bool) -> Result<
             )),
             _ => None,
         };
-        o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple { ca, alpn: None, client_auth }));
+        o.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+            ca,
+            alpn: None,
+            client_auth,
+        }));
     }
     Ok(o)
 }
 
 /// The topic filters the daemon subscribes to.
 pub fn subscriptions(prefix: &str, testbed: &str, truth: bool) -> Vec<String> {
-    let mut v = vec![format!("{prefix}/obs/station/#"), format!("{prefix}/obs/satellite/#")];
+    let mut v = vec![
+        format!("{prefix}/obs/station/#"),
+        format!("{prefix}/obs/satellite/#"),
+    ];
     if truth {
         v.push(format!("{prefix}/truth/{testbed}"));
     }
@@ -71,7 +84,14 @@ impl Connection {
     /// Drive the event loop until `stop_ingest` (then stop forwarding, but keep polling so that the
     /// last acknowledgements and publications go out) and `stop` (then disconnect).
     pub async fn run(self, stop_ingest: CancellationToken, stop: CancellationToken) {
-        let Connection { client, mut eventloop, topics, backoff, publishes, connected } = self;
+        let Connection {
+            client,
+            mut eventloop,
+            topics,
+            backoff,
+            publishes,
+            connected,
+        } = self;
         let mut publishes = Some(publishes);
         let mut delay = backoff.0;
         let mut was_connected = false;
@@ -98,13 +118,18 @@ impl Connection {
                     delay = backoff.0;
                     metrics::gauge!(tm::MQTT_CONNECTED).set(1.0);
                     let ever_connected = std::mem::replace(&mut was_connected, true);
-                    tracing::info!(session_present = ack.session_present, "connected to the broker");
+                    tracing::info!(
+                        session_present = ack.session_present,
+                        "connected to the broker"
+                    );
                     if !ack.session_present && ever_connected {
                         tracing::warn!("the broker lost this client's session (restarted without persistence?): messages published while disconnected are lost");
                     }
                     // Subscribe at every connection, session or not: idempotent, and a changed
                     // prefix or truth setting takes effect on a kept session too.
-                    let subs = topics.iter().map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+                    let subs = topics
+                        .iter()
+                        .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
                     if let Err(e) = client.try_subscribe_many(subs) {
                         tracing::error!("subscribing: {e}");
                     }
@@ -119,7 +144,10 @@ impl Connection {
                     metrics::gauge!(tm::MQTT_SUBSCRIBED).set(0.0);
                     metrics::counter!(tm::MQTT_ERRORS).increment(1);
                     let _ = connected.send(false);
-                    tracing::warn!("broker connection: {e}; retrying in {} ms", delay.as_millis());
+                    tracing::warn!(
+                        "broker connection: {e}; retrying in {} ms",
+                        delay.as_millis()
+                    );
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
                         _ = stop.cancelled() => break,

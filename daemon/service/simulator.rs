@@ -31,7 +31,9 @@ pub struct SimStats {
 /// Publish the configured cycles; `on_cycle` is called after each cycle's messages are queued.
 pub async fn simulate(cfg: &Config, mut on_cycle: impl FnMut(u64)) -> Result<SimStats> {
     let testbed = Testbed::new(cfg.testbed_kind()?);
-    let network = testbed.network(cfg.network_kind()?).map_err(anyhow::Error::msg)?;
+    let network = testbed
+        .network(cfg.network_kind()?)
+        .map_err(anyhow::Error::msg)?;
     if cfg.start_time()? != epoch() {
         tracing::warn!("cycle.start {} differs from the simulator's epoch {}: the daemon's windows will not line up with the simulated cycles", cfg.cycle.start, epoch());
     }
@@ -79,13 +81,27 @@ pub async fn simulate(cfg: &Config, mut on_cycle: impl FnMut(u64)) -> Result<Sim
         let k = sim.cycle();
         for m in sim.messages() {
             let payload = serde_json::to_vec(&m.feature)?;
-            client.publish(format!("{prefix}/{}", m.topic), QoS::AtLeastOnce, false, payload).await?;
+            client
+                .publish(
+                    format!("{prefix}/{}", m.topic),
+                    QoS::AtLeastOnce,
+                    false,
+                    payload,
+                )
+                .await?;
             stats.messages += 1;
             stats.observations += 1;
         }
         if s.truth {
             let t = serde_json::json!({"testbed": cfg.testbed.name, "cycle": k, "time": crate::wire::format_time(sim.time_of(k)), "state": sim.truth()});
-            client.publish(truth_topic.clone(), QoS::AtLeastOnce, false, serde_json::to_vec(&t)?).await?;
+            client
+                .publish(
+                    truth_topic.clone(),
+                    QoS::AtLeastOnce,
+                    false,
+                    serde_json::to_vec(&t)?,
+                )
+                .await?;
             stats.messages += 1;
         }
         stats.cycles += 1;
@@ -108,7 +124,13 @@ pub async fn simulate(cfg: &Config, mut on_cycle: impl FnMut(u64)) -> Result<Sim
     };
     tokio::time::timeout(Duration::from_secs(120), wait)
         .await
-        .with_context(|| format!("the broker acknowledged {} of {} messages", acked.load(Ordering::SeqCst), stats.messages))??;
+        .with_context(|| {
+            format!(
+                "the broker acknowledged {} of {} messages",
+                acked.load(Ordering::SeqCst),
+                stats.messages
+            )
+        })??;
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
     Ok(stats)

@@ -71,7 +71,8 @@ fn be(k: u64) -> [u8; 8] {
 }
 
 fn u64_of(v: Option<sled::IVec>) -> Option<u64> {
-    v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok()).map(u64::from_be_bytes)
+    v.and_then(|v| <[u8; 8]>::try_from(v.as_ref()).ok())
+        .map(u64::from_be_bytes)
 }
 
 /// f64 values as little-endian bytes.
@@ -82,7 +83,9 @@ pub fn f64s_to_bytes(x: &[f64]) -> Vec<u8> {
 /// Little-endian bytes as f64 values.
 pub fn bytes_to_f64s(b: &[u8]) -> Vec<f64> {
     // chunks_exact(8) yields 8-byte slices, so the conversion cannot fail.
-    b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect()
+    b.chunks_exact(8)
+        .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect()
 }
 
 fn state_key(filter: &str, cycle: u64, member: u32) -> Vec<u8> {
@@ -123,21 +126,40 @@ pub struct CycleCommit<'a> {
 impl Store {
     /// Open (or create) the store in a directory.
     pub fn open(path: &Path) -> Result<Store> {
-        std::fs::create_dir_all(path).with_context(|| format!("creating the store directory {}", path.display()))?;
+        std::fs::create_dir_all(path)
+            .with_context(|| format!("creating the store directory {}", path.display()))?;
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
             // sled's default page cache is 1 GiB; the working set is one cycle's ensembles and journal.
             .cache_capacity(64 << 20)
             .open()
-            .with_context(|| format!("opening the sled store at {} (is another assimd running on it?)", path.display()))?;
+            .with_context(|| {
+                format!(
+                    "opening the sled store at {} (is another assimd running on it?)",
+                    path.display()
+                )
+            })?;
         let t = |n: &str| db.open_tree(n).with_context(|| format!("opening tree {n}"));
-        Ok(Store { journal: t("journal")?, ids: t("ids")?, truth: t("truth")?, state: t("state")?, cycles: t("cycles")?, meta: t("meta")?, db })
+        Ok(Store {
+            journal: t("journal")?,
+            ids: t("ids")?,
+            truth: t("truth")?,
+            state: t("state")?,
+            cycles: t("cycles")?,
+            meta: t("meta")?,
+            db,
+        })
     }
 
     /// Check the store's schema and compatibility key against this configuration, or record them
     /// in a fresh store. Refuses, naming the fix, when they differ.
-    pub fn check_or_init(&self, compat: &serde_json::Value, bundle_hash: Option<&str>, config_hint: &str) -> Result<()> {
+    pub fn check_or_init(
+        &self,
+        compat: &serde_json::Value,
+        bundle_hash: Option<&str>,
+        config_hint: &str,
+    ) -> Result<()> {
         let compat_text = compat.to_string();
         let bundle = bundle_hash.unwrap_or("none");
         match u64_of(self.meta.get(META_SCHEMA)?) {
@@ -208,7 +230,11 @@ impl Store {
 
     /// Journal a batch of messages (cycle, id, entry) and truths (cycle, state) in one transaction,
     /// advancing the observation clock. Does not flush: call [`Store::flush`] before acknowledging.
-    pub fn journal_batch(&self, msgs: &[(u64, String, JournalEntry)], truths: &[(u64, Vec<f64>)]) -> Result<Vec<Journaled>> {
+    pub fn journal_batch(
+        &self,
+        msgs: &[(u64, String, JournalEntry)],
+        truths: &[(u64, Vec<f64>)],
+    ) -> Result<Vec<Journaled>> {
         let encoded: Vec<Vec<u8>> = msgs
             .iter()
             .map(|(_, _, e)| bincode::serde::encode_to_vec(e, bincode::config::standard()))
@@ -263,8 +289,11 @@ impl Store {
         for kv in self.journal.scan_prefix(be(cycle)) {
             let (k, v) = kv?;
             let id = String::from_utf8_lossy(&k[8..]).into_owned();
-            let (e, _) = bincode::serde::decode_from_slice::<JournalEntry, _>(&v, bincode::config::standard())
-                .with_context(|| format!("decoding journal entry {id} of cycle {cycle}"))?;
+            let (e, _) = bincode::serde::decode_from_slice::<JournalEntry, _>(
+                &v,
+                bincode::config::standard(),
+            )
+            .with_context(|| format!("decoding journal entry {id} of cycle {cycle}"))?;
             out.push((id, e));
         }
         Ok(out)
@@ -284,7 +313,10 @@ impl Store {
             .transaction(|(state, cycles, meta)| {
                 let done = u64_of(meta.get(META_ASSIMILATED)?).unwrap_or(0);
                 if c.cycle != done + 1 {
-                    return Err(abort(format!("cycle {} committed after cycle {done}: cycles must be committed in order", c.cycle)));
+                    return Err(abort(format!(
+                        "cycle {} committed after cycle {done}: cycles must be committed in order",
+                        c.cycle
+                    )));
                 }
                 for (filter, ens) in &c.ensembles {
                     for (m, x) in ens.members().enumerate() {
@@ -335,7 +367,8 @@ impl Store {
                 .with_context(|| format!("the store lacks member {m} of filter {filter} at cycle {cycle}: it is damaged; run `assimd reset`"))?;
             out.push(bytes_to_f64s(&v));
         }
-        Ensemble::from_members(out).map_err(|e| anyhow::anyhow!("stored ensemble of {filter} at cycle {cycle}: {e}"))
+        Ensemble::from_members(out)
+            .map_err(|e| anyhow::anyhow!("stored ensemble of {filter} at cycle {cycle}: {e}"))
     }
 
     /// Whether a filter has a stored ensemble at this cycle.
@@ -375,8 +408,16 @@ impl Store {
 
     /// The stored compatibility key and bundle hash.
     pub fn identity(&self) -> Result<(serde_json::Value, String)> {
-        let compat = self.meta.get(META_COMPAT)?.and_then(|v| serde_json::from_slice(&v).ok()).unwrap_or(serde_json::Value::Null);
-        let bundle = self.meta.get(META_BUNDLE)?.map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+        let compat = self
+            .meta
+            .get(META_COMPAT)?
+            .and_then(|v| serde_json::from_slice(&v).ok())
+            .unwrap_or(serde_json::Value::Null);
+        let bundle = self
+            .meta
+            .get(META_BUNDLE)?
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or_default();
         Ok((compat, bundle))
     }
 }
@@ -390,7 +431,15 @@ mod tests {
         JournalEntry {
             time_ms: t,
             station: Some("S01".into()),
-            obs: vec![Observation { modality: Modality::Station, var: 0, lat: 45.0, lon: 9.0, footprint: Footprint::Point, value: 1.0, sigma: 1.0 }],
+            obs: vec![Observation {
+                modality: Modality::Station,
+                var: 0,
+                lat: 45.0,
+                lon: 9.0,
+                footprint: Footprint::Point,
+                value: 1.0,
+                sigma: 1.0,
+            }],
         }
     }
 
@@ -401,14 +450,39 @@ mod tests {
         {
             let s = Store::open(dir.path()).unwrap();
             s.check_or_init(&compat, None, "c.toml").unwrap();
-            let r = s.journal_batch(&[(1, "a".into(), entry(10)), (1, "b".into(), entry(20)), (1, "a".into(), entry(10))], &[(1, vec![1.0, 2.0])]).unwrap();
-            assert_eq!(r, vec![Journaled::New, Journaled::New, Journaled::Duplicate]);
-            assert_eq!(s.journal_batch(&[(1, "b".into(), entry(20))], &[]).unwrap(), vec![Journaled::Duplicate]);
+            let r = s
+                .journal_batch(
+                    &[
+                        (1, "a".into(), entry(10)),
+                        (1, "b".into(), entry(20)),
+                        (1, "a".into(), entry(10)),
+                    ],
+                    &[(1, vec![1.0, 2.0])],
+                )
+                .unwrap();
+            assert_eq!(
+                r,
+                vec![Journaled::New, Journaled::New, Journaled::Duplicate]
+            );
+            assert_eq!(
+                s.journal_batch(&[(1, "b".into(), entry(20))], &[]).unwrap(),
+                vec![Journaled::Duplicate]
+            );
             assert_eq!(s.journal_cycle(1).unwrap().len(), 2);
             assert_eq!(s.obs_clock_ms().unwrap(), Some(20));
             let ens = Ensemble::from_members(vec![vec![1.0, 2.0], vec![3.0, 4.0]]).unwrap();
-            let bad = CycleCommit { cycle: 2, ensembles: vec![("letkf", &ens)], summary: serde_json::json!({}), messages: 2, keep: 4, keep_summaries: 4 };
-            assert!(s.commit_cycle(&bad).is_err(), "cycle 2 before cycle 1 must be refused");
+            let bad = CycleCommit {
+                cycle: 2,
+                ensembles: vec![("letkf", &ens)],
+                summary: serde_json::json!({}),
+                messages: 2,
+                keep: 4,
+                keep_summaries: 4,
+            };
+            assert!(
+                s.commit_cycle(&bad).is_err(),
+                "cycle 2 before cycle 1 must be refused"
+            );
             let good = CycleCommit { cycle: 1, ..bad };
             s.commit_cycle(&good).unwrap();
             s.flush().unwrap();
@@ -417,10 +491,22 @@ mod tests {
         s.check_or_init(&compat, None, "c.toml").unwrap();
         assert_eq!(s.assimilated_up_to().unwrap(), 1);
         assert_eq!(s.assimilated_messages_total().unwrap(), 2);
-        assert_eq!(s.load_ensemble("letkf", 1, 2).unwrap().member(1), &[3.0, 4.0]);
+        assert_eq!(
+            s.load_ensemble("letkf", 1, 2).unwrap().member(1),
+            &[3.0, 4.0]
+        );
         assert_eq!(s.truth(1).unwrap(), Some(vec![1.0, 2.0]));
-        let e = s.check_or_init(&serde_json::json!({"testbed": "l96", "members": 3}), None, "c.toml").unwrap_err();
-        assert!(e.to_string().contains("members") && e.to_string().contains("assimd reset"), "{e}");
+        let e = s
+            .check_or_init(
+                &serde_json::json!({"testbed": "l96", "members": 3}),
+                None,
+                "c.toml",
+            )
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("members") && e.to_string().contains("assimd reset"),
+            "{e}"
+        );
         let e = s.check_or_init(&compat, Some("abc"), "c.toml").unwrap_err();
         assert!(e.to_string().contains("bundle"), "{e}");
         s.prune_journal(1).unwrap();

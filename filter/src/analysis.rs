@@ -12,5 +12,10 @@ pub trait Analysis: Send + Sync {
 
     /// Replace the background ensemble `ens` by the analysis given `batch`. `rng` serves
     /// stochastic methods (perturbed observations, diffusion noise); deterministic ones ignore it.
-    fn analyse(&self, ens: &mut Ensemble, batch: &ObsBatch, rng: &mut dyn RngCore) -> Result<(), FilterError>;
+    fn analyse(
+        &self,
+        ens: &mut Ensemble,
+        batch: &ObsBatch,
+        rng: &mut dyn RngCore,
+    ) -> Result<(), FilterError>;
 }

@@ -18,12 +18,20 @@ pub struct Ensemble {
 impl Ensemble {
     /// From members of equal length. At least one member.
     pub fn from_members(members: Vec<Vec<f64>>) -> Result<Self, FilterError> {
-        let dim = members.first().map(Vec::len).ok_or_else(|| FilterError::Dimension("an ensemble needs at least one member".into()))?;
+        let dim = members.first().map(Vec::len).ok_or_else(|| {
+            FilterError::Dimension("an ensemble needs at least one member".into())
+        })?;
         if members.iter().any(|m| m.len() != dim) {
-            return Err(FilterError::Dimension("ensemble members differ in length".into()));
+            return Err(FilterError::Dimension(
+                "ensemble members differ in length".into(),
+            ));
         }
         let n_members = members.len();
-        Ok(Ensemble { n_members, dim, data: members.concat() })
+        Ok(Ensemble {
+            n_members,
+            dim,
+            data: members.concat(),
+        })
     }
 
     /// From a flat member-major buffer.
@@ -34,7 +42,11 @@ impl Ensemble {
                 data.len()
             )));
         }
-        Ok(Ensemble { n_members, dim, data })
+        Ok(Ensemble {
+            n_members,
+            dim,
+            data,
+        })
     }
 
     /// Number of members N.
@@ -116,7 +128,8 @@ mod tests {
 
     #[test]
     fn mean_and_variance_of_a_small_ensemble() {
-        let e = Ensemble::from_members(vec![vec![1.0, 0.0], vec![3.0, 0.0], vec![5.0, 3.0]]).unwrap();
+        let e =
+            Ensemble::from_members(vec![vec![1.0, 0.0], vec![3.0, 0.0], vec![5.0, 3.0]]).unwrap();
         assert_eq!(e.mean(), vec![3.0, 1.0]);
         assert_eq!(e.variance(), vec![4.0, 3.0]);
         assert!(Ensemble::from_members(vec![vec![1.0], vec![1.0, 2.0]]).is_err());

@@ -82,7 +82,9 @@ impl Geometry {
     /// Plane coordinates (km) of box point (i, j); only meaningful for `PeriodicBox`.
     fn point_xy_km(&self, i: usize, j: usize) -> (f64, f64) {
         match self {
-            Geometry::PeriodicBox { nx, ny, length_km, .. } => (
+            Geometry::PeriodicBox {
+                nx, ny, length_km, ..
+            } => (
                 -length_km / 2.0 + (i as f64 + 0.5) * length_km / *nx as f64,
                 -length_km / 2.0 + (j as f64 + 0.5) * length_km / *ny as f64,
             ),
@@ -117,7 +119,9 @@ impl Geometry {
 
     fn latlon_to_xy(&self, lat: f64, lon: f64) -> (f64, f64) {
         match self {
-            Geometry::PeriodicBox { lat0_deg, lon0_deg, .. } => {
+            Geometry::PeriodicBox {
+                lat0_deg, lon0_deg, ..
+            } => {
                 let dlon = wrap_lon(lon - lon0_deg);
                 (
                     EARTH_RADIUS_KM * lat0_deg.to_radians().cos() * dlon.to_radians(),
@@ -133,11 +137,18 @@ impl Geometry {
 
     fn xy_to_latlon(&self, x: f64, y: f64) -> (f64, f64) {
         match self {
-            Geometry::PeriodicBox { lat0_deg, lon0_deg, .. } => (
+            Geometry::PeriodicBox {
+                lat0_deg, lon0_deg, ..
+            } => (
                 lat0_deg + (y / EARTH_RADIUS_KM).to_degrees(),
-                wrap_lon(lon0_deg + (x / (EARTH_RADIUS_KM * lat0_deg.to_radians().cos())).to_degrees()),
+                wrap_lon(
+                    lon0_deg + (x / (EARTH_RADIUS_KM * lat0_deg.to_radians().cos())).to_degrees(),
+                ),
             ),
-            Geometry::Ring { lat_deg, .. } => (*lat_deg, wrap_lon((x / (EARTH_RADIUS_KM * lat_deg.to_radians().cos())).to_degrees())),
+            Geometry::Ring { lat_deg, .. } => (
+                *lat_deg,
+                wrap_lon((x / (EARTH_RADIUS_KM * lat_deg.to_radians().cos())).to_degrees()),
+            ),
         }
     }
 
@@ -148,7 +159,11 @@ impl Geometry {
             return false;
         }
         match self {
-            Geometry::Ring { lat_deg, lat_tolerance_deg, .. } => (lat - lat_deg).abs() <= *lat_tolerance_deg,
+            Geometry::Ring {
+                lat_deg,
+                lat_tolerance_deg,
+                ..
+            } => (lat - lat_deg).abs() <= *lat_tolerance_deg,
             Geometry::PeriodicBox { length_km, .. } => {
                 let (x, y) = self.latlon_to_xy(lat, lon);
                 let h = length_km / 2.0;
@@ -171,7 +186,9 @@ impl Geometry {
                 let i0 = (i0 as usize) % n;
                 Some(vec![(i0, 1.0 - w), ((i0 + 1) % n, w)])
             }
-            Geometry::PeriodicBox { nx, ny, length_km, .. } => {
+            Geometry::PeriodicBox {
+                nx, ny, length_km, ..
+            } => {
                 let (x, y) = self.latlon_to_xy(lat, lon);
                 let sx = (x + length_km / 2.0) * *nx as f64 / length_km - 0.5;
                 let sy = (y + length_km / 2.0) * *ny as f64 / length_km - 0.5;
@@ -211,7 +228,8 @@ impl Geometry {
     pub fn spacing_km(&self) -> f64 {
         match self {
             Geometry::Ring { n, lat_deg, .. } => {
-                2.0 * std::f64::consts::PI * EARTH_RADIUS_KM * lat_deg.to_radians().cos() / *n as f64
+                2.0 * std::f64::consts::PI * EARTH_RADIUS_KM * lat_deg.to_radians().cos()
+                    / *n as f64
             }
             Geometry::PeriodicBox { nx, length_km, .. } => length_km / *nx as f64,
         }
@@ -271,7 +289,13 @@ mod tests {
     use super::*;
 
     fn qbox() -> Geometry {
-        Geometry::PeriodicBox { nx: 64, ny: 64, length_km: 1000.0, lat0_deg: 45.0, lon0_deg: 10.0 }
+        Geometry::PeriodicBox {
+            nx: 64,
+            ny: 64,
+            length_km: 1000.0,
+            lat0_deg: 45.0,
+            lon0_deg: 10.0,
+        }
     }
 
     #[test]
@@ -302,7 +326,11 @@ mod tests {
 
     #[test]
     fn ring_points_sit_every_nine_degrees() {
-        let g = Geometry::Ring { n: 40, lat_deg: 45.0, lat_tolerance_deg: 0.5 };
+        let g = Geometry::Ring {
+            n: 40,
+            lat_deg: 45.0,
+            lat_tolerance_deg: 0.5,
+        };
         assert_eq!(g.point_latlon(1), (45.0, 9.0));
         assert_eq!(g.point_latlon(20), (45.0, -180.0));
         assert_eq!(g.point_latlon(39), (45.0, -9.0));

@@ -69,7 +69,12 @@ pub fn crps_sample(values: &mut [f64], y: f64) -> f64 {
     values.sort_by(f64::total_cmp);
     let abs_err: f64 = values.iter().map(|x| (x - y).abs()).sum::<f64>() / n;
     // Σ_k Σ_l |x_k - x_l| = 2 Σ_k (2k - N + 1) x_(k) for sorted x.
-    let pair: f64 = values.iter().enumerate().map(|(k, x)| (2.0 * k as f64 - n + 1.0) * x).sum::<f64>() * 2.0;
+    let pair: f64 = values
+        .iter()
+        .enumerate()
+        .map(|(k, x)| (2.0 * k as f64 - n + 1.0) * x)
+        .sum::<f64>()
+        * 2.0;
     abs_err - pair / (2.0 * n * n)
 }
 
@@ -86,7 +91,12 @@ pub fn crps_gaussian(mean: f64, std: f64, y: f64) -> f64 {
 
 /// Point-mean CRPS of independent Gaussians N(mean_i, std_i²) against the truth.
 pub fn crps_gaussian_field(mean: &[f64], std: &[f64], truth: &[f64]) -> f64 {
-    mean.iter().zip(std).zip(truth).map(|((m, s), y)| crps_gaussian(*m, *s, *y)).sum::<f64>() / truth.len() as f64
+    mean.iter()
+        .zip(std)
+        .zip(truth)
+        .map(|((m, s), y)| crps_gaussian(*m, *s, *y))
+        .sum::<f64>()
+        / truth.len() as f64
 }
 
 /// Rank histogram of the truth within the ensemble: `hist[r]` counts points where exactly r members
@@ -152,7 +162,11 @@ pub fn obs_space_spread(batch: &ObsBatch, e: &Ensemble) -> f64 {
     let nf = n as f64;
     let total: f64 = (0..m)
         .map(|i| {
-            let var = if n > 1 { ((sum2[i] - sum[i] * sum[i] / nf) / (nf - 1.0)).max(0.0) } else { 0.0 };
+            let var = if n > 1 {
+                ((sum2[i] - sum[i] * sum[i] / nf) / (nf - 1.0)).max(0.0)
+            } else {
+                0.0
+            };
             var + batch.sigma[i] * batch.sigma[i]
         })
         .sum();
@@ -195,7 +209,10 @@ mod tests {
         let mut v: Vec<f64> = (0..200_000).map(|_| nd.sample(&mut rng)).collect();
         let ens = crps_sample(&mut v, 2.0);
         let exact = crps_gaussian(0.5, 1.5, 2.0);
-        assert!((ens - exact).abs() < 5e-3, "ensemble {ens} vs closed form {exact}");
+        assert!(
+            (ens - exact).abs() < 5e-3,
+            "ensemble {ens} vs closed form {exact}"
+        );
     }
 
     #[test]
@@ -208,11 +225,16 @@ mod tests {
         // A calibrated ensemble has a flat histogram: truth and members from the same law.
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let nd = Normal::new(0.0, 1.0).unwrap();
-        let members: Vec<Vec<f64>> = (0..9).map(|_| (0..50_000).map(|_| nd.sample(&mut rng)).collect()).collect();
+        let members: Vec<Vec<f64>> = (0..9)
+            .map(|_| (0..50_000).map(|_| nd.sample(&mut rng)).collect())
+            .collect();
         let truth: Vec<f64> = (0..50_000).map(|_| nd.sample(&mut rng)).collect();
         let h = rank_histogram(&Ensemble::from_members(members).unwrap(), &truth);
         for c in h {
-            assert!((c as f64 - 5000.0).abs() < 300.0, "bin count {c} far from 5000");
+            assert!(
+                (c as f64 - 5000.0).abs() < 300.0,
+                "bin count {c} far from 5000"
+            );
         }
     }
 
@@ -220,15 +242,34 @@ mod tests {
     fn obs_space_spread_by_hand() {
         use crate::obs::{Footprint, Observation, SparseOperator};
         // Two observations: point 0 (σ 0.5) and the mean of points 1 and 2 (σ 1).
-        let op = SparseOperator::from_rows(3, vec![vec![(0, 1.0)], vec![(1, 0.5), (2, 0.5)]]).unwrap();
-        let o = |sigma: f64| Observation { modality: Modality::Station, var: 0, lat: 45.0, lon: 0.0, footprint: Footprint::Point, value: 0.0, sigma };
+        let op =
+            SparseOperator::from_rows(3, vec![vec![(0, 1.0)], vec![(1, 0.5), (2, 0.5)]]).unwrap();
+        let o = |sigma: f64| Observation {
+            modality: Modality::Station,
+            var: 0,
+            lat: 45.0,
+            lon: 0.0,
+            footprint: Footprint::Point,
+            value: 0.0,
+            sigma,
+        };
         let obs = vec![o(0.5), o(1.0)];
-        let batch = ObsBatch { y: vec![0.0, 0.0], sigma: vec![0.5, 1.0], obs, op };
+        let batch = ObsBatch {
+            y: vec![0.0, 0.0],
+            sigma: vec![0.5, 1.0],
+            obs,
+            op,
+        };
         let e = Ensemble::from_members(vec![vec![1.0, 0.0, 2.0], vec![3.0, 2.0, 2.0]]).unwrap();
         // H x per member: (1, 1) and (3, 2); unbiased variances 2 and 0.5.
         let expect = ((2.0 + 0.25 + 0.5 + 1.0) / 2.0f64).sqrt();
         assert!((obs_space_spread(&batch, &e) - expect).abs() < 1e-12);
-        let empty = ObsBatch { y: vec![], sigma: vec![], obs: vec![], op: SparseOperator::from_rows(3, vec![]).unwrap() };
+        let empty = ObsBatch {
+            y: vec![],
+            sigma: vec![],
+            obs: vec![],
+            op: SparseOperator::from_rows(3, vec![]).unwrap(),
+        };
         assert!(obs_space_spread(&empty, &e).is_nan());
     }
 }

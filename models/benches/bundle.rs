@@ -20,17 +20,31 @@ use std::time::Instant;
 const BATCHES: [usize; 3] = [1, 20, 80];
 
 fn zoo(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("zoo").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("zoo")
+        .join(name)
 }
 
 /// A background ensemble around a testbed state: truth + small perturbations.
 fn background(kind: TestbedKind, n: usize, scale: f64) -> Ensemble {
     let tb = Testbed::new(kind);
     let truth = tb.initial_truth(1);
-    let std = tb.climatology().std_state(truth.len() / tb.space.fields.len());
+    let std = tb
+        .climatology()
+        .std_state(truth.len() / tb.space.fields.len());
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let members = (0..n)
-        .map(|_| truth.iter().zip(&std).map(|(x, s)| x + scale * s * <StandardNormal as Distribution<f64>>::sample(&StandardNormal, &mut rng)).collect())
+        .map(|_| {
+            truth
+                .iter()
+                .zip(&std)
+                .map(|(x, s)| {
+                    x + scale
+                        * s
+                        * <StandardNormal as Distribution<f64>>::sample(&StandardNormal, &mut rng)
+                })
+                .collect()
+        })
         .collect();
     Ensemble::from_members(members).unwrap()
 }
@@ -56,13 +70,15 @@ fn bench_bundle(c: &mut Criterion, name: &str, kind: TestbedKind, members: usize
         eprintln!("bundle {name}: not present, skipped");
         return;
     }
-    let bundle = Bundle::load(&dir, &BundleOptions::default()).expect("bundle loads (is ORT_DYLIB_PATH set?)");
+    let bundle = Bundle::load(&dir, &BundleOptions::default())
+        .expect("bundle loads (is ORT_DYLIB_PATH set?)");
     let ens = background(kind, members, 0.05);
     let den = bundle.condition(&ens).unwrap();
     let (d, n) = (den.dim(), den.state_dim());
     let z1 = den.encode(ens.member(0)).unwrap();
-    let torch: Option<serde_json::Value> =
-        std::fs::read_to_string(dir.join("bench_torch.json")).ok().and_then(|s| serde_json::from_str(&s).ok());
+    let torch: Option<serde_json::Value> = std::fs::read_to_string(dir.join("bench_torch.json"))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok());
     let mut g = c.benchmark_group(format!("bundle_{name}"));
     g.sample_size(20);
     let mut report = Vec::new();
@@ -71,21 +87,46 @@ fn bench_bundle(c: &mut Criterion, name: &str, kind: TestbedKind, members: usize
         let sigma = vec![0.3; b];
         let v = vec![0.5; b * n];
         let (mut out, mut x0, mut jtv) = (vec![0.0; b * d], vec![0.0; b * n], vec![0.0; b * d]);
-        g.bench_with_input(BenchmarkId::new("denoise", b), &b, |bch, _| bch.iter(|| den.denoise(&z, &sigma, &mut out).unwrap()));
-        g.bench_with_input(BenchmarkId::new("vjp", b), &b, |bch, _| bch.iter(|| den.denoise_vjp(&z, &sigma, &v, &mut x0, &mut jtv).unwrap()));
+        g.bench_with_input(BenchmarkId::new("denoise", b), &b, |bch, _| {
+            bch.iter(|| den.denoise(&z, &sigma, &mut out).unwrap())
+        });
+        g.bench_with_input(BenchmarkId::new("vjp", b), &b, |bch, _| {
+            bch.iter(|| den.denoise_vjp(&z, &sigma, &v, &mut x0, &mut jtv).unwrap())
+        });
         let ort_den = median_seconds(|| den.denoise(&z, &sigma, &mut out).unwrap());
-        let ort_vjp = median_seconds(|| den.denoise_vjp(&z, &sigma, &v, &mut x0, &mut jtv).unwrap());
-        let t = |kind: &str| torch.as_ref().and_then(|j| j["batches"][b.to_string()][kind].as_f64());
+        let ort_vjp =
+            median_seconds(|| den.denoise_vjp(&z, &sigma, &v, &mut x0, &mut jtv).unwrap());
+        let t = |kind: &str| {
+            torch
+                .as_ref()
+                .and_then(|j| j["batches"][b.to_string()][kind].as_f64())
+        };
         report.push((b, ort_den, ort_vjp, t("denoise"), t("vjp")));
     }
     g.finish();
-    eprintln!("\n{name}: ONNX Runtime (CPU, 1 thread) vs PyTorch eager (1 thread), median per call");
-    eprintln!("{:>5} {:>14} {:>14} {:>8} {:>14} {:>14} {:>8}", "B", "ORT denoise", "torch denoise", "ratio", "ORT vjp", "torch vjp", "ratio");
+    eprintln!(
+        "\n{name}: ONNX Runtime (CPU, 1 thread) vs PyTorch eager (1 thread), median per call"
+    );
+    eprintln!(
+        "{:>5} {:>14} {:>14} {:>8} {:>14} {:>14} {:>8}",
+        "B", "ORT denoise", "torch denoise", "ratio", "ORT vjp", "torch vjp", "ratio"
+    );
     for (b, od, ov, td, tv) in report {
         let ms = |x: f64| format!("{:.3} ms", x * 1e3);
         let opt = |x: Option<f64>| x.map(ms).unwrap_or_else(|| "-".into());
-        let ratio = |t: Option<f64>, o: f64| t.map(|t| format!("{:.2}x", t / o)).unwrap_or_else(|| "-".into());
-        eprintln!("{b:>5} {:>14} {:>14} {:>8} {:>14} {:>14} {:>8}", ms(od), opt(td), ratio(td, od), ms(ov), opt(tv), ratio(tv, ov));
+        let ratio = |t: Option<f64>, o: f64| {
+            t.map(|t| format!("{:.2}x", t / o))
+                .unwrap_or_else(|| "-".into())
+        };
+        eprintln!(
+            "{b:>5} {:>14} {:>14} {:>8} {:>14} {:>14} {:>8}",
+            ms(od),
+            opt(td),
+            ratio(td, od),
+            ms(ov),
+            opt(tv),
+            ratio(tv, ov)
+        );
     }
 }
 

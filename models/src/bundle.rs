@@ -61,8 +61,8 @@ use std::sync::{Arc, Mutex};
 
 use crate::testbed::{Testbed, TestbedKind};
 use assimd_filter::score::{Denoiser, EnsembleGaussianPrior};
-use nalgebra::{DMatrix, DVector};
 use assimd_filter::{Ensemble, FilterError};
+use nalgebra::{DMatrix, DVector};
 use ort::session::Session;
 use ort::value::{Tensor, TensorElementType, ValueType};
 use serde::Deserialize;
@@ -899,11 +899,22 @@ impl Bundle {
             );
         }
         if let Some(eg) = &bundle.manifest.conditioning.ensemble_gaussian {
-            let bad = |message: String| BundleError::Manifest { path: dir.join("manifest.toml"), message };
-            let kind: TestbedKind = bundle.manifest.testbed.parse().map_err(|e: String| bad(e))?;
+            let bad = |message: String| BundleError::Manifest {
+                path: dir.join("manifest.toml"),
+                message,
+            };
+            let kind: TestbedKind = bundle
+                .manifest
+                .testbed
+                .parse()
+                .map_err(|e: String| bad(e))?;
             let space = Testbed::new(kind).space;
             if space.dim() != bundle.manifest.state_dim() {
-                return Err(bad(format!("[grid] has {} values, testbed {kind} {}", bundle.manifest.state_dim(), space.dim())));
+                return Err(bad(format!(
+                    "[grid] has {} values, testbed {kind} {}",
+                    bundle.manifest.state_dim(),
+                    space.dim()
+                )));
             }
             bundle.gaussian = Some(
                 EnsembleGaussianPrior::new(&space, eg.half_width_km, eg.inflation, eg.floor)
@@ -1121,11 +1132,19 @@ impl Bundle {
             let enc = self.graph("encoder")?.clone();
             let dec = self.graph("decoder")?.clone();
             let n = background.n_members();
-            let shape: Vec<usize> = std::iter::once(n).chain(m.grid.dims.iter().copied()).collect();
-            let z = enc.run(vec![(enc.spec.inputs[0].clone(), TensorF32::from_f64(shape, background.as_flat()))])?;
+            let shape: Vec<usize> = std::iter::once(n)
+                .chain(m.grid.dims.iter().copied())
+                .collect();
+            let z = enc.run(vec![(
+                enc.spec.inputs[0].clone(),
+                TensorF32::from_f64(shape, background.as_flat()),
+            )])?;
             let zf: Vec<f64> = z[0].data.iter().map(|&v| f64::from(v)).collect();
-            let latent = Ensemble::from_flat(n, m.latent_dim(), zf)
-                .map_err(|e| BundleError::Input { graph: "encoder".into(), message: e.to_string() })?;
+            let latent =
+                Ensemble::from_flat(n, m.latent_dim(), zf).map_err(|e| BundleError::Input {
+                    graph: "encoder".into(),
+                    message: e.to_string(),
+                })?;
             (Some((enc, dec)), Some(latent))
         };
         let stats = members_z.as_ref().unwrap_or(background);
@@ -1135,11 +1154,23 @@ impl Bundle {
         let mut features = None;
         let mut prior_cov = None;
         if let (Some(g), None) = (&self.gaussian, &codec) {
-            let (_, u, lam) = g.spectrum(background).map_err(|e| BundleError::Input { graph: "conditioning".into(), message: e.to_string() })?;
+            let (_, u, lam) = g.spectrum(background).map_err(|e| BundleError::Input {
+                graph: "conditioning".into(),
+                message: e.to_string(),
+            })?;
             // basis (1, d, k): row-major, basis[i][k] = U[(i, k)]
-            let basis: Vec<f64> = (0..d).flat_map(|i| (0..u.ncols()).map(move |k| (i, k))).map(|(i, k)| u[(i, k)]).collect();
-            cond.insert("basis".into(), TensorF32::from_f64(vec![1, d, u.ncols()], &basis));
-            cond.insert("eigvals".into(), TensorF32::from_f64(vec![1, lam.len()], lam.as_slice()));
+            let basis: Vec<f64> = (0..d)
+                .flat_map(|i| (0..u.ncols()).map(move |k| (i, k)))
+                .map(|(i, k)| u[(i, k)])
+                .collect();
+            cond.insert(
+                "basis".into(),
+                TensorF32::from_f64(vec![1, d, u.ncols()], &basis),
+            );
+            cond.insert(
+                "eigvals".into(),
+                TensorF32::from_f64(vec![1, lam.len()], lam.as_slice()),
+            );
             prior_cov = Some((u, lam));
         }
         for (name, c) in &m.conditioning.inputs {
@@ -1158,7 +1189,10 @@ impl Bundle {
             let mut inputs = Vec::new();
             for name in &conditioner.spec.inputs {
                 let t = if name == "members" {
-                    let shape: Vec<usize> = [1, n].into_iter().chain(m.latent.shape.iter().copied()).collect();
+                    let shape: Vec<usize> = [1, n]
+                        .into_iter()
+                        .chain(m.latent.shape.iter().copied())
+                        .collect();
                     TensorF32::from_f64(shape, stats.as_flat())
                 } else {
                     cond.get(name).cloned().ok_or_else(|| {
@@ -1322,10 +1356,20 @@ impl ConditionedDenoiser {
     fn codec_run(&self, g: &Graph, shape: &[usize], x: &[f64]) -> Result<Vec<f64>, FilterError> {
         let per: usize = shape.iter().product();
         if x.is_empty() || x.len() % per != 0 {
-            return Err(FilterError::Dimension(format!("{} values are not a batch of {shape:?}", x.len())));
+            return Err(FilterError::Dimension(format!(
+                "{} values are not a batch of {shape:?}",
+                x.len()
+            )));
         }
-        let full: Vec<usize> = std::iter::once(x.len() / per).chain(shape.iter().copied()).collect();
-        let out = g.run(vec![(g.spec.inputs[0].clone(), TensorF32::from_f64(full, x))]).map_err(|e| self.model_error(e))?;
+        let full: Vec<usize> = std::iter::once(x.len() / per)
+            .chain(shape.iter().copied())
+            .collect();
+        let out = g
+            .run(vec![(
+                g.spec.inputs[0].clone(),
+                TensorF32::from_f64(full, x),
+            )])
+            .map_err(|e| self.model_error(e))?;
         Ok(out[0].data.iter().map(|&v| f64::from(v)).collect())
     }
 

@@ -32,7 +32,12 @@ pub struct Lorenz96 {
 
 impl Default for Lorenz96 {
     fn default() -> Self {
-        Lorenz96 { n: 40, forcing: 8.0, dt: 0.05, steps_per_cycle: 1 }
+        Lorenz96 {
+            n: 40,
+            forcing: 8.0,
+            dt: 0.05,
+            steps_per_cycle: 1,
+        }
     }
 }
 
@@ -127,7 +132,10 @@ mod tests {
         let de: f64 = x.iter().zip(&d).map(|(a, b)| a * b).sum();
         let e: f64 = 0.5 * x.iter().map(|v| v * v).sum::<f64>();
         let expected = -2.0 * e + 8.0 * x.iter().sum::<f64>();
-        assert!((de - expected).abs() < 1e-10 * e, "dE/dt {de} vs {expected}");
+        assert!(
+            (de - expected).abs() < 1e-10 * e,
+            "dE/dt {de} vs {expected}"
+        );
     }
 
     #[test]
@@ -147,7 +155,13 @@ mod tests {
         let e0: f64 = x.iter().map(|v| v * v).sum();
         let h = 0.005;
         let n = x.len();
-        let (mut k1, mut k2, mut k3, mut k4, mut xs) = (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        let (mut k1, mut k2, mut k3, mut k4, mut xs) = (
+            vec![0.0; n],
+            vec![0.0; n],
+            vec![0.0; n],
+            vec![0.0; n],
+            vec![0.0; n],
+        );
         for _ in 0..200 {
             Advect::f(&x, &mut k1);
             (0..n).for_each(|i| xs[i] = x[i] + 0.5 * h * k1[i]);
@@ -159,7 +173,11 @@ mod tests {
             (0..n).for_each(|i| x[i] += h / 6.0 * (k1[i] + 2.0 * k2[i] + 2.0 * k3[i] + k4[i]));
         }
         let e1: f64 = x.iter().map(|v| v * v).sum();
-        assert!(((e1 - e0) / e0).abs() < 1e-6, "relative energy drift {}", (e1 - e0) / e0);
+        assert!(
+            ((e1 - e0) / e0).abs() < 1e-6,
+            "relative energy drift {}",
+            (e1 - e0) / e0
+        );
     }
 
     #[test]
@@ -193,7 +211,12 @@ mod tests {
         for _ in 0..steps {
             m.advance(&mut x, 1);
             m.advance(&mut y, 1);
-            let d = x.iter().zip(&y).map(|(a, b)| (a - b) * (a - b)).sum::<f64>().sqrt();
+            let d = x
+                .iter()
+                .zip(&y)
+                .map(|(a, b)| (a - b) * (a - b))
+                .sum::<f64>()
+                .sqrt();
             sum_log += (d / 1e-8).ln();
             for (yi, xi) in y.iter_mut().zip(&x) {
                 *yi = xi + (*yi - xi) * 1e-8 / d;

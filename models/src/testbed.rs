@@ -142,24 +142,50 @@ pub struct Satellite {
 enum Swath {
     /// l96: `blocks` footprints of `block` points, the first starting at grid point
     /// `(shift · cycle) mod n`.
-    Ring { n: usize, block: usize, blocks: usize, shift: usize },
+    Ring {
+        n: usize,
+        block: usize,
+        blocks: usize,
+        shift: usize,
+    },
     /// qg2l: a north–south band of `across × along` footprints `spacing_km` apart whose centre moves
     /// `shift_km` east per cycle.
-    Band { length_km: f64, lat0: f64, lon0: f64, across: usize, along: usize, spacing_km: f64, shift_km: f64 },
+    Band {
+        length_km: f64,
+        lat0: f64,
+        lon0: f64,
+        across: usize,
+        along: usize,
+        spacing_km: f64,
+        shift_km: f64,
+    },
 }
 
 impl Satellite {
     /// Footprint centres (lat, lon) in cycle `cycle`.
     pub fn footprints(&self, cycle: u64) -> Vec<(f64, f64)> {
         match &self.swath {
-            Swath::Ring { n, block, blocks, shift } => (0..*blocks)
+            Swath::Ring {
+                n,
+                block,
+                blocks,
+                shift,
+            } => (0..*blocks)
                 .map(|b| {
                     let first = (shift * cycle as usize + b * block) % n;
                     let centre = first as f64 + (*block as f64 - 1.0) / 2.0;
                     (45.0, wrap_lon(centre * 360.0 / *n as f64))
                 })
                 .collect(),
-            Swath::Band { length_km, lat0, lon0, across, along, spacing_km, shift_km } => {
+            Swath::Band {
+                length_km,
+                lat0,
+                lon0,
+                across,
+                along,
+                spacing_km,
+                shift_km,
+            } => {
                 let xc = -length_km / 2.0 + (shift_km * cycle as f64).rem_euclid(*length_km);
                 let mut out = Vec::with_capacity(across * along);
                 for a in 0..*along {
@@ -169,7 +195,10 @@ impl Satellite {
                         let x = (x + length_km / 2.0).rem_euclid(*length_km) - length_km / 2.0;
                         out.push((
                             lat0 + (y / EARTH_RADIUS_KM).to_degrees(),
-                            wrap_lon(lon0 + (x / (EARTH_RADIUS_KM * lat0.to_radians().cos())).to_degrees()),
+                            wrap_lon(
+                                lon0 + (x / (EARTH_RADIUS_KM * lat0.to_radians().cos()))
+                                    .to_degrees(),
+                            ),
                         ));
                     }
                 }
@@ -193,12 +222,28 @@ pub struct Network {
 impl Network {
     /// The observations this network makes of state `x` at cycle `cycle`, with errors drawn from
     /// `rng`: assimilated ones first, then the withheld verification ones.
-    pub fn observe<R: Rng>(&self, space: &StateSpace, x: &[f64], cycle: u64, rng: &mut R) -> (Vec<Observation>, Vec<Observation>) {
+    pub fn observe<R: Rng>(
+        &self,
+        space: &StateSpace,
+        x: &[f64],
+        cycle: u64,
+        rng: &mut R,
+    ) -> (Vec<Observation>, Vec<Observation>) {
         let mut assim = Vec::new();
         let mut verif = Vec::new();
         for s in &self.stations {
             for &(var, sigma) in &s.vars {
-                let o = observe_one(space, x, Modality::Station, var, s.lat, s.lon, Footprint::Point, sigma, rng);
+                let o = observe_one(
+                    space,
+                    x,
+                    Modality::Station,
+                    var,
+                    s.lat,
+                    s.lon,
+                    Footprint::Point,
+                    sigma,
+                    rng,
+                );
                 if s.withheld {
                     verif.push(o);
                 } else {
@@ -208,8 +253,20 @@ impl Network {
         }
         if let Some(sat) = &self.satellite {
             for (lat, lon) in sat.footprints(cycle) {
-                let fp = Footprint::Disc { diameter_km: sat.footprint_km };
-                assim.push(observe_one(space, x, Modality::Satellite, sat.var, lat, lon, fp, sat.sigma, rng));
+                let fp = Footprint::Disc {
+                    diameter_km: sat.footprint_km,
+                };
+                assim.push(observe_one(
+                    space,
+                    x,
+                    Modality::Satellite,
+                    sat.var,
+                    lat,
+                    lon,
+                    fp,
+                    sat.sigma,
+                    rng,
+                ));
             }
         }
         (assim, verif)
@@ -228,7 +285,15 @@ fn observe_one<R: Rng>(
     sigma: f64,
     rng: &mut R,
 ) -> Observation {
-    let mut o = Observation { modality, var, lat, lon, footprint, value: 0.0, sigma };
+    let mut o = Observation {
+        modality,
+        var,
+        lat,
+        lon,
+        footprint,
+        value: 0.0,
+        sigma,
+    };
     // The sites are generated inside the domain, so the operator row always exists.
     let op = assimd_filter::obs::SparseOperator::for_observations(space, std::slice::from_ref(&o))
         .expect("network sites lie inside the domain");
@@ -271,9 +336,17 @@ impl Testbed {
                 kind,
                 dynamics: Arc::new(Lorenz96::default()),
                 space: StateSpace {
-                    geometry: Geometry::Ring { n: 40, lat_deg: 45.0, lat_tolerance_deg: 0.5 },
+                    geometry: Geometry::Ring {
+                        n: 40,
+                        lat_deg: 45.0,
+                        lat_tolerance_deg: 0.5,
+                    },
                     fields: vec!["x".into()],
-                    variables: vec![Variable { name: "x".into(), unit: "1".into(), terms: vec![(0, 1.0)] }],
+                    variables: vec![Variable {
+                        name: "x".into(),
+                        unit: "1".into(),
+                        terms: vec![(0, 1.0)],
+                    }],
                 },
             },
             TestbedKind::Qg2l => {
@@ -286,11 +359,25 @@ impl Testbed {
                     kind,
                     dynamics: Arc::new(Qg2l::new(p)),
                     space: StateSpace {
-                        geometry: Geometry::PeriodicBox { nx: 64, ny: 64, length_km: 1000.0, lat0_deg: 45.0, lon0_deg: 10.0 },
+                        geometry: Geometry::PeriodicBox {
+                            nx: 64,
+                            ny: 64,
+                            length_km: 1000.0,
+                            lat0_deg: 45.0,
+                            lon0_deg: 10.0,
+                        },
                         fields: vec!["psi1".into(), "psi2".into()],
                         variables: vec![
-                            Variable { name: "pressure".into(), unit: "hPa".into(), terms: vec![(1, cp)] },
-                            Variable { name: "temperature".into(), unit: "K".into(), terms: vec![(0, ct), (1, -ct)] },
+                            Variable {
+                                name: "pressure".into(),
+                                unit: "hPa".into(),
+                                terms: vec![(1, cp)],
+                            },
+                            Variable {
+                                name: "temperature".into(),
+                                unit: "K".into(),
+                                terms: vec![(0, ct), (1, -ct)],
+                            },
                             Variable {
                                 name: "brightness_temperature".into(),
                                 unit: "K".into(),
@@ -325,23 +412,42 @@ impl Testbed {
             withheld,
         };
         let mut stations: Vec<Station> = match kind {
-            NetworkKind::Full => (0..40).map(|i| station(i, 9.0 * i as f64, 1.0, false)).collect(),
-            NetworkKind::Sparse => (0..40).step_by(2).map(|i| station(i, 9.0 * i as f64, 1.5f64.sqrt(), false)).collect(),
-            NetworkKind::Stations | NetworkKind::StationsSatellite => {
-                (0..40).step_by(2).map(|i| station(i, 9.0 * i as f64, 1.0, false)).collect()
-            }
+            NetworkKind::Full => (0..40)
+                .map(|i| station(i, 9.0 * i as f64, 1.0, false))
+                .collect(),
+            NetworkKind::Sparse => (0..40)
+                .step_by(2)
+                .map(|i| station(i, 9.0 * i as f64, 1.5f64.sqrt(), false))
+                .collect(),
+            NetworkKind::Stations | NetworkKind::StationsSatellite => (0..40)
+                .step_by(2)
+                .map(|i| station(i, 9.0 * i as f64, 1.0, false))
+                .collect(),
             NetworkKind::Satellite => Vec::new(),
         };
         stations.extend((0..4).map(|k| station(k, 4.5 + 90.0 * k as f64, 1.0, true)));
-        let satellite = matches!(kind, NetworkKind::Satellite | NetworkKind::StationsSatellite).then(|| Satellite {
+        let satellite = matches!(
+            kind,
+            NetworkKind::Satellite | NetworkKind::StationsSatellite
+        )
+        .then(|| Satellite {
             platform: "sat1".into(),
             instrument: "blk4".into(),
             var: 0,
             footprint_km: 4.0 * self.space.geometry.spacing_km(),
             sigma: 1.0,
-            swath: Swath::Ring { n: 40, block: 4, blocks: 5, shift: 10 },
+            swath: Swath::Ring {
+                n: 40,
+                block: 4,
+                blocks: 5,
+                shift: 10,
+            },
         });
-        Network { kind, stations, satellite }
+        Network {
+            kind,
+            stations,
+            satellite,
+        }
     }
 
     fn qg2l_network(&self, kind: NetworkKind) -> Network {
@@ -363,17 +469,38 @@ impl Testbed {
         // Generate every site in a fixed order so that each network shares the same stations.
         let assimilated: Vec<Station> = (0..60).map(|k| site(k, false)).collect();
         let withheld: Vec<Station> = (0..8).map(|k| site(k, true)).collect();
-        let mut stations = if matches!(kind, NetworkKind::Stations | NetworkKind::StationsSatellite) { assimilated } else { Vec::new() };
+        let mut stations = if matches!(kind, NetworkKind::Stations | NetworkKind::StationsSatellite)
+        {
+            assimilated
+        } else {
+            Vec::new()
+        };
         stations.extend(withheld);
-        let satellite = matches!(kind, NetworkKind::Satellite | NetworkKind::StationsSatellite).then(|| Satellite {
+        let satellite = matches!(
+            kind,
+            NetworkKind::Satellite | NetworkKind::StationsSatellite
+        )
+        .then(|| Satellite {
             platform: "sat1".into(),
             instrument: "ir1".into(),
             var: 2,
             footprint_km: 60.0,
             sigma: sig_bt,
-            swath: Swath::Band { length_km: 1000.0, lat0, lon0, across: 4, along: 16, spacing_km: 62.5, shift_km: 375.0 },
+            swath: Swath::Band {
+                length_km: 1000.0,
+                lat0,
+                lon0,
+                across: 4,
+                along: 16,
+                spacing_km: 62.5,
+                shift_km: 375.0,
+            },
         });
-        Network { kind, stations, satellite }
+        Network {
+            kind,
+            stations,
+            satellite,
+        }
     }
 
     /// A truth state on the attractor, different for every seed: l96 from F + U(-1, 1) noise spun up
@@ -396,7 +523,8 @@ impl Testbed {
                     let e: f64 = StandardNormal.sample(&mut rng);
                     *v += scale * e;
                 }
-                let steps = (QG_DECORRELATION_DAYS * 86400.0 / self.dynamics.step_seconds()).round() as usize;
+                let steps = (QG_DECORRELATION_DAYS * 86400.0 / self.dynamics.step_seconds()).round()
+                    as usize;
                 self.dynamics.advance(&mut x, steps);
                 x
             }
@@ -422,12 +550,18 @@ pub struct Climatology {
 impl Climatology {
     /// The mean as a full state vector.
     pub fn mean_state(&self, n_points: usize) -> Vec<f64> {
-        self.mean.iter().flat_map(|&m| std::iter::repeat_n(m, n_points)).collect()
+        self.mean
+            .iter()
+            .flat_map(|&m| std::iter::repeat_n(m, n_points))
+            .collect()
     }
 
     /// The standard deviation as a full state vector.
     pub fn std_state(&self, n_points: usize) -> Vec<f64> {
-        self.std.iter().flat_map(|&s| std::iter::repeat_n(s, n_points)).collect()
+        self.std
+            .iter()
+            .flat_map(|&s| std::iter::repeat_n(s, n_points))
+            .collect()
     }
 }
 
@@ -450,7 +584,11 @@ impl Testbed {
         }
         let n = (cycles * np) as f64;
         let mean: Vec<f64> = s.iter().map(|v| v / n).collect();
-        let std = s2.iter().zip(&mean).map(|(v, m)| (v / n - m * m).max(0.0).sqrt()).collect();
+        let std = s2
+            .iter()
+            .zip(&mean)
+            .map(|(v, m)| (v / n - m * m).max(0.0).sqrt())
+            .collect();
         Climatology { mean, std }
     }
 
@@ -459,8 +597,14 @@ impl Testbed {
     /// a test re-estimates it.
     pub fn climatology(&self) -> Climatology {
         match self.kind {
-            TestbedKind::L96 => Climatology { mean: vec![L96_CLIM.0], std: vec![L96_CLIM.1] },
-            TestbedKind::Qg2l => Climatology { mean: vec![QG_CLIM.0, QG_CLIM.2], std: vec![QG_CLIM.1, QG_CLIM.3] },
+            TestbedKind::L96 => Climatology {
+                mean: vec![L96_CLIM.0],
+                std: vec![L96_CLIM.1],
+            },
+            TestbedKind::Qg2l => Climatology {
+                mean: vec![QG_CLIM.0, QG_CLIM.2],
+                std: vec![QG_CLIM.1, QG_CLIM.3],
+            },
         }
     }
 
@@ -475,7 +619,8 @@ impl Testbed {
         let mut x = self.initial_truth(seed ^ 0x6472_6177_0000_0000);
         (0..n)
             .map(|_| {
-                self.dynamics.advance(&mut x, gap * self.dynamics.steps_per_cycle());
+                self.dynamics
+                    .advance(&mut x, gap * self.dynamics.steps_per_cycle());
                 x.clone()
             })
             .collect()
@@ -498,8 +643,13 @@ mod tests {
     use super::*;
     use assimd_filter::obs::{checks, Modality, ObsBatch};
 
-    const ALL: [NetworkKind; 5] =
-        [NetworkKind::Full, NetworkKind::Sparse, NetworkKind::Stations, NetworkKind::Satellite, NetworkKind::StationsSatellite];
+    const ALL: [NetworkKind; 5] = [
+        NetworkKind::Full,
+        NetworkKind::Sparse,
+        NetworkKind::Stations,
+        NetworkKind::Satellite,
+        NetworkKind::StationsSatellite,
+    ];
 
     #[test]
     fn names_parse_and_print() {
@@ -507,8 +657,13 @@ mod tests {
             assert_eq!(n.to_string().parse::<NetworkKind>().unwrap(), n);
         }
         assert_eq!("qg2l".parse::<TestbedKind>().unwrap(), TestbedKind::Qg2l);
-        assert!("l63".parse::<TestbedKind>().unwrap_err().contains("l96 or qg2l"));
-        assert!(Testbed::new(TestbedKind::Qg2l).network(NetworkKind::Sparse).is_err());
+        assert!("l63"
+            .parse::<TestbedKind>()
+            .unwrap_err()
+            .contains("l96 or qg2l"));
+        assert!(Testbed::new(TestbedKind::Qg2l)
+            .network(NetworkKind::Sparse)
+            .is_err());
     }
 
     #[test]
@@ -517,7 +672,10 @@ mod tests {
         let x: Vec<f64> = (0..40).map(|i| i as f64).collect();
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let count = |k| {
-            let (a, v) = tb.network(k).unwrap().observe(&tb.space, &x, 3, &mut ChaCha8Rng::seed_from_u64(0));
+            let (a, v) =
+                tb.network(k)
+                    .unwrap()
+                    .observe(&tb.space, &x, 3, &mut ChaCha8Rng::seed_from_u64(0));
             (a.len(), v.len())
         };
         assert_eq!(count(NetworkKind::Full), (40, 4));
@@ -526,11 +684,19 @@ mod tests {
         let sparse = tb.network(NetworkKind::Sparse).unwrap();
         assert!((sparse.stations[0].vars[0].1.powi(2) - 1.5).abs() < 1e-12);
         // The satellite's 5 blocks cover 20 consecutive points, 10 points further east each cycle.
-        let sat = tb.network(NetworkKind::Satellite).unwrap().satellite.unwrap();
+        let sat = tb
+            .network(NetworkKind::Satellite)
+            .unwrap()
+            .satellite
+            .unwrap();
         assert_eq!(sat.footprints(0)[0], (45.0, 13.5));
         assert_eq!(sat.footprints(1)[0], (45.0, 103.5));
         let batch = ObsBatch::new(&tb.space, {
-            let mut o = tb.network(NetworkKind::Satellite).unwrap().observe(&tb.space, &x, 0, &mut rng).0;
+            let mut o = tb
+                .network(NetworkKind::Satellite)
+                .unwrap()
+                .observe(&tb.space, &x, 0, &mut rng)
+                .0;
             o.iter_mut().for_each(|o| o.value = 0.0);
             o
         })
@@ -546,12 +712,19 @@ mod tests {
         let net = tb.network(NetworkKind::StationsSatellite).unwrap();
         assert_eq!(net.stations.iter().filter(|s| !s.withheld).count(), 60);
         assert_eq!(net.stations.iter().filter(|s| s.withheld).count(), 8);
-        assert_eq!(tb.network(NetworkKind::Stations).unwrap().stations[..60], net.stations[..60]);
+        assert_eq!(
+            tb.network(NetworkKind::Stations).unwrap().stations[..60],
+            net.stations[..60]
+        );
         let sat = net.satellite.as_ref().unwrap();
         for k in 0..20 {
             let fp = sat.footprints(k);
             assert_eq!(fp.len(), 64);
-            assert!(fp.iter().all(|&(lat, lon)| tb.space.geometry.contains(lat, lon)), "cycle {k}");
+            assert!(
+                fp.iter()
+                    .all(|&(lat, lon)| tb.space.geometry.contains(lat, lon)),
+                "cycle {k}"
+            );
         }
         assert_ne!(sat.footprints(0), sat.footprints(1));
     }
@@ -561,9 +734,13 @@ mod tests {
         let mut rng = ChaCha8Rng::seed_from_u64(11);
         for kind in [TestbedKind::L96, TestbedKind::Qg2l] {
             let tb = Testbed::new(kind);
-            let x: Vec<f64> = (0..tb.space.dim()).map(|i| (0.37 * i as f64).sin() * 1e3).collect();
+            let x: Vec<f64> = (0..tb.space.dim())
+                .map(|i| (0.37 * i as f64).sin() * 1e3)
+                .collect();
             for net in ALL {
-                let Ok(network) = tb.network(net) else { continue };
+                let Ok(network) = tb.network(net) else {
+                    continue;
+                };
                 for cycle in [0, 7] {
                     let (assim, verif) = network.observe(&tb.space, &x, cycle, &mut rng);
                     for obs in [assim, verif] {
@@ -571,7 +748,10 @@ mod tests {
                         let batch = ObsBatch::new(&tb.space, obs).unwrap();
                         let adj = checks::adjoint_mismatch(&batch.op, &x, &mut rng);
                         let jac = checks::jacobian_mismatch(&batch.op, &x, 1e-2, &mut rng);
-                        assert!(adj < 1e-12, "{kind} {net} {modalities:?}: adjoint mismatch {adj}");
+                        assert!(
+                            adj < 1e-12,
+                            "{kind} {net} {modalities:?}: adjoint mismatch {adj}"
+                        );
                         assert!(jac < 1e-8, "{kind} {net}: Jacobian mismatch {jac}");
                     }
                 }
@@ -584,7 +764,9 @@ mod tests {
         let tb = Testbed::new(TestbedKind::Qg2l);
         let net = tb.network(NetworkKind::Satellite).unwrap();
         // ψ1 - ψ2 = 1 m²/s everywhere: every footprint sees exactly the temperature coefficient.
-        let x: Vec<f64> = (0..8192).map(|i| if i < 4096 { 1.0 } else { 0.0 }).collect();
+        let x: Vec<f64> = (0..8192)
+            .map(|i| if i < 4096 { 1.0 } else { 0.0 })
+            .collect();
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let obs = net.observe(&tb.space, &x, 2, &mut rng).0;
         let batch = ObsBatch::new(&tb.space, obs).unwrap();
@@ -606,14 +788,27 @@ mod climatology_tests {
     fn recorded_climatology_matches_a_fresh_estimate() {
         // Sampling error of the estimates: l96 from 100,000 cycles, qg2l from 2 years, pooled over
         // points; the qg2l spread between independent 2-year estimates is a few percent.
-        for (kind, cycles, tol) in [(TestbedKind::L96, 100_000, 0.01), (TestbedKind::Qg2l, 1_460, 0.05)] {
+        for (kind, cycles, tol) in [
+            (TestbedKind::L96, 100_000, 0.01),
+            (TestbedKind::Qg2l, 1_460, 0.05),
+        ] {
             let tb = Testbed::new(kind);
             let est = tb.estimate_climatology(CLIMATOLOGY_SEED, cycles);
             let rec = tb.climatology();
             eprintln!("{kind}: estimated {est:?}, recorded {rec:?}");
             for f in 0..rec.std.len() {
-                assert!((est.std[f] / rec.std[f] - 1.0).abs() < tol, "{kind} field {f}: std {} vs {}", est.std[f], rec.std[f]);
-                assert!((est.mean[f] - rec.mean[f]).abs() < tol * rec.std[f], "{kind} field {f}: mean {} vs {}", est.mean[f], rec.mean[f]);
+                assert!(
+                    (est.std[f] / rec.std[f] - 1.0).abs() < tol,
+                    "{kind} field {f}: std {} vs {}",
+                    est.std[f],
+                    rec.std[f]
+                );
+                assert!(
+                    (est.mean[f] - rec.mean[f]).abs() < tol * rec.std[f],
+                    "{kind} field {f}: mean {} vs {}",
+                    est.mean[f],
+                    rec.mean[f]
+                );
             }
         }
     }
@@ -633,7 +828,11 @@ mod climatology_tests {
             }
         }
         for (v, acc) in s2.iter().enumerate() {
-            eprintln!("{}: rms {}", tb.space.variables[v].name, (acc / n as f64).sqrt());
+            eprintln!(
+                "{}: rms {}",
+                tb.space.variables[v].name,
+                (acc / n as f64).sqrt()
+            );
         }
     }
 }

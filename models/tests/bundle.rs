@@ -75,8 +75,17 @@ fn check_parity_with(name: &str, expected_graphs: &[&str], physical: &[(&str, &s
             "{name}: {}.{}: max abs err {:.3e} (tolerance {:.0e})",
             c.graph, c.output, c.max_abs_err, c.tolerance
         );
-        let limit = physical.iter().find(|(g, o, _)| *g == c.graph && *o == c.output).map_or(1e-4, |p| p.2);
-        assert!(c.tolerance <= limit, "{}.{} tolerance {}", c.graph, c.output, c.tolerance);
+        let limit = physical
+            .iter()
+            .find(|(g, o, _)| *g == c.graph && *o == c.output)
+            .map_or(1e-4, |p| p.2);
+        assert!(
+            c.tolerance <= limit,
+            "{}.{} tolerance {}",
+            c.graph,
+            c.output,
+            c.tolerance
+        );
         assert!(
             c.passed(),
             "{name}: {}.{} max abs err {} > {}",
@@ -99,7 +108,13 @@ fn parity_qg2l_every_graph_matches_fixtures() {
     // ~5e-4): 1e-2 m²/s there is 1e-5 hPa of pressure, far below the observation errors.
     check_parity_with(
         "qg2l",
-        &["conditioner", "decoder", "denoiser", "denoiser_vjp", "encoder"],
+        &[
+            "conditioner",
+            "decoder",
+            "denoiser",
+            "denoiser_vjp",
+            "encoder",
+        ],
         &[("decoder", "x", 1e-2), ("denoiser_vjp", "x0_hat", 1e-2)],
     );
 }
@@ -121,31 +136,57 @@ fn qg2l_latent_chain_and_vjp_match_finite_differences() {
         state ^= state << 17;
         (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
     };
-    let members: Vec<Vec<f64>> = (0..8).map(|_| truth.iter().zip(&std).map(|(x, s)| x + 0.3 * s * noise()).collect()).collect();
+    let members: Vec<Vec<f64>> = (0..8)
+        .map(|_| {
+            truth
+                .iter()
+                .zip(&std)
+                .map(|(x, s)| x + 0.3 * s * noise())
+                .collect()
+        })
+        .collect();
     let ens = Ensemble::from_members(members).unwrap();
     let den = bundle.condition(&ens).unwrap();
     let (d, n) = (den.dim(), den.state_dim());
     assert_eq!((d, n), (12 * 16 * 16, 2 * 64 * 64));
     let z = den.encode(ens.member(0)).unwrap();
     let back = den.decode(&z).unwrap();
-    let rel = (back.iter().zip(ens.member(0)).map(|(a, b)| (a - b) * (a - b)).sum::<f64>()
+    let rel = (back
+        .iter()
+        .zip(ens.member(0))
+        .map(|(a, b)| (a - b) * (a - b))
+        .sum::<f64>()
         / ens.member(0).iter().map(|a| a * a).sum::<f64>())
     .sqrt();
     println!("qg2l: relative round-trip error of a member {rel:.3}");
     assert!(rel < 0.2, "encode/decode round trip {rel}");
     let sigma = [0.3];
-    let v: Vec<f64> = (0..n).map(|i| if i < n / 2 { 1e-3 } else { 5e-3 } * noise()).collect();
+    let v: Vec<f64> = (0..n)
+        .map(|i| if i < n / 2 { 1e-3 } else { 5e-3 } * noise())
+        .collect();
     let (mut x0, mut jtv) = (vec![0.0; n], vec![0.0; d]);
     den.denoise_vjp(&z, &sigma, &v, &mut x0, &mut jtv).unwrap();
     let mut dz = vec![0.0; d];
     den.denoise(&z, &sigma, &mut dz).unwrap();
     let x0b = den.decode(&dz).unwrap();
-    let e = x0.iter().zip(&x0b).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
-    assert!(e < 1e-2, "x0_hat of the VJP graph vs decode(denoise) {e} m²/s");
+    let e = x0
+        .iter()
+        .zip(&x0b)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        e < 1e-2,
+        "x0_hat of the VJP graph vs decode(denoise) {e} m²/s"
+    );
     let f = |zz: &[f64]| {
         let mut o = vec![0.0; d];
         den.denoise(zz, &sigma, &mut o).unwrap();
-        den.decode(&o).unwrap().iter().zip(&v).map(|(a, b)| a * b).sum::<f64>()
+        den.decode(&o)
+            .unwrap()
+            .iter()
+            .zip(&v)
+            .map(|(a, b)| a * b)
+            .sum::<f64>()
     };
     let mut worst = 0.0f64;
     for _ in 0..3 {

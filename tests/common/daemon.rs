@@ -17,7 +17,11 @@ pub const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 pub const GUARD: Duration = Duration::from_secs(120);
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Poll `f` until it returns Some, or panic with `what` after the guard.
@@ -33,13 +37,21 @@ pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 }
 
 /// As [`wait_for`], with `context()` (logs) in the failure message.
-pub fn wait_for_or<T>(what: &str, mut f: impl FnMut() -> Option<T>, context: impl Fn() -> String) -> T {
+pub fn wait_for_or<T>(
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
     let t0 = Instant::now();
     loop {
         if let Some(v) = f() {
             return v;
         }
-        assert!(t0.elapsed() < GUARD, "timed out waiting for {what}:\n{}", context());
+        assert!(
+            t0.elapsed() < GUARD,
+            "timed out waiting for {what}:\n{}",
+            context()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -63,7 +75,12 @@ impl Mosquitto {
             Path::new(MOSQUITTO).exists(),
             "{MOSQUITTO} is missing: run ./scripts/test (its setup installs the Debian package mosquitto) or apt-get install mosquitto"
         );
-        let mut m = Mosquitto { port: free_port(), dir: dir.to_path_buf(), extra: extra.to_string(), child: None };
+        let mut m = Mosquitto {
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            extra: extra.to_string(),
+            child: None,
+        };
         m.restart();
         m
     }
@@ -89,10 +106,18 @@ impl Mosquitto {
             ),
         )
         .unwrap();
-        let child = Command::new(MOSQUITTO).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("starting mosquitto");
+        let child = Command::new(MOSQUITTO)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting mosquitto");
         self.child = Some(child);
         let port = self.port;
-        wait_for("mosquitto to accept connections", || TcpStream::connect(("127.0.0.1", port)).ok());
+        wait_for("mosquitto to accept connections", || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
     }
 
     /// SIGTERM (Mosquitto saves its persistence file) and wait.
@@ -138,7 +163,13 @@ pub fn write_config(dir: &Path, broker_port: u16, extra: &str) -> Setup {
         ),
     )
     .unwrap();
-    Setup { dir: dir.to_path_buf(), config, store, metrics_port, prefix }
+    Setup {
+        dir: dir.to_path_buf(),
+        config,
+        store,
+        metrics_port,
+        prefix,
+    }
 }
 
 /// A running daemon; killed on drop.
@@ -150,7 +181,15 @@ pub struct Daemon {
 /// Peak and current resident set size of a process, bytes (from /proc).
 pub fn rss(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).and_then(|r| r.split_whitespace().next()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) * 1024;
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
     (kb("VmHWM:"), kb("VmRSS:"))
 }
 
@@ -159,14 +198,20 @@ impl Daemon {
         let n = std::fs::read_dir(&s.dir).unwrap().count();
         let log = s.dir.join(format!("daemon-{n}.log"));
         let mut cmd = Command::new(ASSIMD);
-        cmd.arg("run").arg("--config").arg(&s.config).stdout(Stdio::null()).stderr(std::fs::File::create(&log).unwrap());
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&s.config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
         for (k, v) in env {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("starting assimd run");
         let d = Daemon { child, log };
         let port = s.metrics_port;
-        wait_for("the daemon to subscribe", || metric(port, "assimd_mqtt_subscribed").filter(|v| *v == 1.0));
+        wait_for("the daemon to subscribe", || {
+            metric(port, "assimd_mqtt_subscribed").filter(|v| *v == 1.0)
+        });
         d
     }
 
@@ -178,7 +223,11 @@ impl Daemon {
     pub fn terminate(mut self) {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let status = self.child.wait().unwrap();
-        assert!(status.success(), "assimd exited with {status} after SIGTERM:\n{}", self.log_text());
+        assert!(
+            status.success(),
+            "assimd exited with {status} after SIGTERM:\n{}",
+            self.log_text()
+        );
     }
 
     /// SIGKILL and wait.
@@ -200,17 +249,30 @@ pub fn simulate(s: &Setup, first_cycle: u64, cycles: u64) {
     let out = Command::new(ASSIMD)
         .args(["simulate", "--config"])
         .arg(&s.config)
-        .args(["--first-cycle", &first_cycle.to_string(), "--cycles", &cycles.to_string()])
+        .args([
+            "--first-cycle",
+            &first_cycle.to_string(),
+            "--cycles",
+            &cycles.to_string(),
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "assimd simulate failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "assimd simulate failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// GET /metrics.
 pub fn scrape(port: u16) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
     Some(body)
@@ -223,13 +285,25 @@ pub fn metric(port: u16, series: &str) -> Option<f64> {
 }
 
 pub fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
 }
 
 /// `assimd state inspect --json` (the daemon must be stopped: sled locks the store).
 pub fn inspect(store: &Path) -> serde_json::Value {
-    let out = Command::new(ASSIMD).args(["state", "inspect", "--json", "--store"]).arg(store).output().unwrap();
-    assert!(out.status.success(), "state inspect failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(ASSIMD)
+        .args(["state", "inspect", "--json", "--store"])
+        .arg(store)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "state inspect failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -261,7 +335,10 @@ impl Collector {
         std::thread::spawn(move || {
             for ev in conn.iter() {
                 match ev {
-                    Ok(Event::Incoming(Packet::Publish(p))) => g.lock().unwrap().push((p.topic.clone(), p.payload.to_vec())),
+                    Ok(Event::Incoming(Packet::Publish(p))) => g
+                        .lock()
+                        .unwrap()
+                        .push((p.topic.clone(), p.payload.to_vec())),
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         let _ = tx.send(());
                     }
@@ -275,11 +352,22 @@ impl Collector {
     }
 
     pub fn payloads(&self, topic: &str) -> Vec<Vec<u8>> {
-        self.got.lock().unwrap().iter().filter(|(t, _)| t == topic).map(|(_, p)| p.clone()).collect()
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| t == topic)
+            .map(|(_, p)| p.clone())
+            .collect()
     }
 
     pub fn count_prefix(&self, prefix: &str) -> usize {
-        self.got.lock().unwrap().iter().filter(|(t, _)| t.starts_with(prefix)).count()
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, _)| t.starts_with(prefix))
+            .count()
     }
 }
 
@@ -311,7 +399,9 @@ pub fn publish_all(port: u16, msgs: &[(String, Vec<u8>)]) {
         }
     });
     for (t, p) in msgs {
-        client.publish(t.clone(), QoS::AtLeastOnce, false, p.clone()).unwrap();
+        client
+            .publish(t.clone(), QoS::AtLeastOnce, false, p.clone())
+            .unwrap();
     }
     h.join().unwrap();
     let _ = client.disconnect();
@@ -319,7 +409,17 @@ pub fn publish_all(port: u16, msgs: &[(String, Vec<u8>)]) {
 
 /// Per cycle, the number of messages the committed summary says it consumed.
 pub fn committed_messages(state: &serde_json::Value) -> Vec<(u64, u64)> {
-    state["cycles"].as_array().unwrap().iter().map(|c| (c["cycle"].as_u64().unwrap(), c["messages"].as_u64().unwrap())).collect()
+    state["cycles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["cycle"].as_u64().unwrap(),
+                c["messages"].as_u64().unwrap(),
+            )
+        })
+        .collect()
 }
 
 /// promtool: `$PROMTOOL` (set by scripts/setup.sh), else `.tools/bin/promtool` (where setup puts
@@ -331,19 +431,41 @@ pub fn promtool() -> PathBuf {
         .map(PathBuf::from)
         .filter(|p| p.is_file())
         .or_else(|| local.is_file().then(|| local.clone()))
-        .or_else(|| std::env::var_os("PATH").and_then(|paths| std::env::split_paths(&paths).map(|d| d.join("promtool")).find(|p| p.is_file())));
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|d| d.join("promtool"))
+                    .find(|p| p.is_file())
+            })
+        });
     found.unwrap_or_else(|| panic!("promtool is missing: run `source scripts/setup.sh` (it extracts promtool from Debian's prometheus package into {}) or set PROMTOOL", local.display()))
 }
 
 /// Run promtool with `args` (and `stdin`); returns (success, stdout + stderr).
 pub fn run_promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
     let mut cmd = Command::new(promtool());
-    cmd.args(args).current_dir(env!("CARGO_MANIFEST_DIR")).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("starting promtool");
     if let Some(text) = stdin {
-        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
     }
     drop(child.stdin.take());
     let out = child.wait_with_output().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }

@@ -19,9 +19,16 @@ impl Analysis for Etkf {
         "etkf"
     }
 
-    fn analyse(&self, ens: &mut Ensemble, batch: &ObsBatch, _rng: &mut dyn RngCore) -> Result<(), FilterError> {
+    fn analyse(
+        &self,
+        ens: &mut Ensemble,
+        batch: &ObsBatch,
+        _rng: &mut dyn RngCore,
+    ) -> Result<(), FilterError> {
         if ens.n_members() < 2 {
-            return Err(FilterError::InvalidParameter("the ETKF needs at least 2 members".into()));
+            return Err(FilterError::InvalidParameter(
+                "the ETKF needs at least 2 members".into(),
+            ));
         }
         let background_std = ens.std();
         let n = ens.n_members();

@@ -15,7 +15,10 @@ pub struct Inflation {
 
 impl Default for Inflation {
     fn default() -> Self {
-        Inflation { rho: 1.0, rtps: 0.0 }
+        Inflation {
+            rho: 1.0,
+            rtps: 0.0,
+        }
     }
 }
 
@@ -28,7 +31,9 @@ impl Inflation {
             )));
         }
         if !(0.0..=1.0).contains(&rtps) {
-            return Err(FilterError::InvalidParameter(format!("rtps must be in [0, 1] (0 = off, 0.5-0.9 typical), got {rtps}")));
+            return Err(FilterError::InvalidParameter(format!(
+                "rtps must be in [0, 1] (0 = off, 0.5-0.9 typical), got {rtps}"
+            )));
         }
         Ok(Inflation { rho, rtps })
     }
@@ -58,7 +63,13 @@ impl Inflation {
         let factor: Vec<f64> = sa
             .iter()
             .zip(background_std)
-            .map(|(a, b)| if *a > 0.0 { (self.rtps * b + (1.0 - self.rtps) * a) / a } else { 1.0 })
+            .map(|(a, b)| {
+                if *a > 0.0 {
+                    (self.rtps * b + (1.0 - self.rtps) * a) / a
+                } else {
+                    1.0
+                }
+            })
             .collect();
         for x in ens.members_mut() {
             for ((xi, mi), f) in x.iter_mut().zip(&mean).zip(&factor) {

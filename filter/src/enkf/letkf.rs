@@ -28,7 +28,11 @@ pub struct Letkf {
 
 impl Letkf {
     /// An LETKF on `space`.
-    pub fn new(space: &StateSpace, half_width_km: f64, inflation: Inflation) -> Result<Self, FilterError> {
+    pub fn new(
+        space: &StateSpace,
+        half_width_km: f64,
+        inflation: Inflation,
+    ) -> Result<Self, FilterError> {
         if half_width_km.is_nan() || half_width_km <= 0.0 {
             return Err(FilterError::InvalidParameter(format!(
                 "localisation half-width must be > 0 km (infinite = global), got {half_width_km}"
@@ -41,7 +45,13 @@ impl Letkf {
                 g.to_plane(lat, lon)
             })
             .collect();
-        Ok(Letkf { inflation, half_width_km, stride: 1, space: space.clone(), points_xy })
+        Ok(Letkf {
+            inflation,
+            half_width_km,
+            stride: 1,
+            space: space.clone(),
+            points_xy,
+        })
     }
 
     /// With weight interpolation every `stride` grid points (see [`Letkf::stride`]); the grid size
@@ -66,7 +76,14 @@ impl Letkf {
     }
 
     /// The transform W (N × N) at horizontal point `p`.
-    fn weights(&self, p: usize, n: usize, oe: &ObservedEnsemble, obs_xy: &[(f64, f64)], sigma: &[f64]) -> DMatrix<f64> {
+    fn weights(
+        &self,
+        p: usize,
+        n: usize,
+        oe: &ObservedEnsemble,
+        obs_xy: &[(f64, f64)],
+        sigma: &[f64],
+    ) -> DMatrix<f64> {
         let g = &self.space.geometry;
         let mut local = Vec::new();
         let mut rinv = Vec::new();
@@ -92,14 +109,24 @@ impl Letkf {
 
     /// The transform at every horizontal point: computed at the stride's coarse points and
     /// interpolated in between.
-    fn all_weights(&self, n: usize, oe: &ObservedEnsemble, obs_xy: &[(f64, f64)], sigma: &[f64], parallel: bool) -> Vec<DMatrix<f64>> {
+    fn all_weights(
+        &self,
+        n: usize,
+        oe: &ObservedEnsemble,
+        obs_xy: &[(f64, f64)],
+        sigma: &[f64],
+        parallel: bool,
+    ) -> Vec<DMatrix<f64>> {
         let (nx, ny) = self.grid_dims();
         let s = self.stride;
         let (cx, cy) = (nx / s, (ny / s).max(1));
         let coarse_point = |c: usize| (c / cx) * s * nx + (c % cx) * s;
         let exact = |p: usize| self.weights(p, n, oe, obs_xy, sigma);
         let coarse: Vec<DMatrix<f64>> = if parallel {
-            (0..cx * cy).into_par_iter().map(|c| exact(coarse_point(c))).collect()
+            (0..cx * cy)
+                .into_par_iter()
+                .map(|c| exact(coarse_point(c)))
+                .collect()
         } else {
             (0..cx * cy).map(|c| exact(coarse_point(c))).collect()
         };
@@ -109,10 +136,18 @@ impl Letkf {
         let interp = |p: usize| {
             let (i, j) = (p % nx, p / nx);
             let (ci, fi) = (i / s, (i % s) as f64 / s as f64);
-            let (cj, fj) = if ny == 1 { (0, 0.0) } else { (j / s, (j % s) as f64 / s as f64) };
+            let (cj, fj) = if ny == 1 {
+                (0, 0.0)
+            } else {
+                (j / s, (j % s) as f64 / s as f64)
+            };
             let (ci1, cj1) = ((ci + 1) % cx, (cj + 1) % cy);
             let mut w = &coarse[cj * cx + ci] * ((1.0 - fi) * (1.0 - fj));
-            for (c, f) in [(cj * cx + ci1, fi * (1.0 - fj)), (cj1 * cx + ci, (1.0 - fi) * fj), (cj1 * cx + ci1, fi * fj)] {
+            for (c, f) in [
+                (cj * cx + ci1, fi * (1.0 - fj)),
+                (cj1 * cx + ci, (1.0 - fi) * fj),
+                (cj1 * cx + ci1, fi * fj),
+            ] {
                 if f > 0.0 {
                     w += &coarse[c] * f;
                 }
@@ -132,12 +167,23 @@ impl Analysis for Letkf {
         "letkf"
     }
 
-    fn analyse(&self, ens: &mut Ensemble, batch: &ObsBatch, _rng: &mut dyn RngCore) -> Result<(), FilterError> {
+    fn analyse(
+        &self,
+        ens: &mut Ensemble,
+        batch: &ObsBatch,
+        _rng: &mut dyn RngCore,
+    ) -> Result<(), FilterError> {
         if ens.n_members() < 2 {
-            return Err(FilterError::InvalidParameter("the LETKF needs at least 2 members".into()));
+            return Err(FilterError::InvalidParameter(
+                "the LETKF needs at least 2 members".into(),
+            ));
         }
         if ens.dim() != self.space.dim() {
-            return Err(FilterError::Dimension(format!("ensemble of length {} on a state of {}", ens.dim(), self.space.dim())));
+            return Err(FilterError::Dimension(format!(
+                "ensemble of length {} on a state of {}",
+                ens.dim(),
+                self.space.dim()
+            )));
         }
         let background_std = ens.std();
         let g = &self.space.geometry;

@@ -74,14 +74,23 @@ impl ObservedEnsemble {
         for mut col in y.column_iter_mut() {
             col -= &mean;
         }
-        let innovation = DVector::from_iterator(m, batch.y.iter().zip(mean.iter()).map(|(a, b)| a - b));
-        ObservedEnsemble { y_anom: y, innovation }
+        let innovation =
+            DVector::from_iterator(m, batch.y.iter().zip(mean.iter()).map(|(a, b)| a - b));
+        ObservedEnsemble {
+            y_anom: y,
+            innovation,
+        }
     }
 }
 
 /// Ensemble-space transform of Hunt et al. (2007): given local Y (m × N), innovation d, the
 /// (tapered) diagonal of R⁻¹ and ρ, the N × N matrix W whose column k holds w̄ + Wa_k.
-pub(crate) fn transform(y: &DMatrix<f64>, d: &DVector<f64>, rinv: &[f64], rho: f64) -> DMatrix<f64> {
+pub(crate) fn transform(
+    y: &DMatrix<f64>,
+    d: &DVector<f64>,
+    rinv: &[f64],
+    rho: f64,
+) -> DMatrix<f64> {
     let n = y.ncols();
     let nm1 = (n - 1) as f64;
     // C = Yᵀ R⁻¹ (N × m)

@@ -21,10 +21,17 @@ impl Analysis for StochasticEnkf {
         "enkf"
     }
 
-    fn analyse(&self, ens: &mut Ensemble, batch: &ObsBatch, rng: &mut dyn RngCore) -> Result<(), FilterError> {
+    fn analyse(
+        &self,
+        ens: &mut Ensemble,
+        batch: &ObsBatch,
+        rng: &mut dyn RngCore,
+    ) -> Result<(), FilterError> {
         let n = ens.n_members();
         if n < 2 {
-            return Err(FilterError::InvalidParameter("the stochastic EnKF needs at least 2 members".into()));
+            return Err(FilterError::InvalidParameter(
+                "the stochastic EnKF needs at least 2 members".into(),
+            ));
         }
         let background_std = ens.std();
         self.inflation.inflate(ens);
@@ -39,9 +46,13 @@ impl Analysis for StochasticEnkf {
         for (j, sig) in batch.sigma.iter().enumerate() {
             s[(j, j)] += (n - 1) as f64 * sig * sig;
         }
-        let chol = s.cholesky().ok_or_else(|| FilterError::InvalidParameter("innovation covariance is not positive definite".into()))?;
+        let chol = s.cholesky().ok_or_else(|| {
+            FilterError::InvalidParameter("innovation covariance is not positive definite".into())
+        })?;
         // Perturbed innovations D[:, k] = y + ε_k - y_k with centred ε (zero ensemble mean).
-        let mut eps = DMatrix::from_fn(m, n, |j, _| batch.sigma[j] * <StandardNormal as Distribution<f64>>::sample(&StandardNormal, rng));
+        let mut eps = DMatrix::from_fn(m, n, |j, _| {
+            batch.sigma[j] * <StandardNormal as Distribution<f64>>::sample(&StandardNormal, rng)
+        });
         let eps_mean = eps.column_mean();
         for mut col in eps.column_iter_mut() {
             col -= &eps_mean;

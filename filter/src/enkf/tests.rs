@@ -13,9 +13,17 @@ const N_STATE: usize = 6;
 
 fn space() -> StateSpace {
     StateSpace {
-        geometry: Geometry::Ring { n: N_STATE, lat_deg: 45.0, lat_tolerance_deg: 0.5 },
+        geometry: Geometry::Ring {
+            n: N_STATE,
+            lat_deg: 45.0,
+            lat_tolerance_deg: 0.5,
+        },
         fields: vec!["x".into()],
-        variables: vec![Variable { name: "x".into(), unit: "1".into(), terms: vec![(0, 1.0)] }],
+        variables: vec![Variable {
+            name: "x".into(),
+            unit: "1".into(),
+            terms: vec![(0, 1.0)],
+        }],
     }
 }
 
@@ -23,7 +31,9 @@ fn space() -> StateSpace {
 fn problem() -> (DVector<f64>, DMatrix<f64>, ObsBatch) {
     let m = DVector::from_fn(N_STATE, |i, _| (i as f64).sin());
     let p = DMatrix::from_fn(N_STATE, N_STATE, |i, j| {
-        let d = (i as f64 - j as f64).abs().min(N_STATE as f64 - (i as f64 - j as f64).abs());
+        let d = (i as f64 - j as f64)
+            .abs()
+            .min(N_STATE as f64 - (i as f64 - j as f64).abs());
         1.5 * (-d * d / 2.0).exp()
     });
     let rows = vec![vec![(0, 1.0)], vec![(2, 0.5), (3, 0.5)], vec![(5, 1.0)]];
@@ -31,10 +41,23 @@ fn problem() -> (DVector<f64>, DMatrix<f64>, ObsBatch) {
     let g = space().geometry;
     let at = |p: usize, value: f64, sigma: f64| {
         let (lat, lon) = g.point_latlon(p);
-        Observation { modality: Modality::Station, var: 0, lat, lon, footprint: Footprint::Point, value, sigma }
+        Observation {
+            modality: Modality::Station,
+            var: 0,
+            lat,
+            lon,
+            footprint: Footprint::Point,
+            value,
+            sigma,
+        }
     };
     let obs = vec![at(0, 1.2, 0.5), at(2, -0.4, 0.8), at(5, 0.3, 1.0)];
-    let batch = ObsBatch { y: obs.iter().map(|o| o.value).collect(), sigma: obs.iter().map(|o| o.sigma).collect(), obs, op };
+    let batch = ObsBatch {
+        y: obs.iter().map(|o| o.value).collect(),
+        sigma: obs.iter().map(|o| o.sigma).collect(),
+        obs,
+        op,
+    };
     (m, p, batch)
 }
 
@@ -51,7 +74,10 @@ fn h_matrix(batch: &ObsBatch) -> DMatrix<f64> {
 /// The Kalman update of N(m, P).
 fn kalman(m: &DVector<f64>, p: &DMatrix<f64>, batch: &ObsBatch) -> (DVector<f64>, DMatrix<f64>) {
     let h = h_matrix(batch);
-    let r = DMatrix::from_diagonal(&DVector::from_iterator(batch.len(), batch.sigma.iter().map(|s| s * s)));
+    let r = DMatrix::from_diagonal(&DVector::from_iterator(
+        batch.len(),
+        batch.sigma.iter().map(|s| s * s),
+    ));
     let s = &h * p * h.transpose() + r;
     let k = p * h.transpose() * s.try_inverse().unwrap();
     let y = DVector::from_column_slice(&batch.y);
@@ -77,7 +103,8 @@ fn moments(e: &Ensemble) -> (DVector<f64>, DMatrix<f64>) {
     let mean = DVector::from_vec(e.mean());
     let mut x = DMatrix::zeros(N_STATE, n);
     for (k, m) in e.members().enumerate() {
-        x.column_mut(k).copy_from(&(DVector::from_column_slice(m) - &mean));
+        x.column_mut(k)
+            .copy_from(&(DVector::from_column_slice(m) - &mean));
     }
     let cov = &x * x.transpose() / (n - 1) as f64;
     (mean, cov)
@@ -95,8 +122,11 @@ fn etkf_is_the_kalman_update_of_its_own_sample_moments() {
     let mut e = sample(&m, &p, 10, 1);
     let (mb, pb) = moments(&e);
     let (ma, pa) = kalman(&mb, &pb, &batch);
-    let etkf = Etkf { inflation: Inflation::default() };
-    etkf.analyse(&mut e, &batch, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+    let etkf = Etkf {
+        inflation: Inflation::default(),
+    };
+    etkf.analyse(&mut e, &batch, &mut ChaCha8Rng::seed_from_u64(0))
+        .unwrap();
     let (ea, epa) = moments(&e);
     assert!((ea - ma).amax() < 1e-12);
     assert!(max_abs(&(epa - pa)) < 1e-12);
@@ -111,15 +141,38 @@ fn large_ensembles_reproduce_the_kalman_filter() {
     let (m, p, batch) = problem();
     let (ma, pa) = kalman(&m, &p, &batch);
     let filters: [(Box<dyn Analysis>, usize, f64); 2] = [
-        (Box::new(StochasticEnkf { inflation: Inflation::default() }), 20_000, 0.03),
-        (Box::new(Etkf { inflation: Inflation::default() }), 1_500, 0.12),
+        (
+            Box::new(StochasticEnkf {
+                inflation: Inflation::default(),
+            }),
+            20_000,
+            0.03,
+        ),
+        (
+            Box::new(Etkf {
+                inflation: Inflation::default(),
+            }),
+            1_500,
+            0.12,
+        ),
     ];
     for (f, n, tol) in filters {
         let mut e = sample(&m, &p, n, 2);
-        f.analyse(&mut e, &batch, &mut ChaCha8Rng::seed_from_u64(3)).unwrap();
+        f.analyse(&mut e, &batch, &mut ChaCha8Rng::seed_from_u64(3))
+            .unwrap();
         let (ea, epa) = moments(&e);
-        assert!((&ea - &ma).amax() < tol, "{}: mean error {}", f.name(), (&ea - &ma).amax());
-        assert!(max_abs(&(&epa - &pa)) < tol, "{}: covariance error {}", f.name(), max_abs(&(&epa - &pa)));
+        assert!(
+            (&ea - &ma).amax() < tol,
+            "{}: mean error {}",
+            f.name(),
+            (&ea - &ma).amax()
+        );
+        assert!(
+            max_abs(&(&epa - &pa)) < tol,
+            "{}: covariance error {}",
+            f.name(),
+            max_abs(&(&epa - &pa))
+        );
     }
 }
 
@@ -129,9 +182,18 @@ fn letkf_with_infinite_radius_is_the_global_etkf() {
     for infl in [Inflation::default(), Inflation::new(1.1, 0.5).unwrap()] {
         let mut a = sample(&m, &p, 8, 4);
         let mut b = a.clone();
-        Etkf { inflation: infl }.analyse(&mut a, &batch, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
-        Letkf::new(&space(), f64::INFINITY, infl).unwrap().analyse(&mut b, &batch, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
-        let diff = a.as_flat().iter().zip(b.as_flat()).fold(0.0f64, |acc, (x, y)| acc.max((x - y).abs()));
+        Etkf { inflation: infl }
+            .analyse(&mut a, &batch, &mut ChaCha8Rng::seed_from_u64(0))
+            .unwrap();
+        Letkf::new(&space(), f64::INFINITY, infl)
+            .unwrap()
+            .analyse(&mut b, &batch, &mut ChaCha8Rng::seed_from_u64(0))
+            .unwrap();
+        let diff = a
+            .as_flat()
+            .iter()
+            .zip(b.as_flat())
+            .fold(0.0f64, |acc, (x, y)| acc.max((x - y).abs()));
         assert!(diff < 1e-12, "LETKF(∞) differs from ETKF by {diff}");
     }
 }
@@ -144,7 +206,10 @@ fn letkf_ignores_observations_beyond_the_support() {
     let c = 0.5 * space().geometry.spacing_km();
     let mut e = sample(&m, &p, 8, 5);
     let before = e.clone();
-    Letkf::new(&space(), c, Inflation::default()).unwrap().analyse(&mut e, &batch, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+    Letkf::new(&space(), c, Inflation::default())
+        .unwrap()
+        .analyse(&mut e, &batch, &mut ChaCha8Rng::seed_from_u64(0))
+        .unwrap();
     for k in 0..8 {
         assert_eq!(e.member(k)[1], before.member(k)[1]);
         assert_ne!(e.member(k)[0], before.member(k)[0]);
@@ -156,7 +221,11 @@ fn rtps_of_one_restores_the_background_spread() {
     let (m, p, batch) = problem();
     let mut e = sample(&m, &p, 12, 6);
     let sb = e.std();
-    Etkf { inflation: Inflation::new(1.0, 1.0).unwrap() }.analyse(&mut e, &batch, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+    Etkf {
+        inflation: Inflation::new(1.0, 1.0).unwrap(),
+    }
+    .analyse(&mut e, &batch, &mut ChaCha8Rng::seed_from_u64(0))
+    .unwrap();
     for (a, b) in e.std().iter().zip(&sb) {
         assert!((a - b).abs() < 1e-12);
     }
@@ -164,8 +233,14 @@ fn rtps_of_one_restores_the_background_spread() {
 
 #[test]
 fn invalid_parameters_name_the_fix() {
-    assert!(Inflation::new(0.3, 0.0).unwrap_err().to_string().contains("inflation must be"));
-    assert!(Inflation::new(1.0, 1.5).unwrap_err().to_string().contains("rtps must be in [0, 1]"));
+    assert!(Inflation::new(0.3, 0.0)
+        .unwrap_err()
+        .to_string()
+        .contains("inflation must be"));
+    assert!(Inflation::new(1.0, 1.5)
+        .unwrap_err()
+        .to_string()
+        .contains("rtps must be in [0, 1]"));
     assert!(Letkf::new(&space(), 0.0, Inflation::default()).is_err());
 }
 
@@ -176,9 +251,17 @@ fn weight_interpolation_stays_close_to_the_exact_letkf() {
     // the analysis increment.
     let n_state = 40;
     let space = StateSpace {
-        geometry: Geometry::Ring { n: n_state, lat_deg: 45.0, lat_tolerance_deg: 0.5 },
+        geometry: Geometry::Ring {
+            n: n_state,
+            lat_deg: 45.0,
+            lat_tolerance_deg: 0.5,
+        },
         fields: vec!["x".into()],
-        variables: vec![Variable { name: "x".into(), unit: "1".into(), terms: vec![(0, 1.0)] }],
+        variables: vec![Variable {
+            name: "x".into(),
+            unit: "1".into(),
+            terms: vec![(0, 1.0)],
+        }],
     };
     let mut rng = ChaCha8Rng::seed_from_u64(9);
     let members: Vec<Vec<f64>> = (0..16)
@@ -186,13 +269,23 @@ fn weight_interpolation_stays_close_to_the_exact_letkf() {
             let a: f64 = StandardNormal.sample(&mut rng);
             let b: f64 = StandardNormal.sample(&mut rng);
             let ph: f64 = StandardNormal.sample(&mut rng);
-            (0..n_state).map(|i| a * (0.3 * i as f64 + ph).sin() + b * (0.15 * i as f64).cos()).collect()
+            (0..n_state)
+                .map(|i| a * (0.3 * i as f64 + ph).sin() + b * (0.15 * i as f64).cos())
+                .collect()
         })
         .collect();
     let obs: Vec<Observation> = (0..10)
         .map(|k| {
             let (lat, lon) = space.geometry.point_latlon(4 * k + 1);
-            Observation { modality: Modality::Station, var: 0, lat, lon, footprint: Footprint::Point, value: 0.5, sigma: 0.5 }
+            Observation {
+                modality: Modality::Station,
+                var: 0,
+                lat,
+                lon,
+                footprint: Footprint::Point,
+                value: 0.5,
+                sigma: 0.5,
+            }
         })
         .collect();
     let batch = ObsBatch::new(&space, obs).unwrap();
@@ -200,14 +293,26 @@ fn weight_interpolation_stays_close_to_the_exact_letkf() {
     let bg = Ensemble::from_members(members).unwrap();
     let (mut exact, mut interp) = (bg.clone(), bg.clone());
     let letkf = Letkf::new(&space, c, Inflation::default()).unwrap();
-    letkf.analyse(&mut exact, &batch, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
-    letkf.with_stride(2).unwrap().analyse(&mut interp, &batch, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+    letkf
+        .analyse(&mut exact, &batch, &mut ChaCha8Rng::seed_from_u64(0))
+        .unwrap();
+    letkf
+        .with_stride(2)
+        .unwrap()
+        .analyse(&mut interp, &batch, &mut ChaCha8Rng::seed_from_u64(0))
+        .unwrap();
     let increment = crate::stats::rmse(&exact.mean(), &bg.mean());
     let diff = crate::stats::rmse(&exact.mean(), &interp.mean());
-    assert!(diff < 0.05 * increment, "interpolation error {diff} vs increment {increment}");
+    assert!(
+        diff < 0.05 * increment,
+        "interpolation error {diff} vs increment {increment}"
+    );
     // Points on the coarse grid are exact.
     for k in 0..16 {
         assert!((exact.member(k)[10] - interp.member(k)[10]).abs() < 1e-12);
     }
-    assert!(Letkf::new(&space, c, Inflation::default()).unwrap().with_stride(3).is_err());
+    assert!(Letkf::new(&space, c, Inflation::default())
+        .unwrap()
+        .with_stride(3)
+        .is_err());
 }

@@ -29,7 +29,11 @@ pub struct SparseOperator {
 impl SparseOperator {
     /// From explicit rows. Indices must be below `n`.
     pub fn from_rows(n: usize, rows: Vec<Vec<(usize, f64)>>) -> Result<Self, FilterError> {
-        if let Some(bad) = rows.iter().flatten().find(|(i, w)| *i >= n || !w.is_finite()) {
+        if let Some(bad) = rows
+            .iter()
+            .flatten()
+            .find(|(i, w)| *i >= n || !w.is_finite())
+        {
             return Err(FilterError::InvalidOperator(format!(
                 "row entry ({}, {}) outside a state of length {n} or not finite",
                 bad.0, bad.1
@@ -49,7 +53,10 @@ impl SparseOperator {
                     FilterError::InvalidObservation(format!("variable index {} unknown", o.var))
                 })?;
                 let outside = || {
-                    FilterError::InvalidObservation(format!("({}, {}) is outside the domain", o.lat, o.lon))
+                    FilterError::InvalidObservation(format!(
+                        "({}, {}) is outside the domain",
+                        o.lat, o.lon
+                    ))
                 };
                 let points: Vec<(usize, f64)> = match o.footprint {
                     Footprint::Point => g.stencil(o.lat, o.lon).ok_or_else(outside)?,
@@ -122,8 +129,12 @@ pub mod checks {
 
     /// Relative mismatch of the dot-product test <H' dx, dy> = <dx, H'^T dy> at a random point.
     pub fn adjoint_mismatch<R: Rng>(op: &dyn ObservationOperator, x: &[f64], rng: &mut R) -> f64 {
-        let dx: Vec<f64> = (0..op.state_dim()).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let dy: Vec<f64> = (0..op.n_obs()).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let dx: Vec<f64> = (0..op.state_dim())
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
+        let dy: Vec<f64> = (0..op.n_obs())
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
         let mut hdx = vec![0.0; op.n_obs()];
         op.tangent(x, &dx, &mut hdx);
         let mut htdy = vec![0.0; op.state_dim()];
@@ -135,15 +146,31 @@ pub mod checks {
 
     /// Relative error of the tangent linear against centred finite differences of `apply`
     /// along a random direction, with step `eps`.
-    pub fn jacobian_mismatch<R: Rng>(op: &dyn ObservationOperator, x: &[f64], eps: f64, rng: &mut R) -> f64 {
-        let dx: Vec<f64> = (0..op.state_dim()).map(|_| rng.random_range(-1.0..1.0)).collect();
+    pub fn jacobian_mismatch<R: Rng>(
+        op: &dyn ObservationOperator,
+        x: &[f64],
+        eps: f64,
+        rng: &mut R,
+    ) -> f64 {
+        let dx: Vec<f64> = (0..op.state_dim())
+            .map(|_| rng.random_range(-1.0..1.0))
+            .collect();
         let plus: Vec<f64> = x.iter().zip(&dx).map(|(a, d)| a + eps * d).collect();
         let minus: Vec<f64> = x.iter().zip(&dx).map(|(a, d)| a - eps * d).collect();
-        let (mut yp, mut ym, mut tl) = (vec![0.0; op.n_obs()], vec![0.0; op.n_obs()], vec![0.0; op.n_obs()]);
+        let (mut yp, mut ym, mut tl) = (
+            vec![0.0; op.n_obs()],
+            vec![0.0; op.n_obs()],
+            vec![0.0; op.n_obs()],
+        );
         op.apply(&plus, &mut yp);
         op.apply(&minus, &mut ym);
         op.tangent(x, &dx, &mut tl);
-        let num: f64 = yp.iter().zip(&ym).zip(&tl).map(|((p, m), t)| ((p - m) / (2.0 * eps) - t).powi(2)).sum();
+        let num: f64 = yp
+            .iter()
+            .zip(&ym)
+            .zip(&tl)
+            .map(|((p, m), t)| ((p - m) / (2.0 * eps) - t).powi(2))
+            .sum();
         let den: f64 = tl.iter().map(|t| t * t).sum();
         (num / den.max(f64::MIN_POSITIVE)).sqrt()
     }
@@ -159,20 +186,37 @@ mod tests {
 
     fn ring() -> StateSpace {
         StateSpace {
-            geometry: Geometry::Ring { n: 40, lat_deg: 45.0, lat_tolerance_deg: 0.5 },
+            geometry: Geometry::Ring {
+                n: 40,
+                lat_deg: 45.0,
+                lat_tolerance_deg: 0.5,
+            },
             fields: vec!["x".into()],
-            variables: vec![Variable { name: "x".into(), unit: "1".into(), terms: vec![(0, 1.0)] }],
+            variables: vec![Variable {
+                name: "x".into(),
+                unit: "1".into(),
+                terms: vec![(0, 1.0)],
+            }],
         }
     }
 
     fn obs(var: usize, lat: f64, lon: f64, footprint: Footprint) -> Observation {
-        Observation { modality: Modality::Station, var, lat, lon, footprint, value: 0.0, sigma: 1.0 }
+        Observation {
+            modality: Modality::Station,
+            var,
+            lat,
+            lon,
+            footprint,
+            value: 0.0,
+            sigma: 1.0,
+        }
     }
 
     #[test]
     fn station_on_a_grid_point_reads_that_point() {
         let s = ring();
-        let op = SparseOperator::for_observations(&s, &[obs(0, 45.0, 18.0, Footprint::Point)]).unwrap();
+        let op =
+            SparseOperator::for_observations(&s, &[obs(0, 45.0, 18.0, Footprint::Point)]).unwrap();
         let x: Vec<f64> = (0..40).map(|i| i as f64).collect();
         let mut y = [0.0];
         op.apply(&x, &mut y);
@@ -184,8 +228,18 @@ mod tests {
         let s = ring();
         let arc = s.geometry.spacing_km();
         // Centred between points 1 and 2 (longitude 13.5), 4 spacings wide: points 0..=3.
-        let op = SparseOperator::for_observations(&s, &[obs(0, 45.0, 13.5, Footprint::Disc { diameter_km: 4.0 * arc })])
-            .unwrap();
+        let op = SparseOperator::for_observations(
+            &s,
+            &[obs(
+                0,
+                45.0,
+                13.5,
+                Footprint::Disc {
+                    diameter_km: 4.0 * arc,
+                },
+            )],
+        )
+        .unwrap();
         let x: Vec<f64> = (0..40).map(|i| (i * i) as f64).collect();
         let mut y = [0.0];
         op.apply(&x, &mut y);
@@ -195,15 +249,21 @@ mod tests {
     #[test]
     fn outside_the_domain_is_an_error() {
         let s = ring();
-        assert!(SparseOperator::for_observations(&s, &[obs(0, 50.0, 0.0, Footprint::Point)]).is_err());
-        assert!(SparseOperator::for_observations(&s, &[obs(3, 45.0, 0.0, Footprint::Point)]).is_err());
+        assert!(
+            SparseOperator::for_observations(&s, &[obs(0, 50.0, 0.0, Footprint::Point)]).is_err()
+        );
+        assert!(
+            SparseOperator::for_observations(&s, &[obs(3, 45.0, 0.0, Footprint::Point)]).is_err()
+        );
     }
 
     #[test]
     fn sparse_operator_passes_adjoint_and_jacobian_checks() {
         let s = ring();
         let mut rng = ChaCha8Rng::seed_from_u64(1);
-        let o: Vec<_> = (0..30).map(|k| obs(0, 45.0, -179.0 + 11.7 * k as f64, Footprint::Point)).collect();
+        let o: Vec<_> = (0..30)
+            .map(|k| obs(0, 45.0, -179.0 + 11.7 * k as f64, Footprint::Point))
+            .collect();
         let op = SparseOperator::for_observations(&s, &o).unwrap();
         let x: Vec<f64> = (0..40).map(|i| (i as f64).sin()).collect();
         assert!(checks::adjoint_mismatch(&op, &x, &mut rng) < 1e-12);

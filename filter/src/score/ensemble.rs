@@ -31,7 +31,12 @@ pub struct EnsembleGaussianPrior {
 impl EnsembleGaussianPrior {
     /// Localisation by the Gaspari–Cohn function of the horizontal distance between grid points of
     /// `space` (half-width `half_width_km`), across fields alike.
-    pub fn new(space: &StateSpace, half_width_km: f64, inflation: f64, floor: f64) -> Result<Self, FilterError> {
+    pub fn new(
+        space: &StateSpace,
+        half_width_km: f64,
+        inflation: f64,
+        floor: f64,
+    ) -> Result<Self, FilterError> {
         if !(half_width_km > 0.0) || !(inflation > 0.0) || !(floor >= 0.0) {
             return Err(FilterError::InvalidParameter(format!(
                 "ensemble Gaussian prior needs half-width > 0 km, inflation > 0 and floor >= 0, got {half_width_km}, {inflation}, {floor}"
@@ -47,19 +52,33 @@ impl EnsembleGaussianPrior {
             })
             .collect();
         let d = np * nf;
-        let loc = DMatrix::from_fn(d, d, |i, j| gaspari_cohn(g.plane_distance_km(xy[i % np], xy[j % np]) / half_width_km));
-        Ok(EnsembleGaussianPrior { loc, inflation, floor })
+        let loc = DMatrix::from_fn(d, d, |i, j| {
+            gaspari_cohn(g.plane_distance_km(xy[i % np], xy[j % np]) / half_width_km)
+        });
+        Ok(EnsembleGaussianPrior {
+            loc,
+            inflation,
+            floor,
+        })
     }
 
     /// The prior's mean, eigenvectors U (columns) and eigenvalues λ for this background.
-    pub fn spectrum(&self, background: &Ensemble) -> Result<(Vec<f64>, DMatrix<f64>, DVector<f64>), FilterError> {
+    pub fn spectrum(
+        &self,
+        background: &Ensemble,
+    ) -> Result<(Vec<f64>, DMatrix<f64>, DVector<f64>), FilterError> {
         let d = background.dim();
         if self.loc.nrows() != d {
-            return Err(FilterError::Dimension(format!("localisation for {} values, ensemble of dimension {d}", self.loc.nrows())));
+            return Err(FilterError::Dimension(format!(
+                "localisation for {} values, ensemble of dimension {d}",
+                self.loc.nrows()
+            )));
         }
         let n = background.n_members();
         if n < 2 {
-            return Err(FilterError::InvalidParameter("the ensemble Gaussian prior needs at least 2 members".into()));
+            return Err(FilterError::InvalidParameter(
+                "the ensemble Gaussian prior needs at least 2 members".into(),
+            ));
         }
         let mean = background.mean();
         let a = DMatrix::from_fn(d, n, |i, k| background.member(k)[i] - mean[i]);
@@ -95,9 +114,18 @@ impl SpectralGaussianDenoiser {
     pub fn new(m: Vec<f64>, u: DMatrix<f64>, lam: DVector<f64>) -> Result<Self, FilterError> {
         let d = m.len();
         if u.nrows() != d || u.ncols() != lam.len() {
-            return Err(FilterError::Dimension(format!("mean {d}, basis {}x{}, {} eigenvalues", u.nrows(), u.ncols(), lam.len())));
+            return Err(FilterError::Dimension(format!(
+                "mean {d}, basis {}x{}, {} eigenvalues",
+                u.nrows(),
+                u.ncols(),
+                lam.len()
+            )));
         }
-        Ok(SpectralGaussianDenoiser { m: DVector::from_vec(m), u, lam })
+        Ok(SpectralGaussianDenoiser {
+            m: DVector::from_vec(m),
+            u,
+            lam,
+        })
     }
 
     /// U diag(λ/(λ + σ²)) Uᵀ v.
@@ -132,7 +160,14 @@ impl Denoiser for SpectralGaussianDenoiser {
         Ok(())
     }
 
-    fn denoise_vjp(&self, z: &[f64], sigma: &[f64], v: &[f64], x0: &mut [f64], jtv: &mut [f64]) -> Result<(), FilterError> {
+    fn denoise_vjp(
+        &self,
+        z: &[f64],
+        sigma: &[f64],
+        v: &[f64],
+        x0: &mut [f64],
+        jtv: &mut [f64],
+    ) -> Result<(), FilterError> {
         let d = self.m.len();
         self.denoise(z, sigma, x0)?;
         // The Jacobian U diag(λ/(λ+σ²)) Uᵀ is symmetric.

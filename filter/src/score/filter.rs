@@ -57,22 +57,33 @@ impl Analysis for ScoreFilter {
         "score"
     }
 
-    fn analyse(&self, ens: &mut Ensemble, batch: &ObsBatch, rng: &mut dyn RngCore) -> Result<(), FilterError> {
+    fn analyse(
+        &self,
+        ens: &mut Ensemble,
+        batch: &ObsBatch,
+        rng: &mut dyn RngCore,
+    ) -> Result<(), FilterError> {
         let background_std = ens.std();
         let den = self.prior.condition(ens)?;
         let mean = ens.mean();
         let mut z = Vec::with_capacity(ens.as_flat().len());
         let updated = match (self.start, den.prior_covariance()) {
-            (Start::Analysis, Some((u, lam))) if !batch.is_empty() => Some(perturbed_obs_update(ens, batch, u, lam, rng)?),
-            (Start::SquareRoot, Some((u, lam))) if !batch.is_empty() => Some(square_root_update(ens, batch, u, lam)?),
-            (Start::Analysis | Start::SquareRoot, None) if !batch.is_empty() => match &self.baseline {
-                Some(a) => {
-                    let mut e = ens.clone();
-                    a.analyse(&mut e, batch, rng)?;
-                    Some(e)
+            (Start::Analysis, Some((u, lam))) if !batch.is_empty() => {
+                Some(perturbed_obs_update(ens, batch, u, lam, rng)?)
+            }
+            (Start::SquareRoot, Some((u, lam))) if !batch.is_empty() => {
+                Some(square_root_update(ens, batch, u, lam)?)
+            }
+            (Start::Analysis | Start::SquareRoot, None) if !batch.is_empty() => {
+                match &self.baseline {
+                    Some(a) => {
+                        let mut e = ens.clone();
+                        a.analyse(&mut e, batch, rng)?;
+                        Some(e)
+                    }
+                    None => None,
                 }
-                None => None,
-            },
+            }
             _ => None,
         };
         for (k, x) in ens.members().enumerate() {
@@ -96,10 +107,17 @@ impl Analysis for ScoreFilter {
             0.0
         };
         self.sampler.sample(&*den, &mut z, batch, rng)?;
-        self.sampler.optimise(&*den, &mut z, batch, background_var)?;
+        self.sampler
+            .optimise(&*den, &mut z, batch, background_var)?;
         let x = den.decode(&z)?;
         // Written as decode(z) + (x_start - x_rec) so that an identity codec gives decode(z) exactly.
-        for (((e, s), a), r) in ens.as_flat_mut().iter_mut().zip(&x_start).zip(&x).zip(&x_rec) {
+        for (((e, s), a), r) in ens
+            .as_flat_mut()
+            .iter_mut()
+            .zip(&x_start)
+            .zip(&x)
+            .zip(&x_rec)
+        {
             *e = a + (s - r);
         }
         self.spread.relax(ens, &background_std);
@@ -140,15 +158,20 @@ fn perturbed_obs_update(
 ) -> Result<Ensemble, FilterError> {
     let m = batch.len();
     let ObsSpacePrior { hul, s, .. } = ObsSpacePrior::new(&ens.mean(), batch, u, lam);
-    let chol = s.cholesky().ok_or_else(|| FilterError::Numerical("H P Hᵀ + R is not positive definite".into()))?;
+    let chol = s
+        .cholesky()
+        .ok_or_else(|| FilterError::Numerical("H P Hᵀ + R is not positive definite".into()))?;
     let mut out = ens.clone();
     let mut hx = vec![0.0; m];
     for x in out.members_mut() {
         batch.op.apply(x, &mut hx);
-        let d = DVector::from_iterator(m, (0..m).map(|j| {
-            let e: f64 = <StandardNormal as Distribution<f64>>::sample(&StandardNormal, rng);
-            batch.y[j] + batch.sigma[j] * e - hx[j]
-        }));
+        let d = DVector::from_iterator(
+            m,
+            (0..m).map(|j| {
+                let e: f64 = <StandardNormal as Distribution<f64>>::sample(&StandardNormal, rng);
+                batch.y[j] + batch.sigma[j] * e - hx[j]
+            }),
+        );
         let w = chol.solve(&d);
         let inc = u * (hul.transpose() * w);
         for (xi, di) in x.iter_mut().zip(inc.iter()) {
@@ -160,7 +183,12 @@ fn perturbed_obs_update(
 
 /// The deterministic square-root update of [`Start::SquareRoot`], for P = U diag(λ) Uᵀ; H is
 /// linearised at the ensemble mean.
-fn square_root_update(ens: &Ensemble, batch: &ObsBatch, u: &DMatrix<f64>, lam: &DVector<f64>) -> Result<Ensemble, FilterError> {
+fn square_root_update(
+    ens: &Ensemble,
+    batch: &ObsBatch,
+    u: &DMatrix<f64>,
+    lam: &DVector<f64>,
+) -> Result<Ensemble, FilterError> {
     let m = batch.len();
     let mean = ens.mean();
     let ObsSpacePrior { hul, s: smat } = ObsSpacePrior::new(&mean, batch, u, lam);
@@ -168,16 +196,21 @@ fn square_root_update(ens: &Ensemble, batch: &ObsBatch, u: &DMatrix<f64>, lam: &
     let pht = u * hul.transpose();
     let eig = smat.symmetric_eigen();
     if eig.eigenvalues.iter().any(|&v| !(v > 0.0)) {
-        return Err(FilterError::Numerical("H P Hᵀ + R is not positive definite".into()));
+        return Err(FilterError::Numerical(
+            "H P Hᵀ + R is not positive definite".into(),
+        ));
     }
     let v = &eig.eigenvectors;
     let s_inv = v * DMatrix::from_diagonal(&eig.eigenvalues.map(|x| 1.0 / x)) * v.transpose();
-    let s_inv_half = v * DMatrix::from_diagonal(&eig.eigenvalues.map(|x| 1.0 / x.sqrt())) * v.transpose();
+    let s_inv_half =
+        v * DMatrix::from_diagonal(&eig.eigenvalues.map(|x| 1.0 / x.sqrt())) * v.transpose();
     let mut s_half_r = v * DMatrix::from_diagonal(&eig.eigenvalues.map(f64::sqrt)) * v.transpose();
     for j in 0..m {
         s_half_r[(j, j)] += batch.sigma[j];
     }
-    let inner = s_half_r.try_inverse().ok_or_else(|| FilterError::Numerical("S^1/2 + R^1/2 is singular".into()))?;
+    let inner = s_half_r
+        .try_inverse()
+        .ok_or_else(|| FilterError::Numerical("S^1/2 + R^1/2 is singular".into()))?;
     let k_mean = &pht * s_inv;
     let k_tilde = &pht * (s_inv_half * inner);
     let mut hm = vec![0.0; m];

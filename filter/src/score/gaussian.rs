@@ -15,16 +15,27 @@ impl GaussianDenoiser {
     /// The denoiser of N(m, P); P must be symmetric positive semi-definite.
     pub fn new(m: Vec<f64>, p: DMatrix<f64>) -> Result<Self, FilterError> {
         if p.nrows() != m.len() || p.ncols() != m.len() {
-            return Err(FilterError::Dimension(format!("mean of length {} with a {}x{} covariance", m.len(), p.nrows(), p.ncols())));
+            return Err(FilterError::Dimension(format!(
+                "mean of length {} with a {}x{} covariance",
+                m.len(),
+                p.nrows(),
+                p.ncols()
+            )));
         }
-        Ok(GaussianDenoiser { m: DVector::from_vec(m), p })
+        Ok(GaussianDenoiser {
+            m: DVector::from_vec(m),
+            p,
+        })
     }
 
     fn gain(&self, sigma: f64) -> DMatrix<f64> {
         let n = self.m.len();
         let a = &self.p + DMatrix::identity(n, n) * (sigma * sigma);
         // P + σ²I is symmetric positive definite for σ > 0.
-        let inv = a.cholesky().map(|c| c.inverse()).unwrap_or_else(|| DMatrix::identity(n, n) / (sigma * sigma));
+        let inv = a
+            .cholesky()
+            .map(|c| c.inverse())
+            .unwrap_or_else(|| DMatrix::identity(n, n) / (sigma * sigma));
         &self.p * inv
     }
 }
@@ -47,7 +58,14 @@ impl Denoiser for GaussianDenoiser {
         Ok(())
     }
 
-    fn denoise_vjp(&self, z: &[f64], sigma: &[f64], v: &[f64], x0: &mut [f64], jtv: &mut [f64]) -> Result<(), FilterError> {
+    fn denoise_vjp(
+        &self,
+        z: &[f64],
+        sigma: &[f64],
+        v: &[f64],
+        x0: &mut [f64],
+        jtv: &mut [f64],
+    ) -> Result<(), FilterError> {
         let n = self.m.len();
         self.denoise(z, sigma, x0)?;
         for ((vb, jb), &s) in v.chunks_exact(n).zip(jtv.chunks_exact_mut(n)).zip(sigma) {

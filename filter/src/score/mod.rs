@@ -141,7 +141,14 @@ pub trait Denoiser: Send + Sync {
     fn denoise(&self, z: &[f64], sigma: &[f64], out: &mut [f64]) -> Result<(), FilterError>;
 
     /// x̂₀ = decode(D(z; σ)) (B × n) and Jᵀ v (B × d) for cotangents `v` (B × n).
-    fn denoise_vjp(&self, z: &[f64], sigma: &[f64], v: &[f64], x0: &mut [f64], jtv: &mut [f64]) -> Result<(), FilterError>;
+    fn denoise_vjp(
+        &self,
+        z: &[f64],
+        sigma: &[f64],
+        v: &[f64],
+        x0: &mut [f64],
+        jtv: &mut [f64],
+    ) -> Result<(), FilterError>;
 
     /// Map a physical state, or a batch of them (B × n), into the sampling space (identity for
     /// pixel-space models).

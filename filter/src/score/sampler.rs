@@ -35,7 +35,17 @@ pub struct SamplerConfig {
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        SamplerConfig { steps: 16, corrections: 1, tau: 0.05, gamma: 0.01, sigma_start: 2.0, sigma_min: 0.01, rho: 7.0, lo_steps: 0, jacobian_cov: true }
+        SamplerConfig {
+            steps: 16,
+            corrections: 1,
+            tau: 0.05,
+            gamma: 0.01,
+            sigma_start: 2.0,
+            sigma_min: 0.01,
+            rho: 7.0,
+            lo_steps: 0,
+            jacobian_cov: true,
+        }
     }
 }
 
@@ -47,13 +57,19 @@ impl SamplerConfig {
             return bad(format!("steps must be >= 2, got {}", self.steps));
         }
         if !(self.sigma_min > 0.0 && self.sigma_start > self.sigma_min) {
-            return bad(format!("need 0 < sigma_min < sigma_start, got {} and {}", self.sigma_min, self.sigma_start));
+            return bad(format!(
+                "need 0 < sigma_min < sigma_start, got {} and {}",
+                self.sigma_min, self.sigma_start
+            ));
         }
         if !(self.tau > 0.0 && self.tau.is_finite()) {
             return bad(format!("tau must be > 0, got {}", self.tau));
         }
         if !(self.gamma >= 0.0 && self.gamma.is_finite()) {
-            return bad(format!("gamma must be >= 0 (1e-2..1e-1 typical), got {}", self.gamma));
+            return bad(format!(
+                "gamma must be >= 0 (1e-2..1e-1 typical), got {}",
+                self.gamma
+            ));
         }
         if !(self.rho > 0.0) {
             return bad(format!("rho must be > 0 (7 is EDM's), got {}", self.rho));
@@ -65,7 +81,9 @@ impl SamplerConfig {
 /// The EDM/Karras noise levels from `sigma_max` down to `sigma_min`, `steps` of them.
 pub fn karras_schedule(sigma_max: f64, sigma_min: f64, steps: usize, rho: f64) -> Vec<f64> {
     let (a, b) = (sigma_max.powf(1.0 / rho), sigma_min.powf(1.0 / rho));
-    (0..steps).map(|i| (a + i as f64 / (steps - 1) as f64 * (b - a)).powf(rho)).collect()
+    (0..steps)
+        .map(|i| (a + i as f64 / (steps - 1) as f64 * (b - a)).powf(rho))
+        .collect()
 }
 
 /// H U: the observation operator linearised at `x` applied to every column of `u` (m × k).
@@ -116,20 +134,30 @@ fn normal(rng: &mut dyn RngCore) -> f64 {
 impl Sampler {
     /// A sampler with validated settings.
     pub fn new(config: SamplerConfig) -> Result<Self, FilterError> {
-        Ok(Sampler { config: config.validate()? })
+        Ok(Sampler {
+            config: config.validate()?,
+        })
     }
 
     /// H U and λ of the denoiser's prior covariance (see [`Denoiser::prior_covariance`]), linearised
     /// at the first member's decoded state, if the denoiser has one; else, with `jacobian_cov`, the
     /// Jacobian G = H ∂x̂₀/∂z at σ_min and the batch mean, one VJP per observation.
-    fn obs_space_covariance(&self, den: &dyn Denoiser, z: &[f64], batch: &ObsBatch) -> Result<Option<ObsCovariance>, FilterError> {
+    fn obs_space_covariance(
+        &self,
+        den: &dyn Denoiser,
+        z: &[f64],
+        batch: &ObsBatch,
+    ) -> Result<Option<ObsCovariance>, FilterError> {
         let m = batch.len();
         if m == 0 {
             return Ok(None);
         }
         if let Some((u, lam)) = den.prior_covariance() {
             let x = den.decode(&z[..den.dim()])?;
-            return Ok(Some(ObsCovariance::Spectral { hu: tangent_basis(batch, &x, u), lam: lam.clone() }));
+            return Ok(Some(ObsCovariance::Spectral {
+                hu: tangent_basis(batch, &x, u),
+                lam: lam.clone(),
+            }));
         }
         if !self.config.jacobian_cov {
             return Ok(None);
@@ -159,11 +187,21 @@ impl Sampler {
         den.denoise_vjp(&zs, &vec![self.config.sigma_min; m], &v, &mut xs, &mut g)?;
         // g is m × d row-major: G (m × d) as a column-major DMatrix.
         let gm = DMatrix::from_row_slice(m, d, &g);
-        Ok(Some(ObsCovariance::Jacobian { ggt: &gm * gm.transpose() }))
+        Ok(Some(ObsCovariance::Jacobian {
+            ggt: &gm * gm.transpose(),
+        }))
     }
 
     /// Posterior score s(z; σ) for every member of the batch `z` (B × d), into `score`.
-    fn score(&self, den: &dyn Denoiser, z: &[f64], sigma: f64, batch: &ObsBatch, cov: Option<&ObsCovariance>, score: &mut [f64]) -> Result<(), FilterError> {
+    fn score(
+        &self,
+        den: &dyn Denoiser,
+        z: &[f64],
+        sigma: f64,
+        batch: &ObsBatch,
+        cov: Option<&ObsCovariance>,
+        score: &mut [f64],
+    ) -> Result<(), FilterError> {
         let (d, n) = (den.dim(), den.state_dim());
         let b = z.len() / d;
         let sig = vec![sigma; b];
@@ -185,7 +223,11 @@ impl Sampler {
                 for j in 0..m {
                     smat[(j, j)] += batch.sigma[j] * batch.sigma[j] + self.config.gamma * s2;
                 }
-                Some(smat.cholesky().ok_or_else(|| FilterError::Numerical("observation-space covariance is not positive definite".into()))?)
+                Some(smat.cholesky().ok_or_else(|| {
+                    FilterError::Numerical(
+                        "observation-space covariance is not positive definite".into(),
+                    )
+                })?)
             }
             None => None,
         };
@@ -232,7 +274,13 @@ impl Sampler {
     /// with the gradient Jᵀ Hᵀ R⁻¹ (H x - y) through the VJP graph at σ_min (where D is nearly the
     /// identity), s_b² the background's mean variance in the sampling space, and the step
     /// 1/(1/s_b² + max_j Σ_i H_ji² / σ_j²), which keeps the descent stable for a linear H.
-    pub fn optimise(&self, den: &dyn Denoiser, z: &mut [f64], batch: &ObsBatch, background_var: f64) -> Result<(), FilterError> {
+    pub fn optimise(
+        &self,
+        den: &dyn Denoiser,
+        z: &mut [f64],
+        batch: &ObsBatch,
+        background_var: f64,
+    ) -> Result<(), FilterError> {
         let m = batch.len();
         if self.config.lo_steps == 0 || m == 0 {
             return Ok(());
@@ -276,11 +324,20 @@ impl Sampler {
 
     /// Draw one posterior sample per starting point: `z` (B × d) holds the encoded backgrounds on
     /// entry and the samples on exit.
-    pub fn sample(&self, den: &dyn Denoiser, z: &mut [f64], batch: &ObsBatch, rng: &mut dyn RngCore) -> Result<(), FilterError> {
+    pub fn sample(
+        &self,
+        den: &dyn Denoiser,
+        z: &mut [f64],
+        batch: &ObsBatch,
+        rng: &mut dyn RngCore,
+    ) -> Result<(), FilterError> {
         let c = &self.config;
         let d = den.dim();
         if z.len() % d != 0 {
-            return Err(FilterError::Dimension(format!("{} values are not a batch of states of length {d}", z.len())));
+            return Err(FilterError::Dimension(format!(
+                "{} values are not a batch of states of length {d}",
+                z.len()
+            )));
         }
         let sigmas = karras_schedule(c.sigma_start, c.sigma_min, c.steps, c.rho);
         for v in z.iter_mut() {
