@@ -15,20 +15,25 @@
 //! is N climatological draws independent of the truth. Tuned settings live in
 //! `configs/experiments/*.toml`, named after the experiment, with the skill they are expected to reach.
 
+use crate::faults::{FaultInjector, Faults, Injected, StationBias};
+use crate::qc::{self, Qc, QcCounts, QcSettings};
 use crate::simulate::Simulator;
-use crate::wire::{self, Limits};
+use crate::wire;
 use anyhow::{bail, Context, Result};
-use assimd_filter::obs::{ObsBatch, Observation};
 use assimd_filter::enkf::{Etkf, Inflation, Letkf, StochasticEnkf};
-use assimd_filter::score::{EnsembleGaussianPrior, Denoiser, Sampler, SamplerConfig, ScoreFilter, ScorePrior, Start};
+use assimd_filter::obs::{ObsBatch, Observation};
+use assimd_filter::score::{
+    Denoiser, EnsembleGaussianPrior, Sampler, SamplerConfig, ScoreFilter, ScorePrior, Start,
+};
 use assimd_filter::{stats, Analysis, Ensemble, FilterError};
 use assimd_models::bundle::{Bundle, BundleOptions};
 use assimd_models::testbed::{NetworkKind, Testbed, TestbedKind};
 use rand::SeedableRng;
-use rand_distr::{Distribution, StandardNormal};
 use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Instant;
@@ -60,7 +65,9 @@ impl FromStr for FilterKind {
             "etkf" => Ok(FilterKind::Etkf),
             "letkf" => Ok(FilterKind::Letkf),
             "score" => Ok(FilterKind::Score),
-            _ => Err(format!("unknown filter '{s}': use free, climatology, enkf, etkf, letkf or score")),
+            _ => Err(format!(
+                "unknown filter '{s}': use free, climatology, enkf, etkf, letkf or score"
+            )),
         }
     }
 }
@@ -116,6 +123,15 @@ pub struct ExperimentFile {
     pub bundle: Option<std::path::PathBuf>,
     /// Score filter: sampler settings (see [`SamplerConfig`]).
     pub sampler: Option<SamplerFile>,
+    /// Quality control (`[qc]`, the daemon's keys; default: on with the daemon's defaults).
+    pub qc: Option<QcSettings>,
+    /// Share of observations replaced by gross errors ([`crate::faults`]).
+    pub gross_errors: Option<f64>,
+    /// A drifting station, `STATION:SIGMAS:FROM_CYCLE`.
+    pub bias: Option<String>,
+    /// Wreck the analysis at this cycle (every member's first value set to −9999, what one
+    /// unchecked −9999 report did): tests the divergence guard.
+    pub corrupt_at: Option<usize>,
     /// The skill this configuration is expected to reach.
     pub expected: Option<Expected>,
 }
@@ -149,14 +165,30 @@ pub struct SamplerFile {
 impl SamplerFile {
     /// Apply to a config.
     pub fn apply(&self, c: &mut SamplerConfig, start: &mut Start) -> Result<()> {
-        if let Some(v) = self.steps { c.steps = v }
-        if let Some(v) = self.corrections { c.corrections = v }
-        if let Some(v) = self.tau { c.tau = v }
-        if let Some(v) = self.gamma { c.gamma = v }
-        if let Some(v) = self.sigma_start { c.sigma_start = v }
-        if let Some(v) = self.sigma_min { c.sigma_min = v }
-        if let Some(v) = self.lo_steps { c.lo_steps = v }
-        if let Some(v) = self.jacobian_cov { c.jacobian_cov = v }
+        if let Some(v) = self.steps {
+            c.steps = v
+        }
+        if let Some(v) = self.corrections {
+            c.corrections = v
+        }
+        if let Some(v) = self.tau {
+            c.tau = v
+        }
+        if let Some(v) = self.gamma {
+            c.gamma = v
+        }
+        if let Some(v) = self.sigma_start {
+            c.sigma_start = v
+        }
+        if let Some(v) = self.sigma_min {
+            c.sigma_min = v
+        }
+        if let Some(v) = self.lo_steps {
+            c.lo_steps = v
+        }
+        if let Some(v) = self.jacobian_cov {
+            c.jacobian_cov = v
+        }
         if let Some(v) = &self.start {
             *start = match v.as_str() {
                 "member" => Start::Member,
@@ -194,8 +226,11 @@ impl ExperimentFile {
                 None => bail!("--{name} is required (or give it in --config)"),
             }
         }
-        let mut spec =
-            ExperimentSpec::new(required(&self.testbed, "testbed")?, required(&self.filter, "filter")?, required(&self.network, "network")?);
+        let mut spec = ExperimentSpec::new(
+            required(&self.testbed, "testbed")?,
+            required(&self.filter, "filter")?,
+            required(&self.network, "network")?,
+        );
         spec.members = self.members.unwrap_or(spec.members);
         spec.cycles = self.cycles.unwrap_or(spec.cycles);
         spec.seed = self.seed.unwrap_or(spec.seed);
@@ -210,12 +245,26 @@ impl ExperimentFile {
         if let Some(sf) = &self.sampler {
             sf.apply(&mut spec.sampler, &mut spec.start)?;
         }
+        if let Some(q) = &self.qc {
+            q.validate()?;
+            spec.qc = q.clone();
+        }
+        spec.faults.gross_errors = self.gross_errors.unwrap_or(0.0);
+        spec.faults.bias = self
+            .bias
+            .as_deref()
+            .map(str::parse::<StationBias>)
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+        spec.faults.validate()?;
+        spec.corrupt_at = self.corrupt_at;
         Ok(spec)
     }
 
     /// Read and parse a file; errors name the file.
     pub fn load(path: &std::path::Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading experiment file {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading experiment file {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("parsing experiment file {}", path.display()))
     }
 }
@@ -260,6 +309,12 @@ pub struct ExperimentSpec {
     pub sampler: SamplerConfig,
     /// Score filter: where each member's diffusion starts.
     pub start: Start,
+    /// Quality control of every cycle's observations, as in the daemon.
+    pub qc: QcSettings,
+    /// Bad observations injected into the simulated network.
+    pub faults: Faults,
+    /// Wreck the analysis of this cycle (see [`ExperimentFile::corrupt_at`]).
+    pub corrupt_at: Option<usize>,
 }
 
 /// The `--bundle` value that selects the analytic localised-ensemble Gaussian prior instead of a
@@ -271,7 +326,10 @@ struct BundlePrior(Bundle);
 
 impl ScorePrior for BundlePrior {
     fn condition(&self, background: &Ensemble) -> Result<Box<dyn Denoiser>, FilterError> {
-        let d = self.0.condition(background).map_err(|e| FilterError::Model(e.to_string()))?;
+        let d = self
+            .0
+            .condition(background)
+            .map_err(|e| FilterError::Model(e.to_string()))?;
         Ok(Box::new(d))
     }
 }
@@ -286,7 +344,13 @@ pub fn score_analysis(
     spread: Inflation,
     baseline: Option<Box<dyn Analysis>>,
 ) -> Result<Box<dyn Analysis>> {
-    Ok(Box::new(ScoreFilter { prior: std::sync::Arc::new(BundlePrior(bundle)), sampler: Sampler::new(sampler)?, start, spread, baseline }))
+    Ok(Box::new(ScoreFilter {
+        prior: std::sync::Arc::new(BundlePrior(bundle)),
+        sampler: Sampler::new(sampler)?,
+        start,
+        spread,
+        baseline,
+    }))
 }
 
 /// What to record for training (see [`crate::record`]).
@@ -321,6 +385,9 @@ impl ExperimentSpec {
             bundle: None,
             sampler: SamplerConfig::default(),
             start: Start::Member,
+            qc: QcSettings::default(),
+            faults: Faults::default(),
+            corrupt_at: None,
         }
     }
 
@@ -332,13 +399,29 @@ impl ExperimentSpec {
             FilterKind::Free | FilterKind::Climatology => None,
             FilterKind::Enkf => Some(Box::new(StochasticEnkf { inflation })),
             FilterKind::Etkf => Some(Box::new(Etkf { inflation })),
-            FilterKind::Letkf => Some(Box::new(Letkf::new(space, self.localization_km, inflation)?.with_stride(self.weight_stride)?)),
+            FilterKind::Letkf => Some(Box::new(
+                Letkf::new(space, self.localization_km, inflation)?
+                    .with_stride(self.weight_stride)?,
+            )),
             FilterKind::Score => {
-                let dir = self.bundle.as_ref().context("--filter score needs --bundle DIR (e.g. models/zoo/l96)")?;
+                let dir = self
+                    .bundle
+                    .as_ref()
+                    .context("--filter score needs --bundle DIR (e.g. models/zoo/l96)")?;
                 if dir.as_os_str() == ENSEMBLE_GAUSSIAN {
                     // The analytic baseline prior: N(mean, rho (L o C) + s0^2 I) of the background.
-                    let floor = 0.01 * Testbed::new(self.testbed).climatology().std_state(1).into_iter().fold(f64::INFINITY, f64::min);
-                    let prior = EnsembleGaussianPrior::new(space, self.localization_km, self.inflation, floor)?;
+                    let floor = 0.01
+                        * Testbed::new(self.testbed)
+                            .climatology()
+                            .std_state(1)
+                            .into_iter()
+                            .fold(f64::INFINITY, f64::min);
+                    let prior = EnsembleGaussianPrior::new(
+                        space,
+                        self.localization_km,
+                        self.inflation,
+                        floor,
+                    )?;
                     return Ok(Some(Box::new(ScoreFilter {
                         prior: std::sync::Arc::new(prior),
                         sampler: Sampler::new(self.sampler.clone())?,
@@ -349,15 +432,35 @@ impl ExperimentSpec {
                 }
                 let bundle = Bundle::load(dir, &BundleOptions::default())?;
                 if bundle.manifest().testbed != self.testbed.to_string() {
-                    bail!("bundle {} is for testbed {}, not {}", dir.display(), bundle.manifest().testbed, self.testbed);
+                    bail!(
+                        "bundle {} is for testbed {}, not {}",
+                        dir.display(),
+                        bundle.manifest().testbed,
+                        self.testbed
+                    );
                 }
                 // Latent bundles start from the LETKF with this spec's localisation, inflation,
                 // RTPS and stride; `score_rtps` is applied after sampling (towards the background).
-                if bundle.manifest().conditioning.ensemble_gaussian.is_none() && matches!(self.start, Start::Analysis | Start::SquareRoot) {
-                    let letkf = Letkf::new(space, self.localization_km, inflation)?.with_stride(self.weight_stride)?;
-                    return Ok(Some(score_analysis(bundle, self.sampler.clone(), self.start, score_spread, Some(Box::new(letkf)))?));
+                if bundle.manifest().conditioning.ensemble_gaussian.is_none()
+                    && matches!(self.start, Start::Analysis | Start::SquareRoot)
+                {
+                    let letkf = Letkf::new(space, self.localization_km, inflation)?
+                        .with_stride(self.weight_stride)?;
+                    return Ok(Some(score_analysis(
+                        bundle,
+                        self.sampler.clone(),
+                        self.start,
+                        score_spread,
+                        Some(Box::new(letkf)),
+                    )?));
                 }
-                Some(score_analysis(bundle, self.sampler.clone(), self.start, score_spread, None)?)
+                Some(score_analysis(
+                    bundle,
+                    self.sampler.clone(),
+                    self.start,
+                    score_spread,
+                    None,
+                )?)
             }
         })
     }
@@ -394,6 +497,17 @@ pub struct Summary {
     pub rmse_withheld_a: f64,
     /// Burn-in cycles excluded from the means.
     pub burn_in: usize,
+    /// Quality control: observations screened, accepted, rejected per modality and reason, summed
+    /// over all cycles (burn-in included).
+    pub qc: QcCounts,
+    /// Messages rejected at ingest (wire validation), by reason.
+    pub rejected_ingest: BTreeMap<String, u64>,
+    /// What the fault injection put in.
+    pub injected: Injected,
+    /// Cycles the divergence guard flagged (the ensemble restarted from climatological draws).
+    pub divergences: Vec<usize>,
+    /// Stations the monitor blacklisted: (cycle, station); and taken back: (cycle, -station).
+    pub blacklistings: Vec<(usize, String)>,
 }
 
 /// One cycle's scores, as [`Summary`] averages them (against the truth; `rmse_withheld_a`
@@ -419,7 +533,10 @@ pub fn run(spec: &ExperimentSpec) -> Result<Summary> {
 
 /// As [`run`], calling `on_cycle(k, scores)` after every cycle k (scores `None` during burn-in):
 /// progress bars and per-cycle histories hook in here.
-pub fn run_with(spec: &ExperimentSpec, on_cycle: &mut dyn FnMut(usize, Option<&CycleScores>)) -> Result<Summary> {
+pub fn run_with(
+    spec: &ExperimentSpec,
+    on_cycle: &mut dyn FnMut(usize, Option<&CycleScores>),
+) -> Result<Summary> {
     if spec.members == 0 {
         bail!("--members must be at least 1");
     }
@@ -428,7 +545,10 @@ pub fn run_with(spec: &ExperimentSpec, on_cycle: &mut dyn FnMut(usize, Option<&C
     }
     let burn_in = spec.burn_in.unwrap_or(spec.cycles / 10);
     if burn_in >= spec.cycles {
-        bail!("--burn-in {burn_in} leaves no cycle to score out of {}", spec.cycles);
+        bail!(
+            "--burn-in {burn_in} leaves no cycle to score out of {}",
+            spec.cycles
+        );
     }
     let testbed = Testbed::new(spec.testbed);
     let network = testbed.network(spec.network).map_err(anyhow::Error::msg)?;
@@ -440,7 +560,9 @@ pub fn run_with(spec: &ExperimentSpec, on_cycle: &mut dyn FnMut(usize, Option<&C
     let mut sim = Simulator::new(testbed.clone(), network, spec.seed);
     let mut ens = match spec.initial_spread {
         // Climatology carries no ensemble: a single placeholder member that is never forecast.
-        _ if spec.filter == FilterKind::Climatology => Ensemble::from_members(vec![clim_mean.clone()])?,
+        _ if spec.filter == FilterKind::Climatology => {
+            Ensemble::from_members(vec![clim_mean.clone()])?
+        }
         None => Ensemble::from_members(testbed.climatological_draws(spec.members, spec.seed))?,
         Some(s0) => {
             if !(s0.is_finite() && s0 >= 0.0) {
@@ -448,14 +570,37 @@ pub fn run_with(spec: &ExperimentSpec, on_cycle: &mut dyn FnMut(usize, Option<&C
             }
             let mut r = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x696e_6974);
             let members = (0..spec.members)
-                .map(|_| sim.truth().iter().map(|t| t + s0 * <StandardNormal as Distribution<f64>>::sample(&StandardNormal, &mut r)).collect())
+                .map(|_| {
+                    sim.truth()
+                        .iter()
+                        .map(|t| {
+                            t + s0
+                                * <StandardNormal as Distribution<f64>>::sample(
+                                    &StandardNormal,
+                                    &mut r,
+                                )
+                        })
+                        .collect()
+                })
                 .collect();
             Ensemble::from_members(members)?
         }
     };
-    let limits = Limits::default();
+    let checks = wire::Checks::defaults(&space);
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x616e_616c);
     let analysis = spec.analysis(&space)?;
+    let assimilated_ids: Vec<String> = sim
+        .network
+        .stations
+        .iter()
+        .filter(|s| !s.withheld)
+        .map(|s| s.id.clone())
+        .collect();
+    let mut injector = FaultInjector::new(spec.faults.clone(), spec.seed, &assimilated_ids);
+    let (mut qc, _) = Qc::new(spec.qc.clone(), Default::default());
+    let mut qc_total = QcCounts::default();
+    let mut rejected_ingest: BTreeMap<String, u64> = BTreeMap::new();
+    let (mut divergences, mut blacklistings) = (Vec::new(), Vec::new());
 
     let mut recorder = match &spec.record {
         Some(r) => {
@@ -468,7 +613,14 @@ pub fn run_with(spec: &ExperimentSpec, on_cycle: &mut dyn FnMut(usize, Option<&C
                     assimd_filter::Geometry::PeriodicBox { nx, ny, .. } => vec![ny, nx],
                 },
             });
-            Some(crate::record::Recorder::create(&r.dir, space.dim(), spec.members, r.members, r.every, meta)?)
+            Some(crate::record::Recorder::create(
+                &r.dir,
+                space.dim(),
+                spec.members,
+                r.members,
+                r.every,
+                meta,
+            )?)
         }
         None => None,
     };
@@ -479,8 +631,22 @@ pub fn run_with(spec: &ExperimentSpec, on_cycle: &mut dyn FnMut(usize, Option<&C
         if spec.filter != FilterKind::Climatology {
             forecast(&*dynamics, &mut ens);
         }
-        let (assim, verif) = decode_cycle(&sim, &space, &limits)?;
-        let batch = ObsBatch::new(&space, assim).context("building the observation operator")?;
+        let mut messages = sim.messages();
+        injector.apply(k as u64, &mut messages);
+        let decoded = decode_cycle(
+            &messages,
+            &space,
+            &checks,
+            &mut rejected_ingest,
+            spec.faults.any(),
+        )?;
+        let (obs, origins, verif) = qc::gather(
+            decoded
+                .iter()
+                .map(|(id, st, o)| (id.as_str(), st.as_deref(), o.as_slice())),
+            &|s| withheld(&sim, s),
+        );
+        let all = ObsBatch::new(&space, obs).context("building the observation operator")?;
         let verif = ObsBatch::new(&space, verif).context("building the verification operator")?;
         let truth = sim.truth();
         let scored = k > burn_in;
@@ -492,8 +658,23 @@ pub fn run_with(spec: &ExperimentSpec, on_cycle: &mut dyn FnMut(usize, Option<&C
         match spec.filter {
             _ if analysis.is_some() => {
                 let rmse_f = stats::rmse(&ens.mean(), truth);
+                if qc.diverged(&ens, &all, &origins).is_some() {
+                    // The documented recovery: restart from climatological draws.
+                    divergences.push(k);
+                    ens = Ensemble::from_members(testbed.climatological_draws(
+                        spec.members,
+                        spec.seed ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                    ))?;
+                }
+                let screened = qc.screen(k as u64, &space, &all, &origins, &ens)?;
+                qc_total.add(&screened.counts);
+                blacklistings.extend(screened.newly_blacklisted.iter().map(|s| (k, s.clone())));
+                blacklistings.extend(screened.rehabilitated.iter().map(|s| (k, format!("-{s}"))));
                 if let Some(a) = &analysis {
-                    a.analyse(&mut ens, &batch, &mut rng)?;
+                    a.analyse(&mut ens, &screened.batch, &mut rng)?;
+                }
+                if spec.corrupt_at == Some(k) {
+                    ens.members_mut().for_each(|m| m[0] = -9999.0);
                 }
                 if ens.as_flat().iter().any(|v| !v.is_finite()) {
                     bail!("{} diverged at cycle {k}: the analysis ensemble is not finite (try more inflation or a shorter localisation)", spec.filter);
@@ -501,21 +682,39 @@ pub fn run_with(spec: &ExperimentSpec, on_cycle: &mut dyn FnMut(usize, Option<&C
                 if scored {
                     let mean = ens.mean();
                     let rmse_a = stats::rmse(&mean, truth);
-                    acc.add(rmse_a, rmse_f, stats::spread(&ens), stats::crps_ensemble(&ens, truth), withheld_rmse(&verif, &mean));
+                    acc.add(
+                        rmse_a,
+                        rmse_f,
+                        stats::spread(&ens),
+                        stats::crps_ensemble(&ens, truth),
+                        withheld_rmse(&verif, &mean),
+                    );
                 }
             }
             FilterKind::Free => {
                 if scored {
                     let mean = ens.mean();
                     let rmse = stats::rmse(&mean, truth);
-                    acc.add(rmse, rmse, stats::spread(&ens), stats::crps_ensemble(&ens, truth), withheld_rmse(&verif, &mean));
+                    acc.add(
+                        rmse,
+                        rmse,
+                        stats::spread(&ens),
+                        stats::crps_ensemble(&ens, truth),
+                        withheld_rmse(&verif, &mean),
+                    );
                 }
             }
             _ => {
                 if scored {
                     let rmse = stats::rmse(&clim_mean, truth);
                     let crps = stats::crps_gaussian_field(&clim_mean, &clim_std, truth);
-                    acc.add(rmse, rmse, stats::rms(&clim_std), crps, withheld_rmse(&verif, &clim_mean));
+                    acc.add(
+                        rmse,
+                        rmse,
+                        stats::rms(&clim_std),
+                        crps,
+                        withheld_rmse(&verif, &clim_mean),
+                    );
                 }
             }
         }
@@ -525,31 +724,63 @@ pub fn run_with(spec: &ExperimentSpec, on_cycle: &mut dyn FnMut(usize, Option<&C
     if let Some(r) = recorder {
         r.finish()?;
     }
-    Ok(acc.summary(spec, burn_in, seconds_per_cycle))
+    let mut summary = acc.summary(spec, burn_in, seconds_per_cycle);
+    summary.qc = qc_total;
+    summary.rejected_ingest = rejected_ingest;
+    summary.injected = injector.injected;
+    summary.divergences = divergences;
+    summary.blacklistings = blacklistings;
+    Ok(summary)
 }
 
 /// Forecast every member one cycle, in parallel when the state is large enough to pay for it.
 pub fn forecast(dynamics: &dyn assimd_filter::Dynamics, ens: &mut Ensemble) {
     if ens.dim() >= 1024 {
-        ens.as_flat_mut().par_chunks_mut(dynamics.state_dim()).for_each(|m| dynamics.forecast(m));
+        ens.as_flat_mut()
+            .par_chunks_mut(dynamics.state_dim())
+            .for_each(|m| dynamics.forecast(m));
     } else {
         ens.members_mut().for_each(|m| dynamics.forecast(m));
     }
 }
 
-/// The simulator's messages of this cycle, through the daemon's validation: (assimilated, withheld).
-fn decode_cycle(sim: &Simulator, space: &assimd_filter::StateSpace, limits: &Limits) -> Result<(Vec<Observation>, Vec<Observation>)> {
-    let (mut assim, mut verif) = (Vec::new(), Vec::new());
-    for m in sim.messages() {
-        let v = wire::validate(&m.feature, space, None, limits)
-            .with_context(|| format!("the simulator produced an invalid message on {}", m.topic))?;
-        if m.withheld {
-            verif.extend(v.obs);
-        } else {
-            assim.extend(v.obs);
+/// Whether a station of the simulated network is withheld (verification only).
+fn withheld(sim: &Simulator, station: &str) -> bool {
+    sim.network
+        .stations
+        .iter()
+        .any(|s| s.withheld && s.id == station)
+}
+
+/// The cycle's messages through the daemon's validation: (id, station, observations) of each valid
+/// one; rejections are counted by reason. Without injected faults a rejection is the simulator's
+/// bug, and an error.
+fn decode_cycle(
+    messages: &[crate::simulate::Message],
+    space: &assimd_filter::StateSpace,
+    checks: &wire::Checks,
+    rejected: &mut BTreeMap<String, u64>,
+    faults: bool,
+) -> Result<Vec<(String, Option<String>, Vec<Observation>)>> {
+    let mut out = Vec::with_capacity(messages.len());
+    for m in messages {
+        match checks.validate(&m.feature, Some(&m.topic), space, None) {
+            Ok(v) => {
+                let station = match v.source {
+                    wire::Source::Station(s) => Some(s),
+                    wire::Source::Satellite(..) => None,
+                };
+                out.push((v.id, station, v.obs));
+            }
+            Err(e) if faults => *rejected.entry(e.reason.as_str().to_string()).or_default() += 1,
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("the simulator produced an invalid message on {}", m.topic)
+                })
+            }
         }
     }
-    Ok((assim, verif))
+    Ok(out)
 }
 
 /// RMSE of `x` seen through the verification batch's operator against its values (NaN if empty).
@@ -575,7 +806,13 @@ struct Accumulator {
 
 impl Accumulator {
     fn add(&mut self, rmse_a: f64, rmse_f: f64, spread_a: f64, crps_a: f64, withheld: f64) {
-        self.last = CycleScores { rmse_a, rmse_f, spread_a, crps_a, rmse_withheld_a: withheld };
+        self.last = CycleScores {
+            rmse_a,
+            rmse_f,
+            spread_a,
+            crps_a,
+            rmse_withheld_a: withheld,
+        };
         self.n += 1;
         self.rmse_a += rmse_a;
         self.rmse_f += rmse_f;
@@ -601,6 +838,11 @@ impl Accumulator {
             seconds_per_cycle,
             rmse_withheld_a: self.withheld / n,
             burn_in,
+            qc: QcCounts::default(),
+            rejected_ingest: BTreeMap::new(),
+            injected: Injected::default(),
+            divergences: Vec::new(),
+            blacklistings: Vec::new(),
         }
     }
 }
@@ -627,13 +869,25 @@ mod tests {
     /// (even the order of a sum): re-record them then, after checking the tuned-skill test still holds.
     #[test]
     fn golden_runs_per_filter() {
-        let golden = [(FilterKind::Enkf, 40, GOLDEN_ENKF), (FilterKind::Etkf, 20, GOLDEN_ETKF), (FilterKind::Letkf, 20, GOLDEN_LETKF)];
-        let runs: Vec<_> = golden.iter().map(|(f, n, _)| run(&spec(*f, *n)).unwrap()).collect();
+        let golden = [
+            (FilterKind::Enkf, 40, GOLDEN_ENKF),
+            (FilterKind::Etkf, 20, GOLDEN_ETKF),
+            (FilterKind::Letkf, 20, GOLDEN_LETKF),
+        ];
+        let runs: Vec<_> = golden
+            .iter()
+            .map(|(f, n, _)| run(&spec(*f, *n)).unwrap())
+            .collect();
         for ((f, _, _), s) in golden.iter().zip(&runs) {
             eprintln!("{f}: ({:.12}, {:.12})", s.rmse_a, s.spread_a);
         }
         for ((f, _, (rmse_a, spread_a)), s) in golden.iter().zip(&runs) {
-            assert!((s.rmse_a - rmse_a).abs() < 1e-9 && (s.spread_a - spread_a).abs() < 1e-9, "{f}: {} {}", s.rmse_a, s.spread_a);
+            assert!(
+                (s.rmse_a - rmse_a).abs() < 1e-9 && (s.spread_a - spread_a).abs() < 1e-9,
+                "{f}: {} {}",
+                s.rmse_a,
+                s.spread_a
+            );
         }
     }
 
@@ -649,7 +903,12 @@ mod tests {
         s.filter = FilterKind::Climatology;
         let clim = run(&s).unwrap();
         // Without observations the free run's ensemble mean is no better than climatology.
-        assert!(free.rmse_a > 0.95 * clim.rmse_a, "free {} vs climatology {}", free.rmse_a, clim.rmse_a);
+        assert!(
+            free.rmse_a > 0.95 * clim.rmse_a,
+            "free {} vs climatology {}",
+            free.rmse_a,
+            clim.rmse_a
+        );
         assert_eq!(free.rmse_a, free.rmse_f);
         assert!((clim.spread_a - 3.643).abs() < 1e-9);
     }

@@ -7,8 +7,10 @@
 //! skill histories) and the progress bars of long offline work ([`progress`]).
 
 pub mod experiment;
+pub mod faults;
 pub mod plot;
 pub mod progress;
+pub mod qc;
 pub mod record;
 pub mod service;
 pub mod simulate;

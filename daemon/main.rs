@@ -2,13 +2,17 @@
 
 use anyhow::Result;
 use assimd::experiment::{self, ExperimentFile, ExperimentSpec, FilterKind};
-use std::path::PathBuf;
-use assimd_models::testbed::{NetworkKind, TestbedKind};
 use assimd::service::{self, config::Config, RunOptions, Stop};
+use assimd_models::testbed::{NetworkKind, TestbedKind};
 use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "assimd", version, about = "Streaming data assimilation: score-based filter beside an LETKF baseline")]
+#[command(
+    name = "assimd",
+    version,
+    about = "Streaming data assimilation: score-based filter beside an LETKF baseline"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -124,13 +128,19 @@ fn load_config(path: &Option<PathBuf>) -> Result<Config> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
 }
 
 /// Resolves at the first SIGTERM (graceful) or SIGINT (fast).
 async fn signals() -> Stop {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop with SIGKILL");
         return std::future::pending().await;
     };
@@ -247,6 +257,19 @@ struct ExperimentArgs {
     /// Score filter: start each member at its own background (member), the mean (mean) or its Kalman update under the prior (analysis).
     #[arg(long)]
     start: Option<String>,
+    /// Replace this share of the observations with gross errors (seeded: 50 σ_o spikes, −9999
+    /// missing-value codes) and make one station stuck; counted in the output.
+    #[arg(long)]
+    gross_errors: Option<f64>,
+    /// A drifting station, STATION:SIGMAS:FROM_CYCLE (e.g. S04:3:100).
+    #[arg(long)]
+    bias: Option<String>,
+    /// Quality control: on (the daemon's [qc]) or off (no background check, monitor or divergence guard) [default: on].
+    #[arg(long, value_parser = ["on", "off"])]
+    qc: Option<String>,
+    /// Wreck the analysis at this cycle (first value of every member set to −9999), to watch the divergence guard.
+    #[arg(long)]
+    corrupt_at: Option<usize>,
     /// Print one JSON line instead of a table.
     #[arg(long)]
     json: bool,
@@ -277,6 +300,12 @@ impl ExperimentArgs {
         f.initial_spread = self.initial_spread.or(f.initial_spread);
         f.weight_stride = self.weight_stride.or(f.weight_stride);
         f.bundle = self.bundle.or(f.bundle);
+        f.gross_errors = self.gross_errors.or(f.gross_errors);
+        f.bias = self.bias.or(f.bias);
+        f.corrupt_at = self.corrupt_at.or(f.corrupt_at);
+        if let Some(q) = &self.qc {
+            f.qc.get_or_insert_with(Default::default).enabled = q == "on";
+        }
         let mut sf = f.sampler.take().unwrap_or_default();
         sf.steps = self.steps.or(sf.steps);
         sf.corrections = self.corrections.or(sf.corrections);
@@ -288,20 +317,33 @@ impl ExperimentArgs {
         sf.start = self.start.or(sf.start);
         f.sampler = Some(sf);
         let mut spec = f.spec()?;
-        spec.record = self.record.map(|dir| experiment::RecordSpec { dir, every: self.record_every, members: self.record_members });
+        spec.record = self.record.map(|dir| experiment::RecordSpec {
+            dir,
+            every: self.record_every,
+            members: self.record_members,
+        });
         Ok(spec)
     }
 }
 
 /// `assimd experiment`: the run, with a progress bar on a terminal and the per-cycle history.
-fn run_experiment(spec: &ExperimentSpec, history: Option<&std::path::Path>) -> Result<experiment::Summary> {
+fn run_experiment(
+    spec: &ExperimentSpec,
+    history: Option<&std::path::Path>,
+) -> Result<experiment::Summary> {
     use anyhow::Context;
     use std::io::Write;
     let mut out = match history {
-        Some(p) => Some(std::io::BufWriter::new(std::fs::File::create(p).with_context(|| format!("creating the history file {}", p.display()))?)),
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p)
+                .with_context(|| format!("creating the history file {}", p.display()))?,
+        )),
         None => None,
     };
-    let bar = assimd::progress::bar(spec.cycles as u64, &format!("{} {} {}", spec.testbed, spec.filter, spec.network));
+    let bar = assimd::progress::bar(
+        spec.cycles as u64,
+        &format!("{} {} {}", spec.testbed, spec.filter, spec.network),
+    );
     let filter = spec.filter.to_string();
     let (mut sum, mut n, mut write_err) = (0.0, 0usize, None);
     let s = experiment::run_with(spec, &mut |k, scores| {
@@ -335,13 +377,27 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     // The demo prints a table: only warnings and errors go to the log there.
     let demo = matches!(cli.command, Command::Demo { .. });
-    service::telemetry::init_logging(if demo { "warn,rumqttd=off" } else { service::telemetry::DEFAULT_LOG });
+    service::telemetry::init_logging(if demo {
+        "warn,rumqttd=off"
+    } else {
+        service::telemetry::DEFAULT_LOG
+    });
     match cli.command {
         Command::Run { config } => {
             let cfg = load_config(&config)?;
-            let hint = config.as_ref().map_or("FILE".to_string(), |p| p.display().to_string());
+            let hint = config
+                .as_ref()
+                .map_or("FILE".to_string(), |p| p.display().to_string());
             let rt = runtime()?;
-            let r = rt.block_on(service::run(cfg, RunOptions { install_metrics: true, config_hint: hint, ..RunOptions::default() }, signals()));
+            let r = rt.block_on(service::run(
+                cfg,
+                RunOptions {
+                    install_metrics: true,
+                    config_hint: hint,
+                    ..RunOptions::default()
+                },
+                signals(),
+            ));
             // An abandoned cycle still runs on a blocking thread: do not wait for it (its work is
             // uncommitted and is redone after restart).
             rt.shutdown_timeout(std::time::Duration::from_millis(200));
@@ -353,23 +409,55 @@ fn main() -> Result<()> {
             println!("{cfg:#?}");
         }
         Command::Reset { config } => service::reset(&Config::load(&config)?)?,
-        Command::Simulate { config, cycles, first_cycle, interval_ms } => {
+        Command::Simulate {
+            config,
+            cycles,
+            first_cycle,
+            interval_ms,
+        } => {
             let mut cfg = load_config(&config)?;
             cfg.simulate.cycles = cycles.unwrap_or(cfg.simulate.cycles);
             cfg.simulate.first_cycle = first_cycle.unwrap_or(cfg.simulate.first_cycle);
             cfg.simulate.interval_ms = interval_ms.unwrap_or(cfg.simulate.interval_ms);
-            let s = runtime()?.block_on(service::simulator::simulate(&cfg, |k| tracing::debug!("published cycle {k}")))?;
-            println!("published {} cycles, {} observation messages, {} messages in all, to {}:{}", s.cycles, s.observations, s.messages, cfg.mqtt.host, cfg.mqtt.port);
+            let s = runtime()?.block_on(service::simulator::simulate(&cfg, |k| {
+                tracing::debug!("published cycle {k}")
+            }))?;
+            println!(
+                "published {} cycles, {} observation messages, {} messages in all, to {}:{}",
+                s.cycles, s.observations, s.messages, cfg.mqtt.host, cfg.mqtt.port
+            );
         }
-        Command::Demo { testbed, network, cycles, bundle, interval_ms, maps_dir } => {
+        Command::Demo {
+            testbed,
+            network,
+            cycles,
+            bundle,
+            interval_ms,
+            maps_dir,
+        } => {
             let maps = match maps_dir {
                 Some(p) if p.as_os_str() == "none" => None,
                 Some(p) => Some(p),
                 None => (testbed == TestbedKind::Qg2l).then(|| PathBuf::from("demo-maps")),
             };
-            runtime()?.block_on(service::demo::demo(service::demo::DemoArgs { testbed, network, cycles, bundle, interval_ms, maps }))?;
+            runtime()?.block_on(service::demo::demo(service::demo::DemoArgs {
+                testbed,
+                network,
+                cycles,
+                bundle,
+                interval_ms,
+                maps,
+            }))?;
         }
-        Command::Plot { command: PlotCommand::Skill { input, output, log_y, title } } => {
+        Command::Plot {
+            command:
+                PlotCommand::Skill {
+                    input,
+                    output,
+                    log_y,
+                    title,
+                },
+        } => {
             let t0 = std::time::Instant::now();
             let runs = assimd::plot::skill::load_all(&input)?;
             let title = title.unwrap_or_else(|| {
@@ -379,9 +467,17 @@ fn main() -> Result<()> {
             assimd::plot::skill::render(&runs, &title, log_y)?.save_png(&output)?;
             let n: usize = runs.iter().map(|r| r.points.len()).sum();
             let labels: Vec<&str> = runs.iter().map(|r| r.label.as_str()).collect();
-            println!("wrote {} ({} points of {}) in {:.0} ms", output.display(), n, labels.join(", "), t0.elapsed().as_secs_f64() * 1e3);
+            println!(
+                "wrote {} ({} points of {}) in {:.0} ms",
+                output.display(),
+                n,
+                labels.join(", "),
+                t0.elapsed().as_secs_f64() * 1e3
+            );
         }
-        Command::State { command: StateCommand::Inspect { store, json } } => inspect(&store, json)?,
+        Command::State {
+            command: StateCommand::Inspect { store, json },
+        } => inspect(&store, json)?,
         Command::Experiment(args) => {
             let json = args.json;
             let history = args.history.clone();
@@ -389,13 +485,36 @@ fn main() -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string(&s)?);
             } else {
-                println!("{} {} on {} network, N={}, {} cycles (burn-in {}), seed {}", s.testbed, s.filter, s.network, s.members, s.cycles, s.burn_in, s.seed);
+                println!(
+                    "{} {} on {} network, N={}, {} cycles (burn-in {}), seed {}",
+                    s.testbed, s.filter, s.network, s.members, s.cycles, s.burn_in, s.seed
+                );
                 println!("  analysis RMSE   {:.4}", s.rmse_a);
                 println!("  background RMSE {:.4}", s.rmse_f);
-                println!("  spread          {:.4}  (spread/skill {:.2})", s.spread_a, s.spread_skill);
+                println!(
+                    "  spread          {:.4}  (spread/skill {:.2})",
+                    s.spread_a, s.spread_skill
+                );
                 println!("  CRPS            {:.4}", s.crps_a);
                 println!("  withheld RMSE   {:.4}", s.rmse_withheld_a);
                 println!("  s/cycle         {:.6}", s.seconds_per_cycle);
+                let q = &s.qc;
+                println!(
+                    "  QC              stations {} screened, {} rejected (background), {} blacklisted obs; satellite {} screened, {} rejected",
+                    q.station.screened, q.station.background_check, q.station.blacklisted, q.satellite.screened, q.satellite.background_check
+                );
+                if !s.rejected_ingest.is_empty() || s.injected != Default::default() {
+                    println!(
+                        "  injected        {:?}; rejected at ingest {:?}",
+                        s.injected, s.rejected_ingest
+                    );
+                }
+                if !s.divergences.is_empty() || !s.blacklistings.is_empty() {
+                    println!(
+                        "  divergences at  {:?}; blacklistings {:?}",
+                        s.divergences, s.blacklistings
+                    );
+                }
             }
         }
     }

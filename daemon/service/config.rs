@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use assimd_models::testbed::{NetworkKind, Testbed, TestbedKind};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// The embedded default configuration (`configs/assimd.toml`).
@@ -42,6 +43,8 @@ pub struct Config {
     pub service: ServiceSection,
     /// `assimd simulate`: the simulated observing network.
     pub simulate: SimulateSection,
+    /// Quality control: background check, station monitor, divergence guard, blacklist.
+    pub qc: crate::qc::QcSettings,
 }
 
 /// `[testbed]`.
@@ -58,7 +61,10 @@ pub struct TestbedSection {
 
 impl Default for TestbedSection {
     fn default() -> Self {
-        TestbedSection { name: "l96".into(), network: "stations+satellite".into() }
+        TestbedSection {
+            name: "l96".into(),
+            network: "stations+satellite".into(),
+        }
     }
 }
 
@@ -141,11 +147,44 @@ pub struct IngestSection {
     pub truth: bool,
     /// Size limits of messages.
     pub limits: Limits,
+    /// Network labels accepted in station topics (`obs/station/{network}/{station}`); absent: any.
+    /// The payload has no network field, so this is where a deployment says which networks it
+    /// takes.
+    pub networks: Option<Vec<String>>,
+    /// Values rejected as `missing_value`: the fill codes of dataloggers
+    /// (`wire::DEFAULT_MISSING_VALUES`).
+    pub missing_values: Vec<f64>,
+    /// Physical range `[lo, hi]` per variable name, overriding `wire::DEFAULT_RANGES`; a value
+    /// outside it is rejected as `out_of_range`.
+    pub ranges: BTreeMap<String, [f64; 2]>,
 }
 
 impl Default for IngestSection {
     fn default() -> Self {
-        IngestSection { cutoff_seconds: None, reject_future: true, max_batch: 1024, withheld_stations: None, truth: true, limits: Limits::default() }
+        IngestSection {
+            cutoff_seconds: None,
+            reject_future: true,
+            max_batch: 1024,
+            withheld_stations: None,
+            truth: true,
+            limits: Limits::default(),
+            networks: None,
+            missing_values: crate::wire::DEFAULT_MISSING_VALUES.to_vec(),
+            ranges: BTreeMap::new(),
+        }
+    }
+}
+
+impl IngestSection {
+    /// The ingest checks for a state space.
+    pub fn checks(&self, space: &assimd_filter::StateSpace) -> Result<crate::wire::Checks> {
+        let values = crate::wire::ValueChecks::new(space, Some(&self.missing_values), &self.ranges)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        Ok(crate::wire::Checks {
+            limits: self.limits.clone(),
+            networks: self.networks.clone(),
+            values,
+        })
     }
 }
 
@@ -172,7 +211,14 @@ pub struct CycleSection {
 
 impl Default for CycleSection {
     fn default() -> Self {
-        CycleSection { start: "2026-01-01T00:00:00Z".into(), members: 20, seed: 1, keep: 8, keep_summaries: 1460, max_gap: 10_000 }
+        CycleSection {
+            start: "2026-01-01T00:00:00Z".into(),
+            members: 20,
+            seed: 1,
+            keep: 8,
+            keep_summaries: 1460,
+            max_gap: 10_000,
+        }
     }
 }
 
@@ -193,7 +239,12 @@ pub struct LetkfSection {
 
 impl Default for LetkfSection {
     fn default() -> Self {
-        LetkfSection { inflation: 1.02, rtps: 0.0, localization_km: 4500.0, weight_stride: 1 }
+        LetkfSection {
+            inflation: 1.02,
+            rtps: 0.0,
+            localization_km: 4500.0,
+            weight_stride: 1,
+        }
     }
 }
 
@@ -216,7 +267,13 @@ pub struct ScoreSection {
 
 impl Default for ScoreSection {
     fn default() -> Self {
-        ScoreSection { bundle: None, rtps: 0.0, sampler: None, device: assimd_models::bundle::Device::Cpu, threads: 1 }
+        ScoreSection {
+            bundle: None,
+            rtps: 0.0,
+            sampler: None,
+            device: assimd_models::bundle::Device::Cpu,
+            threads: 1,
+        }
     }
 }
 
@@ -230,7 +287,9 @@ pub struct StoreSection {
 
 impl Default for StoreSection {
     fn default() -> Self {
-        StoreSection { path: PathBuf::from("/var/lib/assimd/store") }
+        StoreSection {
+            path: PathBuf::from("/var/lib/assimd/store"),
+        }
     }
 }
 
@@ -244,7 +303,9 @@ pub struct MetricsSection {
 
 impl Default for MetricsSection {
     fn default() -> Self {
-        MetricsSection { listen: "127.0.0.1:9464".into() }
+        MetricsSection {
+            listen: "127.0.0.1:9464".into(),
+        }
     }
 }
 
@@ -265,7 +326,12 @@ pub struct MapsSection {
 
 impl Default for MapsSection {
     fn default() -> Self {
-        MapsSection { enabled: false, dir: PathBuf::from("/var/lib/assimd/maps"), every: 1, keep: 240 }
+        MapsSection {
+            enabled: false,
+            dir: PathBuf::from("/var/lib/assimd/maps"),
+            every: 1,
+            keep: 240,
+        }
     }
 }
 
@@ -280,7 +346,9 @@ pub struct ServiceSection {
 
 impl Default for ServiceSection {
     fn default() -> Self {
-        ServiceSection { grace_seconds: 20.0 }
+        ServiceSection {
+            grace_seconds: 20.0,
+        }
     }
 }
 
@@ -303,7 +371,13 @@ pub struct SimulateSection {
 
 impl Default for SimulateSection {
     fn default() -> Self {
-        SimulateSection { seed: 101, first_cycle: 1, cycles: 100, interval_ms: 500, truth: true }
+        SimulateSection {
+            seed: 101,
+            first_cycle: 1,
+            cycles: 100,
+            interval_ms: 500,
+            truth: true,
+        }
     }
 }
 
@@ -315,30 +389,44 @@ impl Config {
 
     /// Parse and validate TOML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Config> {
-        let c: Config = toml::from_str(text).with_context(|| format!("parsing config {}", origin.display()))?;
-        c.validate().with_context(|| format!("invalid config {}", origin.display()))
+        let c: Config =
+            toml::from_str(text).with_context(|| format!("parsing config {}", origin.display()))?;
+        c.validate()
+            .with_context(|| format!("invalid config {}", origin.display()))
     }
 
     /// Read, parse and validate a file.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
         Config::parse(&text, path)
     }
 
     /// The testbed kind.
     pub fn testbed_kind(&self) -> Result<TestbedKind> {
-        self.testbed.name.parse().map_err(|e: String| anyhow::anyhow!("testbed.name: {e}"))
+        self.testbed
+            .name
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("testbed.name: {e}"))
     }
 
     /// The network kind.
     pub fn network_kind(&self) -> Result<NetworkKind> {
-        self.testbed.network.parse().map_err(|e: String| anyhow::anyhow!("testbed.network: {e}"))
+        self.testbed
+            .network
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("testbed.network: {e}"))
     }
 
     /// Valid time of cycle 0.
     pub fn start_time(&self) -> Result<DateTime<Utc>> {
         Ok(DateTime::parse_from_rfc3339(&self.cycle.start)
-            .with_context(|| format!("cycle.start = {:?} must be an RFC 3339 time such as \"2026-01-01T00:00:00Z\"", self.cycle.start))?
+            .with_context(|| {
+                format!(
+                    "cycle.start = {:?} must be an RFC 3339 time such as \"2026-01-01T00:00:00Z\"",
+                    self.cycle.start
+                )
+            })?
             .with_timezone(&Utc))
     }
 
@@ -346,7 +434,9 @@ impl Config {
     pub fn validate(self) -> Result<Config> {
         let tb = self.testbed_kind()?;
         let net = self.network_kind()?;
-        Testbed::new(tb).network(net).map_err(|e| anyhow::anyhow!("testbed.network: {e}"))?;
+        Testbed::new(tb)
+            .network(net)
+            .map_err(|e| anyhow::anyhow!("testbed.network: {e}"))?;
         self.start_time()?;
         let m = &self.mqtt;
         if m.host.is_empty() {
@@ -359,13 +449,23 @@ impl Config {
             bail!("mqtt.client_id must be 1..64 characters (it names the persistent session)");
         }
         if m.prefix.is_empty() || m.prefix.contains(['+', '#']) || m.prefix.ends_with('/') {
-            bail!("mqtt.prefix {:?} must be non-empty, without wildcards or a trailing '/'", m.prefix);
+            bail!(
+                "mqtt.prefix {:?} must be non-empty, without wildcards or a trailing '/'",
+                m.prefix
+            );
         }
         if m.keep_alive_seconds < 5 {
-            bail!("mqtt.keep_alive_seconds must be >= 5, got {}", m.keep_alive_seconds);
+            bail!(
+                "mqtt.keep_alive_seconds must be >= 5, got {}",
+                m.keep_alive_seconds
+            );
         }
         if m.reconnect_min_ms == 0 || m.reconnect_max_ms < m.reconnect_min_ms {
-            bail!("mqtt.reconnect_min_ms must be > 0 and <= mqtt.reconnect_max_ms, got {} and {}", m.reconnect_min_ms, m.reconnect_max_ms);
+            bail!(
+                "mqtt.reconnect_min_ms must be > 0 and <= mqtt.reconnect_max_ms, got {} and {}",
+                m.reconnect_min_ms,
+                m.reconnect_max_ms
+            );
         }
         if m.password_file.is_some() && m.username.is_none() {
             bail!("mqtt.password_file is set but mqtt.username is not: set both or neither");
@@ -374,17 +474,31 @@ impl Config {
             bail!("mqtt.tls_client_cert_file and mqtt.tls_client_key_file go together: set both or neither");
         }
         if m.tls_client_cert_file.is_some() && m.tls_ca_file.is_none() {
-            bail!("mutual TLS needs mqtt.tls_ca_file (the CA that signed the broker's certificate)");
+            bail!(
+                "mutual TLS needs mqtt.tls_ca_file (the CA that signed the broker's certificate)"
+            );
         }
-        for (name, p) in [("password_file", &m.password_file), ("tls_ca_file", &m.tls_ca_file), ("tls_client_cert_file", &m.tls_client_cert_file), ("tls_client_key_file", &m.tls_client_key_file)] {
+        for (name, p) in [
+            ("password_file", &m.password_file),
+            ("tls_ca_file", &m.tls_ca_file),
+            ("tls_client_cert_file", &m.tls_client_cert_file),
+            ("tls_client_key_file", &m.tls_client_key_file),
+        ] {
             if let Some(p) = p {
                 if !p.is_file() {
-                    bail!("mqtt.{name} = {} does not exist or is not a file", p.display());
+                    bail!(
+                        "mqtt.{name} = {} does not exist or is not a file",
+                        p.display()
+                    );
                 }
             }
         }
         if m.max_packet_bytes < self.ingest.limits.max_bytes {
-            bail!("mqtt.max_packet_bytes ({}) must be >= ingest.limits.max_bytes ({})", m.max_packet_bytes, self.ingest.limits.max_bytes);
+            bail!(
+                "mqtt.max_packet_bytes ({}) must be >= ingest.limits.max_bytes ({})",
+                m.max_packet_bytes,
+                self.ingest.limits.max_bytes
+            );
         }
         if let Some(c) = self.ingest.cutoff_seconds {
             if c < 0 {
@@ -394,14 +508,31 @@ impl Config {
         if self.ingest.max_batch == 0 {
             bail!("ingest.max_batch must be >= 1");
         }
+        if let Some(n) = &self.ingest.networks {
+            if n.is_empty()
+                || n.iter()
+                    .any(|s| s.is_empty() || s.contains(['/', '+', '#']))
+            {
+                bail!("ingest.networks = {n:?}: give one or more topic levels (no '/', '+' or '#'), or remove the key to accept any network");
+            }
+        }
+        self.ingest.checks(&Testbed::new(tb).space)?;
+        self.qc.validate()?;
         if self.cycle.members < 2 {
-            bail!("cycle.members must be >= 2 (an ensemble), got {}", self.cycle.members);
+            bail!(
+                "cycle.members must be >= 2 (an ensemble), got {}",
+                self.cycle.members
+            );
         }
         if self.cycle.keep < 1 {
             bail!("cycle.keep must be >= 1 (the last committed cycle is the restart point)");
         }
         if self.cycle.keep_summaries < self.cycle.keep {
-            bail!("cycle.keep_summaries ({}) must be >= cycle.keep ({})", self.cycle.keep_summaries, self.cycle.keep);
+            bail!(
+                "cycle.keep_summaries ({}) must be >= cycle.keep ({})",
+                self.cycle.keep_summaries,
+                self.cycle.keep
+            );
         }
         if self.maps.enabled {
             if tb != TestbedKind::Qg2l {
@@ -416,11 +547,18 @@ impl Config {
         }
         let l = &self.letkf;
         if !(l.inflation >= 1.0) {
-            bail!("letkf.inflation must be >= 1.0 (1.0 = none, 1.01-1.1 typical), got {}", l.inflation);
+            bail!(
+                "letkf.inflation must be >= 1.0 (1.0 = none, 1.01-1.1 typical), got {}",
+                l.inflation
+            );
         }
-        assimd_filter::enkf::Inflation::new(l.inflation, l.rtps).map_err(|e| anyhow::anyhow!("letkf: {e}"))?;
+        assimd_filter::enkf::Inflation::new(l.inflation, l.rtps)
+            .map_err(|e| anyhow::anyhow!("letkf: {e}"))?;
         if !(l.localization_km > 0.0) {
-            bail!("letkf.localization_km must be > 0 (use a large value for no localisation), got {}", l.localization_km);
+            bail!(
+                "letkf.localization_km must be > 0 (use a large value for no localisation), got {}",
+                l.localization_km
+            );
         }
         if l.weight_stride == 0 {
             bail!("letkf.weight_stride must be >= 1 (1 = exact)");
@@ -441,7 +579,10 @@ impl Config {
             })?;
         }
         if !(self.service.grace_seconds >= 0.0 && self.service.grace_seconds.is_finite()) {
-            bail!("service.grace_seconds must be a finite number >= 0, got {}", self.service.grace_seconds);
+            bail!(
+                "service.grace_seconds must be a finite number >= 0, got {}",
+                self.service.grace_seconds
+            );
         }
         if self.store.path.as_os_str().is_empty() {
             bail!("store.path is empty: give the directory of the state database");
@@ -451,7 +592,10 @@ impl Config {
 
     /// The cutoff in milliseconds (default one cycle).
     pub fn cutoff_ms(&self, cycle_ms: i64) -> i64 {
-        self.ingest.cutoff_seconds.map(|s| s * 1000).unwrap_or(cycle_ms)
+        self.ingest
+            .cutoff_seconds
+            .map(|s| s * 1000)
+            .unwrap_or(cycle_ms)
     }
 }
 
@@ -487,9 +631,29 @@ mod tests {
         let e = Config::parse("[score]\nbundle = \"/nonexistent\"\n", Path::new("t")).unwrap_err();
         assert!(format!("{e:#}").contains("manifest.toml"), "{e:#}");
         let e = Config::parse("[maps]\nenabled = true\n", Path::new("t")).unwrap_err();
-        assert!(format!("{e:#}").contains("maps.enabled needs testbed.name = \"qg2l\""), "{e:#}");
-        assert!(Config::parse("[testbed]\nname = \"qg2l\"\n[maps]\nenabled = true\n", Path::new("t")).is_ok());
-        let e = Config::parse("[cycle]\nkeep = 10\nkeep_summaries = 5\n", Path::new("t")).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("maps.enabled needs testbed.name = \"qg2l\""),
+            "{e:#}"
+        );
+        assert!(Config::parse(
+            "[testbed]\nname = \"qg2l\"\n[maps]\nenabled = true\n",
+            Path::new("t")
+        )
+        .is_ok());
+        let e =
+            Config::parse("[ingest.ranges]\nhumidity = [0.0, 1.0]\n", Path::new("t")).unwrap_err();
+        assert!(format!("{e:#}").contains("ingest.ranges.humidity"), "{e:#}");
+        let e = Config::parse("[ingest]\nnetworks = []\n", Path::new("t")).unwrap_err();
+        assert!(format!("{e:#}").contains("ingest.networks"), "{e:#}");
+        let e = Config::parse("[qc.station]\nk = -1.0\n", Path::new("t")).unwrap_err();
+        assert!(format!("{e:#}").contains("qc.station.k"), "{e:#}");
+        assert!(Config::parse(
+            "[testbed]\nname = \"qg2l\"\n[ingest.ranges]\npressure = [-8.0, 8.0]\n",
+            Path::new("t")
+        )
+        .is_ok());
+        let e =
+            Config::parse("[cycle]\nkeep = 10\nkeep_summaries = 5\n", Path::new("t")).unwrap_err();
         assert!(format!("{e:#}").contains("cycle.keep_summaries"), "{e:#}");
     }
 }

@@ -1,7 +1,7 @@
 //! # Ingest: validate, de-duplicate, journal, acknowledge
 //!
 //! The journal writer takes the broker's publishes in batches (up to `ingest.max_batch`, whatever
-//! has arrived), validates each with [`crate::wire`], writes the accepted ones to the journal in
+//! has arrived), validates each with [`crate::wire::Checks`] (topic, schema, values), writes the accepted ones to the journal in
 //! one sled transaction, flushes, and only then acknowledges the whole batch. A crash before the
 //! flush leaves the messages unacknowledged, so the broker redelivers them; a crash after it and
 //! before the acknowledgement makes the broker redeliver messages already journaled, which the id
@@ -16,7 +16,7 @@ use super::clock::CycleClock;
 use super::store::{JournalEntry, Journaled, Store};
 use super::telemetry as tm;
 use super::Outgoing;
-use crate::wire::{self, Limits, RejectReason, Source};
+use crate::wire::{Checks, RejectReason, Source};
 use anyhow::Result;
 use assimd_filter::StateSpace;
 use rumqttc::{AsyncClient, Publish};
@@ -30,8 +30,8 @@ pub struct Ingest {
     pub store: Store,
     /// The state space messages are validated against.
     pub space: StateSpace,
-    /// Size limits.
-    pub limits: Limits,
+    /// Topic binding, size limits, missing-value codes and ranges.
+    pub checks: Checks,
     /// Whether to refuse times in the future of the wall clock.
     pub reject_future: bool,
     /// Topic prefix.
@@ -57,8 +57,16 @@ const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// What one message turned into.
 enum Parsed {
-    Obs { cycle: u64, id: String, entry: JournalEntry, modality: &'static str },
-    Truth { cycle: u64, state: Vec<f64> },
+    Obs {
+        cycle: u64,
+        id: String,
+        entry: JournalEntry,
+        modality: &'static str,
+    },
+    Truth {
+        cycle: u64,
+        state: Vec<f64>,
+    },
     Late(&'static str),
     Rejected(RejectReason, String),
 }
@@ -88,7 +96,12 @@ impl Ingest {
             let mut modalities = Vec::new();
             for p in &batch {
                 match self.parse(p, closed, now) {
-                    Parsed::Obs { cycle, id, entry, modality } => {
+                    Parsed::Obs {
+                        cycle,
+                        id,
+                        entry,
+                        modality,
+                    } => {
                         metrics::counter!(tm::OBS_RECEIVED, "modality" => modality).increment(1);
                         modalities.push(modality);
                         msgs.push((cycle, id, entry));
@@ -103,8 +116,11 @@ impl Ingest {
                     }
                     Parsed::Rejected(reason, detail) => {
                         metrics::counter!(tm::OBS_RECEIVED, "modality" => modality_of(&p.topic, &self.prefix)).increment(1);
-                        metrics::counter!(tm::OBS_REJECTED, "reason" => reason.as_str()).increment(1);
-                        let due = last_log.get(&reason).is_none_or(|t| t.elapsed() >= LOG_EVERY);
+                        metrics::counter!(tm::OBS_REJECTED, "reason" => reason.as_str())
+                            .increment(1);
+                        let due = last_log
+                            .get(&reason)
+                            .is_none_or(|t| t.elapsed() >= LOG_EVERY);
                         if due {
                             last_log.insert(reason, Instant::now());
                             tracing::warn!(topic = %p.topic, "rejected message ({}): {detail} (logged once per {}s per reason)", reason.as_str(), LOG_EVERY.as_secs());
@@ -120,7 +136,8 @@ impl Ingest {
                 }
             }
             let store = self.store.clone();
-            let outcome = tokio::task::spawn_blocking(move || store.journal_batch(&msgs, &truths)).await??;
+            let outcome =
+                tokio::task::spawn_blocking(move || store.journal_batch(&msgs, &truths)).await??;
             self.store.flush_async().await?;
             for (o, _m) in outcome.iter().zip(&modalities) {
                 match o {
@@ -149,12 +166,34 @@ impl Ingest {
     fn parse(&self, p: &Publish, closed: u64, now: chrono::DateTime<chrono::Utc>) -> Parsed {
         if Some(&p.topic) == self.truth_topic.as_ref() {
             return match serde_json::from_slice::<TruthMsg>(&p.payload) {
-                Ok(t) if t.state.len() == self.dim && t.state.iter().all(|v| v.is_finite()) => Parsed::Truth { cycle: t.cycle, state: t.state },
-                Ok(t) => Parsed::Rejected(RejectReason::LengthMismatch, format!("truth has {} finite values? expected {}", t.state.len(), self.dim)),
+                Ok(t) if t.state.len() == self.dim && t.state.iter().all(|v| v.is_finite()) => {
+                    Parsed::Truth {
+                        cycle: t.cycle,
+                        state: t.state,
+                    }
+                }
+                Ok(t) => Parsed::Rejected(
+                    RejectReason::LengthMismatch,
+                    format!(
+                        "truth has {} finite values? expected {}",
+                        t.state.len(),
+                        self.dim
+                    ),
+                ),
                 Err(e) => Parsed::Rejected(RejectReason::Schema, format!("truth message: {e}")),
             };
         }
-        let m = match wire::decode(&p.payload, &self.space, self.reject_future.then_some(now), &self.limits) {
+        let suffix = p
+            .topic
+            .strip_prefix(&self.prefix)
+            .and_then(|t| t.strip_prefix('/'))
+            .unwrap_or(&p.topic);
+        let m = match self.checks.decode(
+            &p.payload,
+            Some(suffix),
+            &self.space,
+            self.reject_future.then_some(now),
+        ) {
             Ok(m) => m,
             Err(r) => return Parsed::Rejected(r.reason, r.detail),
         };
@@ -172,7 +211,16 @@ impl Ingest {
             Source::Station(s) => Some(s),
             Source::Satellite(..) => None,
         };
-        Parsed::Obs { cycle, id: m.id, entry: JournalEntry { time_ms: m.time.timestamp_millis(), station, obs: m.obs }, modality }
+        Parsed::Obs {
+            cycle,
+            id: m.id,
+            entry: JournalEntry {
+                time_ms: m.time.timestamp_millis(),
+                station,
+                obs: m.obs,
+            },
+            modality,
+        }
     }
 }
 

@@ -80,13 +80,23 @@ pub fn bundle_hash(dir: &Path) -> Result<String> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("reading bundle directory {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && (p.extension().is_some_and(|e| e == "onnx") || p.file_name().is_some_and(|n| n == "manifest.toml")))
+        .filter(|p| {
+            p.is_file()
+                && (p.extension().is_some_and(|e| e == "onnx")
+                    || p.file_name().is_some_and(|n| n == "manifest.toml"))
+        })
         .collect();
     files.sort();
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for f in files {
         let bytes = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
-        for b in f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default().bytes().chain(bytes) {
+        for b in f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+            .bytes()
+            .chain(bytes)
+        {
             h ^= b as u64;
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
@@ -107,7 +117,13 @@ pub fn compat_key(cfg: &Config, cycle_ms: i64, filters: &[&str]) -> serde_json::
 
 /// The filters of a config: the LETKF always, the score filter when a bundle is configured.
 /// Returns them with the bundle's hash and execution provider.
-pub fn build_filters(cfg: &Config, testbed: &Testbed) -> Result<(Vec<(&'static str, Box<dyn assimd_filter::Analysis>)>, Option<(String, String)>)> {
+pub fn build_filters(
+    cfg: &Config,
+    testbed: &Testbed,
+) -> Result<(
+    Vec<(&'static str, Box<dyn assimd_filter::Analysis>)>,
+    Option<(String, String)>,
+)> {
     let tb = cfg.testbed_kind()?;
     let mut spec = ExperimentSpec::new(tb, FilterKind::Letkf, cfg.network_kind()?);
     spec.inflation = cfg.letkf.inflation;
@@ -115,13 +131,20 @@ pub fn build_filters(cfg: &Config, testbed: &Testbed) -> Result<(Vec<(&'static s
     spec.localization_km = cfg.letkf.localization_km;
     spec.weight_stride = cfg.letkf.weight_stride;
     // Built exactly as `assimd experiment` builds it.
-    let letkf = spec.analysis(&testbed.space)?.context("the LETKF spec builds an analysis")?;
+    let letkf = spec
+        .analysis(&testbed.space)?
+        .context("the LETKF spec builds an analysis")?;
     let mut filters: Vec<(&'static str, Box<dyn assimd_filter::Analysis>)> = vec![("letkf", letkf)];
     let mut bundle_info = None;
     if let Some(dir) = &cfg.score.bundle {
         let hash = bundle_hash(dir)?;
-        let options = BundleOptions { device: cfg.score.device, threads: cfg.score.threads, ..BundleOptions::default() };
-        let bundle = Bundle::load(dir, &options).with_context(|| format!("loading the model bundle {}", dir.display()))?;
+        let options = BundleOptions {
+            device: cfg.score.device,
+            threads: cfg.score.threads,
+            ..BundleOptions::default()
+        };
+        let bundle = Bundle::load(dir, &options)
+            .with_context(|| format!("loading the model bundle {}", dir.display()))?;
         if bundle.manifest().testbed != cfg.testbed.name {
             bail!("score.bundle {} is for testbed {}, but testbed.name is {}: use a bundle of this testbed", dir.display(), bundle.manifest().testbed, cfg.testbed.name);
         }
@@ -135,8 +158,18 @@ pub fn build_filters(cfg: &Config, testbed: &Testbed) -> Result<(Vec<(&'static s
             s.apply(&mut sampler, &mut start)?;
         }
         // A latent bundle started at "analysis"/"sqrt" starts from this config's LETKF.
-        let baseline = if bundle.manifest().conditioning.ensemble_gaussian.is_none() { spec.analysis(&testbed.space)? } else { None };
-        let score = experiment::score_analysis(bundle, sampler, start, Inflation::new(1.0, cfg.score.rtps)?, baseline)?;
+        let baseline = if bundle.manifest().conditioning.ensemble_gaussian.is_none() {
+            spec.analysis(&testbed.space)?
+        } else {
+            None
+        };
+        let score = experiment::score_analysis(
+            bundle,
+            sampler,
+            start,
+            Inflation::new(1.0, cfg.score.rtps)?,
+            baseline,
+        )?;
         filters.push(("score", score));
         bundle_info = Some((hash, provider));
     }
@@ -144,13 +177,27 @@ pub fn build_filters(cfg: &Config, testbed: &Testbed) -> Result<(Vec<(&'static s
 }
 
 /// Run the daemon until `shutdown` resolves (or a service fails).
-pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = Stop>) -> Result<()> {
+pub async fn run(
+    cfg: Config,
+    opts: RunOptions,
+    shutdown: impl Future<Output = Stop>,
+) -> Result<()> {
     let testbed = Testbed::new(cfg.testbed_kind()?);
-    let network = testbed.network(cfg.network_kind()?).map_err(anyhow::Error::msg)?;
+    let network = testbed
+        .network(cfg.network_kind()?)
+        .map_err(anyhow::Error::msg)?;
     let cycle_ms = (testbed.dynamics.cycle_seconds() * 1000.0).round() as i64;
-    let clock = CycleClock { start_ms: cfg.start_time()?.timestamp_millis(), cycle_ms, cutoff_ms: cfg.cutoff_ms(cycle_ms) };
+    let clock = CycleClock {
+        start_ms: cfg.start_time()?.timestamp_millis(),
+        cycle_ms,
+        cutoff_ms: cfg.cutoff_ms(cycle_ms),
+    };
     if opts.install_metrics {
-        let listen = if cfg.metrics.listen.is_empty() { None } else { Some(cfg.metrics.listen.parse()?) };
+        let listen = if cfg.metrics.listen.is_empty() {
+            None
+        } else {
+            Some(cfg.metrics.listen.parse()?)
+        };
         telemetry::install(listen)?;
     }
     let (built, bundle_info) = {
@@ -165,21 +212,39 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = S
     telemetry::register_filters(&built.iter().map(|(n, _)| *n).collect::<Vec<_>>());
     metrics::gauge!(telemetry::CYCLE_LENGTH).set(cycle_ms as f64 / 1000.0);
     let store = Store::open(&cfg.store.path)?;
-    store.check_or_init(&compat_key(&cfg, cycle_ms, &names), bundle_info.as_ref().map(|(h, _)| h.as_str()), &opts.config_hint)?;
+    store.check_or_init(
+        &compat_key(&cfg, cycle_ms, &names),
+        bundle_info.as_ref().map(|(h, _)| h.as_str()),
+        &opts.config_hint,
+    )?;
     let committed = store.assimilated_up_to()?;
     let mut filters = Vec::new();
     // Climatological draws are costly for qg2l (model integrations): only for a fresh state.
-    let draws = if committed == 0 { testbed.climatological_draws(cfg.cycle.members, cfg.cycle.seed) } else { Vec::new() };
+    let draws = if committed == 0 {
+        testbed.climatological_draws(cfg.cycle.members, cfg.cycle.seed)
+    } else {
+        Vec::new()
+    };
     for (name, analysis) in built {
         let ens = if committed == 0 {
             assimd_filter::Ensemble::from_members(draws.clone())?
         } else {
             store.load_ensemble(name, committed, cfg.cycle.members)?
         };
-        filters.push(FilterSlot { name, analysis, ens });
+        filters.push(FilterSlot {
+            name,
+            analysis,
+            ens,
+        });
     }
     let closed0 = committed.max(store.obs_clock_ms()?.map_or(0, |c| clock.closed_by(c)));
-    tracing::info!(committed, closed = closed0, journaled = store.journaled_total()?, "state loaded from {}", cfg.store.path.display());
+    tracing::info!(
+        committed,
+        closed = closed0,
+        journaled = store.journaled_total()?,
+        "state loaded from {}",
+        cfg.store.path.display()
+    );
     metrics::gauge!(telemetry::LAST_CYCLE).set(committed as f64);
 
     // MQTT.
@@ -196,7 +261,10 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = S
         client: client.clone(),
         eventloop,
         topics: mqtt::subscriptions(&cfg.mqtt.prefix, &cfg.testbed.name, cfg.ingest.truth),
-        backoff: (Duration::from_millis(cfg.mqtt.reconnect_min_ms), Duration::from_millis(cfg.mqtt.reconnect_max_ms)),
+        backoff: (
+            Duration::from_millis(cfg.mqtt.reconnect_min_ms),
+            Duration::from_millis(cfg.mqtt.reconnect_max_ms),
+        ),
         publishes: pub_tx,
         connected: connected_tx,
     };
@@ -204,10 +272,13 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = S
     let ingest = ingest::Ingest {
         store: store.clone(),
         space: testbed.space.clone(),
-        limits: cfg.ingest.limits.clone(),
+        checks: cfg.ingest.checks(&testbed.space)?,
         reject_future: cfg.ingest.reject_future,
         prefix: cfg.mqtt.prefix.clone(),
-        truth_topic: cfg.ingest.truth.then(|| format!("{}/truth/{}", cfg.mqtt.prefix, cfg.testbed.name)),
+        truth_topic: cfg
+            .ingest
+            .truth
+            .then(|| format!("{}/truth/{}", cfg.mqtt.prefix, cfg.testbed.name)),
         dim: testbed.space.dim(),
         clock,
         closed: closed_tx,
@@ -220,7 +291,11 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = S
         let client = client.clone();
         tokio::spawn(async move {
             while let Some(o) = out_rx.recv().await {
-                if client.publish(o.topic, QoS::AtLeastOnce, o.retain, o.payload).await.is_err() {
+                if client
+                    .publish(o.topic, QoS::AtLeastOnce, o.retain, o.payload)
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -230,7 +305,12 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = S
     // The cycle engine.
     let withheld: HashSet<String> = match &cfg.ingest.withheld_stations {
         Some(v) => v.iter().cloned().collect(),
-        None => network.stations.iter().filter(|s| s.withheld).map(|s| s.id.clone()).collect(),
+        None => network
+            .stations
+            .iter()
+            .filter(|s| s.withheld)
+            .map(|s| s.id.clone())
+            .collect(),
     };
     let engine = Engine {
         store: store.clone(),
@@ -256,7 +336,9 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = S
         prefix: cfg.mqtt.prefix.clone(),
         out: out_tx,
         reports: opts.reports,
-        stall_before_commit: std::env::var("ASSIMD_TEST_STALL_BEFORE_COMMIT").ok().and_then(|v| v.parse().ok()),
+        stall_before_commit: std::env::var("ASSIMD_TEST_STALL_BEFORE_COMMIT")
+            .ok()
+            .and_then(|v| v.parse().ok()),
     };
     if let Some((k, s)) = store.summaries()?.pop() {
         // At-least-once for summaries: a crash between commit and publication loses none.
@@ -294,15 +376,24 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = S
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&s)]);
     };
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    status(format!("cycle {committed} committed; connecting to {}:{}", cfg.mqtt.host, cfg.mqtt.port));
-    tracing::info!("ready: cycle {committed} committed, subscribing on {}:{}", cfg.mqtt.host, cfg.mqtt.port);
-    let watchdog = sd_notify::watchdog_enabled().map(|d| tokio::spawn(async move {
-        let mut t = tokio::time::interval(d / 2);
-        loop {
-            t.tick().await;
-            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-        }
-    }));
+    status(format!(
+        "cycle {committed} committed; connecting to {}:{}",
+        cfg.mqtt.host, cfg.mqtt.port
+    ));
+    tracing::info!(
+        "ready: cycle {committed} committed, subscribing on {}:{}",
+        cfg.mqtt.host,
+        cfg.mqtt.port
+    );
+    let watchdog = sd_notify::watchdog_enabled().map(|d| {
+        tokio::spawn(async move {
+            let mut t = tokio::time::interval(d / 2);
+            loop {
+                t.tick().await;
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        })
+    });
     let status_task = {
         let store = store.clone();
         tokio::spawn(async move {
@@ -337,7 +428,12 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = S
         w.abort();
     }
     let grace = Duration::from_secs_f64(cfg.service.grace_seconds);
-    let deadline = tokio::time::Instant::now() + if stop == Stop::Graceful { grace } else { Duration::from_millis(500) };
+    let deadline = tokio::time::Instant::now()
+        + if stop == Stop::Graceful {
+            grace
+        } else {
+            Duration::from_millis(500)
+        };
     tracing::info!("stopping ({stop:?})");
     if stop == Stop::Fast {
         engine_stop.store(true, Ordering::SeqCst);
@@ -361,7 +457,11 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = S
             None
         }
         Err(_) => {
-            let why = if stop == Stop::Fast { "SIGINT".to_string() } else { format!("grace period of {grace:?} over") };
+            let why = if stop == Stop::Fast {
+                "SIGINT".to_string()
+            } else {
+                format!("grace period of {grace:?} over")
+            };
             tracing::warn!("the running cycle was abandoned ({why}); it is redone after restart");
             None
         }
@@ -371,7 +471,10 @@ pub async fn run(cfg: Config, opts: RunOptions, shutdown: impl Future<Output = S
     stop_conn.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(3), conn_task).await;
     store.flush()?;
-    tracing::info!("stopped; last committed cycle {}", committed.map_or("unknown (abandoned)".into(), |k| k.to_string()));
+    tracing::info!(
+        "stopped; last committed cycle {}",
+        committed.map_or("unknown (abandoned)".into(), |k| k.to_string())
+    );
     Ok(())
 }
 
@@ -383,9 +486,15 @@ pub fn reset(cfg: &Config) -> Result<()> {
         return Ok(());
     }
     if !p.join("conf").is_file() && !p.join("db").exists() {
-        bail!("{} does not look like an assimd store (no sled files): refusing to delete it", p.display());
+        bail!(
+            "{} does not look like an assimd store (no sled files): refusing to delete it",
+            p.display()
+        );
     }
     std::fs::remove_dir_all(p).with_context(|| format!("removing {}", p.display()))?;
-    println!("removed the state store {}; the next start begins at cycle 0", p.display());
+    println!(
+        "removed the state store {}; the next start begins at cycle 0",
+        p.display()
+    );
     Ok(())
 }

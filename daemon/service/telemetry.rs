@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 
 /// Observation messages received, by modality (`station`, `satellite`, `truth`, `unknown`).
 pub const OBS_RECEIVED: &str = "assimd_obs_received_total";
-/// Messages rejected, by reason (the 10 labels of `wire::RejectReason`, plus `topic`).
+/// Messages rejected, by reason (the 13 labels of `wire::RejectReason`).
 pub const OBS_REJECTED: &str = "assimd_obs_rejected_total";
 /// Redelivered messages dropped by id.
 pub const OBS_DUPLICATES: &str = "assimd_obs_duplicates_total";
@@ -118,7 +118,11 @@ pub const ALL: &[&str] = &[
 /// `_sum` and `_count` series the histogram's name. `None` when it is not one of [`ALL`].
 pub fn family_of(series: &str) -> Option<&'static str> {
     ALL.iter().copied().find(|&f| {
-        series == f || (HISTOGRAMS.contains(&f) && ["_bucket", "_sum", "_count"].iter().any(|s| series.strip_prefix(f) == Some(*s)))
+        series == f
+            || (HISTOGRAMS.contains(&f)
+                && ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|s| series.strip_prefix(f) == Some(*s)))
     })
 }
 
@@ -130,17 +134,23 @@ pub fn install(listen: Option<SocketAddr>) -> Result<()> {
     let mut b = PrometheusBuilder::new()
         .set_buckets_for_metric(
             Matcher::Suffix("duration_seconds".into()),
-            &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0, 60.0,
+            ],
         )
         .context("histogram buckets")?;
     match listen {
         Some(addr) => {
             b = b.with_http_listener(addr);
-            b.install().with_context(|| format!("starting the metrics endpoint on {addr} (is the port taken?)"))?;
+            b.install().with_context(|| {
+                format!("starting the metrics endpoint on {addr} (is the port taken?)")
+            })?;
         }
         None => {
             // No endpoint: still record (the demo reads nothing back, but the code paths are the same).
-            b.install_recorder().context("installing the metrics recorder")?;
+            b.install_recorder()
+                .context("installing the metrics recorder")?;
         }
     }
     describe();
@@ -153,32 +163,82 @@ fn describe() {
     describe_counter!(OBS_DUPLICATES, "Redelivered messages dropped by id");
     describe_counter!(OBS_LATE, "Messages for an already closed window, dropped");
     describe_counter!(OBS_JOURNALED, "Messages written to the observation journal");
-    describe_counter!(OBS_ASSIMILATED, "Journaled messages consumed by committed cycles");
-    describe_gauge!(OBS_USED, "Scalar observations used by the last cycle, by filter and modality");
-    describe_gauge!(ANALYSIS_RMSE, "Analysis RMSE of the ensemble mean, by filter and reference");
-    describe_gauge!(BACKGROUND_RMSE, "Background RMSE of the ensemble mean, by filter and reference");
+    describe_counter!(
+        OBS_ASSIMILATED,
+        "Journaled messages consumed by committed cycles"
+    );
+    describe_gauge!(
+        OBS_USED,
+        "Scalar observations used by the last cycle, by filter and modality"
+    );
+    describe_gauge!(
+        ANALYSIS_RMSE,
+        "Analysis RMSE of the ensemble mean, by filter and reference"
+    );
+    describe_gauge!(
+        BACKGROUND_RMSE,
+        "Background RMSE of the ensemble mean, by filter and reference"
+    );
     describe_gauge!(SPREAD, "Analysis ensemble spread");
-    describe_gauge!(SPREAD_SKILL, "Analysis spread over analysis RMSE, against truth or withheld stations");
-    describe_gauge!(OBS_WITHHELD, "Scalar observations of withheld verification stations in the last cycle");
-    describe_gauge!(CYCLES_PENDING, "Closed observation windows not yet analysed and committed");
+    describe_gauge!(
+        SPREAD_SKILL,
+        "Analysis spread over analysis RMSE, against truth or withheld stations"
+    );
+    describe_gauge!(
+        OBS_WITHHELD,
+        "Scalar observations of withheld verification stations in the last cycle"
+    );
+    describe_gauge!(
+        CYCLES_PENDING,
+        "Closed observation windows not yet analysed and committed"
+    );
     describe_gauge!(CYCLE_LENGTH, "Cycle length in model time");
     describe_gauge!(CRPS, "Analysis CRPS against truth");
-    describe_gauge!(OMB_MEAN, "Mean observation minus background, by filter and modality");
-    describe_gauge!(OMB_RMS, "RMS observation minus background, by filter and modality");
-    describe_gauge!(OMA_MEAN, "Mean observation minus analysis, by filter and modality");
-    describe_gauge!(OMA_RMS, "RMS observation minus analysis, by filter and modality");
+    describe_gauge!(
+        OMB_MEAN,
+        "Mean observation minus background, by filter and modality"
+    );
+    describe_gauge!(
+        OMB_RMS,
+        "RMS observation minus background, by filter and modality"
+    );
+    describe_gauge!(
+        OMA_MEAN,
+        "Mean observation minus analysis, by filter and modality"
+    );
+    describe_gauge!(
+        OMA_RMS,
+        "RMS observation minus analysis, by filter and modality"
+    );
     describe_histogram!(CYCLE_SECONDS, Unit::Seconds, "Wall time of a whole cycle");
-    describe_histogram!(PHASE_SECONDS, Unit::Seconds, "Wall time of a cycle phase, by phase and filter");
-    describe_histogram!(JOURNAL_SECONDS, Unit::Seconds, "Wall time of a journal batch (insert and flush)");
+    describe_histogram!(
+        PHASE_SECONDS,
+        Unit::Seconds,
+        "Wall time of a cycle phase, by phase and filter"
+    );
+    describe_histogram!(
+        JOURNAL_SECONDS,
+        Unit::Seconds,
+        "Wall time of a journal batch (insert and flush)"
+    );
     describe_gauge!(LAST_CYCLE, "Last committed cycle number");
     describe_gauge!(LAST_CYCLE_TIME, "Valid time of the last committed cycle");
     describe_gauge!(LAST_COMMIT_TIME, "Wall time of the last commit");
     describe_gauge!(MQTT_CONNECTED, "1 while connected to the broker");
-    describe_gauge!(MQTT_SUBSCRIBED, "1 once subscribed on the current broker connection");
+    describe_gauge!(
+        MQTT_SUBSCRIBED,
+        "1 once subscribed on the current broker connection"
+    );
     describe_counter!(MQTT_ERRORS, "Broker connection losses and failed attempts");
     describe_gauge!(STORE_BYTES, "State store size on disk");
-    describe_gauge!(ORT_PROVIDER, "ONNX Runtime execution provider in use (value 1)");
-    describe_counter!(ANALYSIS_FAILURES, "Analyses that failed or diverged; the background was kept");
+    describe_gauge!(
+        ORT_PROVIDER,
+        "ONNX Runtime execution provider in use (value 1)"
+    );
+    describe_counter!(
+        ANALYSIS_FAILURES,
+        "Analyses that failed or diverged; the background was kept"
+    );
     // Pre-register the rejection counters so that every reason shows, at 0, from the start.
     for r in crate::wire::RejectReason::ALL {
         metrics::counter!(OBS_REJECTED, "reason" => r.as_str()).absolute(0);
@@ -188,7 +248,13 @@ fn describe() {
     for m in ["station", "satellite"] {
         metrics::counter!(OBS_RECEIVED, "modality" => m).absolute(0);
     }
-    for c in [OBS_DUPLICATES, OBS_LATE, OBS_JOURNALED, OBS_ASSIMILATED, MQTT_ERRORS] {
+    for c in [
+        OBS_DUPLICATES,
+        OBS_LATE,
+        OBS_JOURNALED,
+        OBS_ASSIMILATED,
+        MQTT_ERRORS,
+    ] {
         metrics::counter!(c).absolute(0);
     }
     metrics::gauge!(MQTT_CONNECTED).set(0.0);
@@ -211,10 +277,15 @@ pub const DEFAULT_LOG: &str = "info,rumqttd=off,rumqttc=warn,sled=warn";
 /// Log to stderr (journald adds its own timestamps); `RUST_LOG` overrides the level.
 /// `default` is the filter when `RUST_LOG` is unset, e.g. [`DEFAULT_LOG`].
 pub fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     use std::io::IsTerminal;
     let ansi = std::io::stderr().is_terminal();
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 #[cfg(test)]
@@ -226,10 +297,20 @@ mod tests {
         let set: std::collections::HashSet<_> = ALL.iter().collect();
         assert_eq!(set.len(), ALL.len(), "a metric is listed twice");
         assert!(ALL.iter().all(|n| n.starts_with("assimd_")));
-        assert_eq!(family_of("assimd_phase_duration_seconds_bucket"), Some(PHASE_SECONDS));
-        assert_eq!(family_of("assimd_cycle_duration_seconds_count"), Some(CYCLE_SECONDS));
+        assert_eq!(
+            family_of("assimd_phase_duration_seconds_bucket"),
+            Some(PHASE_SECONDS)
+        );
+        assert_eq!(
+            family_of("assimd_cycle_duration_seconds_count"),
+            Some(CYCLE_SECONDS)
+        );
         assert_eq!(family_of("assimd_cycle_length_seconds"), Some(CYCLE_LENGTH));
-        assert_eq!(family_of("assimd_cycle_length_seconds_count"), None, "a gauge has no _count series");
+        assert_eq!(
+            family_of("assimd_cycle_length_seconds_count"),
+            None,
+            "a gauge has no _count series"
+        );
         assert_eq!(family_of("assimd_analysis_rmse_total"), None);
     }
 }

@@ -12,6 +12,7 @@ pub mod ensemble;
 mod error;
 pub mod geometry;
 pub mod obs;
+pub mod qc;
 pub mod score;
 pub mod stats;
 

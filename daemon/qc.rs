@@ -1,0 +1,563 @@
+//! # Quality control of a cycle's observations (`[qc]`)
+//!
+//! The one screening that the daemon's cycle engine and `assimd experiment` both run, between the
+//! forecast and the analyses, with [`assimd_filter::qc`]:
+//!
+//! 1. every filter's background is tested by the divergence guard against all of the cycle's
+//!    observations (blacklisted stations aside); a flagged filter's background is replaced by the
+//!    caller's recovery (climatological draws) before anything else happens;
+//! 2. the background check runs against the reference background (the first filter: the LETKF in
+//!    the daemon, the filter itself in an experiment), giving each observation a verdict;
+//! 3. observations of blacklisted stations (the operator's list, or the monitor's) and rejected
+//!    ones are left out; down-weighted ones keep their value with an inflated σ_o; every filter
+//!    gets this same accepted batch;
+//! 4. the station monitor folds each station's normalised departures and verdicts into its running
+//!    statistics, which may blacklist a station from the next cycle on.
+//!
+//! A left-out observation is not lost: [`Screened::rejected`] names its message, its index in the
+//! message and its reason, and the daemon keeps that record next to the journal.
+
+use anyhow::{bail, Result};
+use assimd_filter::obs::{Modality, ObsBatch, Observation};
+use assimd_filter::qc::{
+    self, BackgroundCheck, Departure, DivergenceGuard, MonitorState, StationMonitor, StationReport,
+    Thresholds, Verdict,
+};
+use assimd_filter::{Ensemble, StateSpace};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// `[qc]`: the same keys in the daemon config and in experiment files.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QcSettings {
+    /// Off (`--qc off`): no background check, no station monitor, no divergence guard, what
+    /// assimd did before it had QC; for comparisons only. The operator's blacklist still applies.
+    pub enabled: bool,
+    /// Background-check thresholds of station reports.
+    pub station: Thresholds,
+    /// Background-check thresholds of satellite footprints.
+    pub satellite: Thresholds,
+    /// The station monitor and its automatic blacklist.
+    pub monitor: StationMonitor,
+    /// The divergence guard.
+    pub divergence: DivergenceGuard,
+    /// Stations never assimilated (journaled and monitored only): the operator's blacklist. The
+    /// daemon re-reads it on SIGHUP (`systemctl reload assimd`).
+    pub blacklist: Vec<String>,
+    /// Stations whose automatic blacklisting and statistics are cleared when the daemon starts or
+    /// reloads: how an operator takes back a station whose sensor was fixed.
+    pub clear: Vec<String>,
+}
+
+impl Default for QcSettings {
+    fn default() -> Self {
+        QcSettings {
+            enabled: true,
+            station: Thresholds::default(),
+            satellite: Thresholds::default(),
+            monitor: StationMonitor::default(),
+            divergence: DivergenceGuard::default(),
+            blacklist: Vec::new(),
+            clear: Vec::new(),
+        }
+    }
+}
+
+impl QcSettings {
+    /// The background check of these settings.
+    pub fn check(&self) -> BackgroundCheck {
+        BackgroundCheck {
+            station: self.station,
+            satellite: self.satellite,
+        }
+    }
+
+    /// Check every parameter; errors name the key and the fix.
+    pub fn validate(&self) -> Result<()> {
+        self.check().validate().map_err(|e| {
+            anyhow::anyhow!(
+                "qc.{}",
+                e.to_string().trim_start_matches("invalid parameter: ")
+            )
+        })?;
+        self.monitor.validate().map_err(|e| {
+            anyhow::anyhow!(
+                "qc.{}",
+                e.to_string().trim_start_matches("invalid parameter: ")
+            )
+        })?;
+        self.divergence.validate().map_err(|e| {
+            anyhow::anyhow!(
+                "qc.{}",
+                e.to_string().trim_start_matches("invalid parameter: ")
+            )
+        })?;
+        if let Some(s) = self
+            .blacklist
+            .iter()
+            .chain(&self.clear)
+            .find(|s| s.is_empty())
+        {
+            bail!("qc.blacklist and qc.clear hold station ids; {s:?} is empty");
+        }
+        Ok(())
+    }
+}
+
+/// Where an observation of a cycle came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObsOrigin {
+    /// Message id.
+    pub message: String,
+    /// Index of the observation in its message (a station's value, a granule's footprint).
+    pub index: u32,
+    /// The reporting station (None for satellite footprints).
+    pub station: Option<String>,
+}
+
+/// Why an observation was left out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QcReason {
+    /// |d| > k σ_d.
+    BackgroundCheck,
+    /// Its station is blacklisted (by the operator or the monitor).
+    Blacklisted,
+}
+
+impl QcReason {
+    /// Every reason, for pre-registering counters.
+    pub const ALL: [QcReason; 2] = [QcReason::BackgroundCheck, QcReason::Blacklisted];
+
+    /// Metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QcReason::BackgroundCheck => "background_check",
+            QcReason::Blacklisted => "blacklisted",
+        }
+    }
+}
+
+/// A left-out observation, as the daemon keeps it beside the journal.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct QcRejection {
+    /// Message id.
+    pub message: String,
+    /// Index of the observation in its message.
+    pub index: u32,
+    /// Station or satellite.
+    pub modality: Modality,
+    /// Why.
+    pub reason: QcReason,
+    /// Its departure from the reference background, d = y − H x̄ᵇ.
+    pub d: f64,
+    /// Its normalised departure z = d / σ_d.
+    pub z: f64,
+}
+
+/// Counts of one modality in one cycle.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModalityCounts {
+    /// Observations screened.
+    pub screened: usize,
+    /// Assimilated (down-weighted ones included).
+    pub accepted: usize,
+    /// Assimilated with an inflated error (Huber).
+    pub downweighted: usize,
+    /// Rejected by the background check.
+    pub background_check: usize,
+    /// Left out because their station is blacklisted.
+    pub blacklisted: usize,
+}
+
+/// A cycle's QC counts, per modality: the `qc` field of the cycle summary.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct QcCounts {
+    /// Station reports.
+    pub station: ModalityCounts,
+    /// Satellite footprints.
+    pub satellite: ModalityCounts,
+    /// Stations blacklisted (operator and automatic) during this cycle.
+    pub stations_blacklisted: usize,
+}
+
+impl QcCounts {
+    /// The counts of a modality.
+    pub fn of(&self, m: Modality) -> &ModalityCounts {
+        match m {
+            Modality::Station => &self.station,
+            Modality::Satellite => &self.satellite,
+        }
+    }
+
+    fn of_mut(&mut self, m: Modality) -> &mut ModalityCounts {
+        match m {
+            Modality::Station => &mut self.station,
+            Modality::Satellite => &mut self.satellite,
+        }
+    }
+
+    /// Add another cycle's counts (experiment totals).
+    pub fn add(&mut self, o: &QcCounts) {
+        for m in [Modality::Station, Modality::Satellite] {
+            let (a, b) = (self.of_mut(m), o.of(m));
+            a.screened += b.screened;
+            a.accepted += b.accepted;
+            a.downweighted += b.downweighted;
+            a.background_check += b.background_check;
+            a.blacklisted += b.blacklisted;
+        }
+        self.stations_blacklisted = self.stations_blacklisted.max(o.stations_blacklisted);
+    }
+}
+
+/// A cycle's screening.
+pub struct Screened {
+    /// What every filter assimilates.
+    pub batch: ObsBatch,
+    /// What was left out, and why.
+    pub rejected: Vec<QcRejection>,
+    /// Counts per modality.
+    pub counts: QcCounts,
+    /// Stations the monitor blacklisted this cycle (excluded from the next one).
+    pub newly_blacklisted: Vec<String>,
+    /// Stations the monitor took back this cycle.
+    pub rehabilitated: Vec<String>,
+}
+
+/// The QC of a running filter system: settings and the monitor's persistent state.
+#[derive(Clone, Debug, Default)]
+pub struct Qc {
+    /// Settings (`[qc]`).
+    pub settings: QcSettings,
+    /// Every station's running statistics.
+    pub state: MonitorState,
+}
+
+impl Qc {
+    /// QC with these settings and stored statistics; applies `settings.clear`. Returns the
+    /// stations whose automatic blacklisting the clear lifted.
+    pub fn new(settings: QcSettings, mut state: MonitorState) -> (Qc, Vec<String>) {
+        let cleared = settings.monitor.clear(&mut state, &settings.clear);
+        (Qc { settings, state }, cleared)
+    }
+
+    /// New settings (SIGHUP): the operator's lists and thresholds; applies `clear`.
+    pub fn reload(&mut self, settings: QcSettings) -> Vec<String> {
+        let cleared = settings.monitor.clear(&mut self.state, &settings.clear);
+        self.settings = settings;
+        cleared
+    }
+
+    /// Whether a station's reports are left out.
+    pub fn excluded(&self, station: Option<&str>) -> bool {
+        station.is_some_and(|s| {
+            self.settings.blacklist.iter().any(|b| b == s)
+                || (self.settings.enabled && self.state.is_blacklisted(s))
+        })
+    }
+
+    /// Stations blacklisted now (operator's and monitor's), sorted.
+    pub fn blacklisted(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.settings.blacklist.clone();
+        if self.settings.enabled {
+            v.extend(self.state.blacklisted().into_iter().map(String::from));
+        }
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// The divergence guard on one background: `Some(ratio)` when flagged. `all` holds the
+    /// cycle's observations in `origins`' order; blacklisted stations are left out of the test.
+    pub fn diverged(
+        &self,
+        background: &Ensemble,
+        all: &ObsBatch,
+        origins: &[ObsOrigin],
+    ) -> Option<f64> {
+        if !self.settings.enabled {
+            return None;
+        }
+        let deps: Vec<Departure> = qc::departures(background, all)
+            .into_iter()
+            .zip(origins)
+            .filter(|(_, o)| !self.excluded(o.station.as_deref()))
+            .map(|(d, _)| d)
+            .collect();
+        self.settings.divergence.check(&deps)
+    }
+
+    /// Screen the cycle's observations `all` (with their `origins`) against the reference
+    /// background; updates the station statistics.
+    pub fn screen(
+        &mut self,
+        cycle: u64,
+        space: &StateSpace,
+        all: &ObsBatch,
+        origins: &[ObsOrigin],
+        reference: &Ensemble,
+    ) -> Result<Screened> {
+        let deps = qc::departures(reference, all);
+        let check = self.settings.check();
+        let verdicts: Vec<Verdict> = if self.settings.enabled {
+            check.screen(all, &deps)
+        } else {
+            vec![Verdict::Accept; all.len()]
+        };
+        let mut counts = QcCounts::default();
+        let (mut accepted, mut rejected) = (Vec::with_capacity(all.len()), Vec::new());
+        let mut reports: BTreeMap<&str, Vec<(f64, bool)>> = BTreeMap::new();
+        for (((o, dep), v), origin) in all.obs.iter().zip(&deps).zip(&verdicts).zip(origins) {
+            let c = counts.of_mut(o.modality);
+            c.screened += 1;
+            if let Some(s) = &origin.station {
+                reports
+                    .entry(s.as_str())
+                    .or_default()
+                    .push((dep.z(), *v == Verdict::Reject));
+            }
+            let reason = if self.excluded(origin.station.as_deref()) {
+                c.blacklisted += 1;
+                Some(QcReason::Blacklisted)
+            } else if *v == Verdict::Reject {
+                c.background_check += 1;
+                Some(QcReason::BackgroundCheck)
+            } else {
+                None
+            };
+            match reason {
+                Some(reason) => rejected.push(QcRejection {
+                    message: origin.message.clone(),
+                    index: origin.index,
+                    modality: o.modality,
+                    reason,
+                    d: dep.d,
+                    z: dep.z(),
+                }),
+                None => {
+                    c.accepted += 1;
+                    let mut o: Observation = o.clone();
+                    if let Verdict::DownWeight(f) = v {
+                        c.downweighted += 1;
+                        o.sigma *= f;
+                    }
+                    accepted.push(o);
+                }
+            }
+        }
+        counts.stations_blacklisted = self.blacklisted().len();
+        let (newly_blacklisted, rehabilitated) = if self.settings.enabled {
+            let reports: Vec<StationReport> = reports
+                .into_iter()
+                .map(|(s, obs)| StationReport {
+                    station: s.to_string(),
+                    obs,
+                })
+                .collect();
+            self.settings
+                .monitor
+                .update(&mut self.state, cycle, &reports)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let batch = ObsBatch::new(space, accepted)
+            .map_err(|e| anyhow::anyhow!("building the accepted observations' operator: {e}"))?;
+        Ok(Screened {
+            batch,
+            rejected,
+            counts,
+            newly_blacklisted,
+            rehabilitated,
+        })
+    }
+}
+
+/// Split a cycle's messages into the assimilable observations with their origins and the
+/// verification ones: (assimilable, origins, withheld).
+pub fn gather<'a>(
+    messages: impl IntoIterator<Item = (&'a str, Option<&'a str>, &'a [Observation])>,
+    withheld: &dyn Fn(&str) -> bool,
+) -> (Vec<Observation>, Vec<ObsOrigin>, Vec<Observation>) {
+    let (mut obs, mut origins, mut verif) = (Vec::new(), Vec::new(), Vec::new());
+    for (id, station, values) in messages {
+        if station.is_some_and(withheld) {
+            verif.extend_from_slice(values);
+            continue;
+        }
+        for (i, o) in values.iter().enumerate() {
+            obs.push(o.clone());
+            origins.push(ObsOrigin {
+                message: id.to_string(),
+                index: i as u32,
+                station: station.map(String::from),
+            });
+        }
+    }
+    (obs, origins, verif)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use assimd_filter::obs::Footprint;
+    use assimd_models::testbed::{Testbed, TestbedKind};
+
+    fn station_obs(i: usize, value: f64) -> Observation {
+        Observation {
+            modality: Modality::Station,
+            var: 0,
+            lat: 45.0,
+            lon: assimd_filter::geometry::wrap_lon(9.0 * i as f64),
+            footprint: Footprint::Point,
+            value,
+            sigma: 1.0,
+        }
+    }
+
+    /// An ensemble around 0 with spread 1 at every point; station S07 reports 40 (40 σ_d off),
+    /// S03 is on the operator's blacklist: both filters would get exactly the other 38.
+    #[test]
+    fn gross_errors_and_blacklisted_stations_are_left_out_and_recorded() {
+        let space = Testbed::new(TestbedKind::L96).space;
+        let members: Vec<Vec<f64>> = (0..20)
+            .map(|k| vec![if k % 2 == 0 { 1.0 } else { -1.0 }; 40])
+            .collect();
+        let ens = Ensemble::from_members(members).unwrap();
+        let msgs: Vec<(String, String, Vec<Observation>)> = (0..40)
+            .map(|i| {
+                (
+                    format!("S{i:02}/t"),
+                    format!("S{i:02}"),
+                    vec![station_obs(i, if i == 7 { 40.0 } else { 0.3 })],
+                )
+            })
+            .collect();
+        let (obs, origins, verif) = gather(
+            msgs.iter()
+                .map(|(id, s, o)| (id.as_str(), Some(s.as_str()), o.as_slice())),
+            &|s| s == "S39",
+        );
+        assert_eq!((obs.len(), verif.len()), (39, 1));
+        let settings = QcSettings {
+            blacklist: vec!["S03".into()],
+            ..QcSettings::default()
+        };
+        let (mut qc, _) = Qc::new(settings, MonitorState::default());
+        let all = ObsBatch::new(&space, obs).unwrap();
+        assert_eq!(qc.diverged(&ens, &all, &origins), None);
+        let s = qc.screen(1, &space, &all, &origins, &ens).unwrap();
+        assert_eq!(s.batch.len(), 37);
+        assert_eq!(
+            (
+                s.counts.station.background_check,
+                s.counts.station.blacklisted,
+                s.counts.station.accepted
+            ),
+            (1, 1, 37)
+        );
+        let r: Vec<(&str, QcReason)> = s
+            .rejected
+            .iter()
+            .map(|r| (r.message.as_str(), r.reason))
+            .collect();
+        assert_eq!(
+            r,
+            vec![
+                ("S03/t", QcReason::Blacklisted),
+                ("S07/t", QcReason::BackgroundCheck)
+            ]
+        );
+        assert!((s.rejected[1].d - 40.0).abs() < 1e-12);
+        // The blacklisted station is still monitored; QC off passes everything but the blacklist.
+        assert_eq!(qc.state.stations["S03"].reports, 1);
+        qc.reload(QcSettings {
+            enabled: false,
+            blacklist: vec!["S03".into()],
+            ..QcSettings::default()
+        });
+        assert_eq!(
+            qc.screen(2, &space, &all, &origins, &ens)
+                .unwrap()
+                .batch
+                .len(),
+            38
+        );
+    }
+
+    #[test]
+    fn a_wrecked_background_is_flagged_unless_qc_is_off() {
+        let space = Testbed::new(TestbedKind::L96).space;
+        let wrecked = Ensemble::from_members(
+            (0..20)
+                .map(|k| vec![-9999.0 + 0.01 * k as f64; 40])
+                .collect(),
+        )
+        .unwrap();
+        let obs: Vec<Observation> = (0..40).map(|i| station_obs(i, 1.0)).collect();
+        let origins: Vec<ObsOrigin> = (0..40)
+            .map(|i| ObsOrigin {
+                message: format!("m{i}"),
+                index: 0,
+                station: Some(format!("S{i:02}")),
+            })
+            .collect();
+        let all = ObsBatch::new(&space, obs).unwrap();
+        let (qc, _) = Qc::new(QcSettings::default(), MonitorState::default());
+        assert!(qc
+            .diverged(&wrecked, &all, &origins)
+            .is_some_and(|r| r > 1e6));
+        let (off, _) = Qc::new(
+            QcSettings {
+                enabled: false,
+                ..QcSettings::default()
+            },
+            MonitorState::default(),
+        );
+        assert_eq!(off.diverged(&wrecked, &all, &origins), None);
+    }
+
+    #[test]
+    fn settings_errors_name_the_key() {
+        let bad = QcSettings {
+            station: Thresholds {
+                k: -1.0,
+                huber: None,
+            },
+            ..QcSettings::default()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("qc.station.k"),
+            "{}",
+            bad.validate().unwrap_err()
+        );
+        let bad = QcSettings {
+            divergence: DivergenceGuard {
+                max_ratio: 0.5,
+                ..DivergenceGuard::default()
+            },
+            ..QcSettings::default()
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("qc.divergence.max_ratio"));
+        let bad = QcSettings {
+            monitor: StationMonitor {
+                weight: 0.0,
+                ..StationMonitor::default()
+            },
+            ..QcSettings::default()
+        };
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .starts_with("qc.monitor.weight"));
+    }
+}
