@@ -75,6 +75,19 @@ enum Command {
         #[arg(long)]
         maps_dir: Option<PathBuf>,
     },
+    /// Print the station monitor's status from a (stopped) daemon's store: bias, noise and
+    /// rejection rate of every station, worst first, and which are blacklisted.
+    Stations {
+        /// Store directory (store.path).
+        #[arg(long)]
+        store: PathBuf,
+        /// The daemon's config file, to show its operator blacklist too.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// One JSON object (what the daemon publishes on {prefix}/stations).
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect a state store.
     State {
         #[command(subcommand)]
@@ -148,6 +161,35 @@ async fn signals() -> Stop {
         _ = term.recv() => Stop::Graceful,
         _ = int.recv() => Stop::Fast,
     }
+}
+
+fn stations(store: &std::path::Path, config: Option<&std::path::Path>, json: bool) -> Result<()> {
+    if !store.exists() {
+        anyhow::bail!("{} does not exist (give store.path of the daemon's config)", store.display());
+    }
+    let s = service::store::Store::open(store)?;
+    let settings = match config {
+        Some(p) => Config::load(p)?.qc,
+        None => assimd::qc::QcSettings::default(),
+    };
+    let state = s.monitor_state()?.unwrap_or_default();
+    let qc = assimd::qc::Qc { settings, state };
+    let report = qc.report(s.assimilated_up_to()?);
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
+    println!("cycle {}: {} stations monitored, blacklisted: {}", report.cycle, report.stations.len(), if report.blacklisted.is_empty() { "none".to_string() } else { report.blacklisted.join(", ") });
+    println!("{:<12} {:<21} {:>7} {:>8} {:>7} {:>8} {:>7}  since", "station", "status", "reports", "mean z", "std z", "rejects", "last");
+    for l in &report.stations {
+        let status = serde_json::to_value(&l.status)?.as_str().unwrap_or("").to_string();
+        let since = match (&l.blacklisted_since, &l.reason) {
+            (Some(c), Some(r)) => format!("{c} ({r})"),
+            _ => String::new(),
+        };
+        println!("{:<12} {:<21} {:>7} {:>8.2} {:>7.2} {:>8.3} {:>7}  {since}", l.station, status, l.reports, l.mean_z, l.std_z, l.reject_rate, l.last_cycle);
+    }
+    Ok(())
 }
 
 fn inspect(store: &std::path::Path, json: bool) -> Result<()> {
@@ -394,6 +436,7 @@ fn main() -> Result<()> {
                 RunOptions {
                     install_metrics: true,
                     config_hint: hint,
+                    config_path: config.clone(),
                     ..RunOptions::default()
                 },
                 signals(),
@@ -478,6 +521,7 @@ fn main() -> Result<()> {
         Command::State {
             command: StateCommand::Inspect { store, json },
         } => inspect(&store, json)?,
+        Command::Stations { store, config, json } => stations(&store, config.as_deref(), json)?,
         Command::Experiment(args) => {
             let json = args.json;
             let history = args.history.clone();

@@ -7,12 +7,16 @@
 //!    observations (blacklisted stations aside); a flagged filter's background is replaced by the
 //!    caller's recovery (climatological draws) before anything else happens;
 //! 2. the background check runs against the reference background (the first filter: the LETKF in
-//!    the daemon, the filter itself in an experiment), giving each observation a verdict;
+//!    the daemon, the filter itself in an experiment), giving each observation a verdict, with
+//!    σ_d widened by the cycle's network-wide scale s = max(1, √r) of its modality (r the robust
+//!    innovation ratio, [`assimd_filter::qc::innovation_ratio`]): a background worse than its
+//!    spread says (spin-up, a regime change) must not lose the observations that correct it;
 //! 3. observations of blacklisted stations (the operator's list, or the monitor's) and rejected
 //!    ones are left out; down-weighted ones keep their value with an inflated σ_o; every filter
 //!    gets this same accepted batch;
-//! 4. the station monitor folds each station's normalised departures and verdicts into its running
-//!    statistics, which may blacklist a station from the next cycle on.
+//! 4. the station monitor folds each station's normalised departures (z = d/(σ_d s)), verdicts
+//!    and values into its running statistics, which may blacklist a station from the next cycle
+//!    on (bias, noise, rejections, or the same values repeated: stuck).
 //!
 //! A left-out observation is not lost: [`Screened::rejected`] names its message, its index in the
 //! message and its reason, and the daemon keeps that record next to the journal.
@@ -169,6 +173,9 @@ pub struct ModalityCounts {
     pub background_check: usize,
     /// Left out because their station is blacklisted.
     pub blacklisted: usize,
+    /// The cycle's network-wide departure scale s ≥ 1 that widened σ_d (1 when the background's
+    /// spread matches its errors); in experiment totals, the largest.
+    pub scale: f64,
 }
 
 /// A cycle's QC counts, per modality: the `qc` field of the cycle summary.
@@ -207,6 +214,7 @@ impl QcCounts {
             a.downweighted += b.downweighted;
             a.background_check += b.background_check;
             a.blacklisted += b.blacklisted;
+            a.scale = a.scale.max(b.scale);
         }
         self.stations_blacklisted = self.stations_blacklisted.max(o.stations_blacklisted);
     }
@@ -269,24 +277,46 @@ impl Qc {
         v
     }
 
-    /// The divergence guard on one background: `Some(ratio)` when flagged. `all` holds the
+    /// The divergence guard on one background: `Some` when flagged. `all` holds the
     /// cycle's observations in `origins`' order; blacklisted stations are left out of the test.
     pub fn diverged(
         &self,
         background: &Ensemble,
         all: &ObsBatch,
         origins: &[ObsOrigin],
-    ) -> Option<f64> {
+    ) -> Option<qc::Divergence> {
         if !self.settings.enabled {
             return None;
         }
-        let deps: Vec<Departure> = qc::departures(background, all)
+        let (deps, values): (Vec<Departure>, Vec<(usize, f64)>) = qc::departures(background, all)
             .into_iter()
+            .zip(&all.obs)
             .zip(origins)
             .filter(|(_, o)| !self.excluded(o.station.as_deref()))
-            .map(|(d, _)| d)
+            .map(|((d, o), _)| (d, (o.var, o.value)))
+            .unzip();
+        self.settings.divergence.check(&deps, &values)
+    }
+
+    /// The cycle's network-wide departure scale of a modality, s = max(1, √r), with r the robust
+    /// innovation ratio median(z²)/median(χ²₁) over its observations (blacklisted stations left
+    /// out; 1 with fewer than `divergence.min_obs` of them). The background check and the monitor
+    /// use σ_d·s: when the whole background is worse than its spread says (spin-up from
+    /// climatology, a regime change), every z is inflated alike, and a fixed k would reject the
+    /// very observations that correct it, then blacklist their stations. A gross error or a biased
+    /// station cannot move a median: it stays an outlier among its neighbours.
+    fn network_scale(&self, raw: &[Departure], all: &ObsBatch, origins: &[ObsOrigin], m: Modality) -> f64 {
+        let good: Vec<Departure> = raw
+            .iter()
+            .zip(&all.obs)
+            .zip(origins)
+            .filter(|((_, o), origin)| o.modality == m && !self.excluded(origin.station.as_deref()))
+            .map(|((d, _), _)| *d)
             .collect();
-        self.settings.divergence.check(&deps)
+        if good.len() < self.settings.divergence.min_obs.max(1) {
+            return 1.0;
+        }
+        qc::innovation_ratio(&good).map_or(1.0, |r| r.sqrt().max(1.0))
     }
 
     /// Screen the cycle's observations `all` (with their `origins`) against the reference
@@ -299,7 +329,17 @@ impl Qc {
         origins: &[ObsOrigin],
         reference: &Ensemble,
     ) -> Result<Screened> {
-        let deps = qc::departures(reference, all);
+        let raw = qc::departures(reference, all);
+        // σ_d widened by the cycle's network-wide scale of each modality (see `network_scale`).
+        let scales = [Modality::Station, Modality::Satellite].map(|m| self.network_scale(&raw, all, origins, m));
+        let deps: Vec<Departure> = raw
+            .iter()
+            .zip(&all.obs)
+            .map(|(d, o)| {
+                let s = scales[usize::from(o.modality == Modality::Satellite)];
+                Departure { d: d.d, sigma_b: d.sigma_b * s, sigma_o: d.sigma_o * s }
+            })
+            .collect();
         let check = self.settings.check();
         let verdicts: Vec<Verdict> = if self.settings.enabled {
             check.screen(all, &deps)
@@ -307,16 +347,17 @@ impl Qc {
             vec![Verdict::Accept; all.len()]
         };
         let mut counts = QcCounts::default();
+        counts.station.scale = scales[0];
+        counts.satellite.scale = scales[1];
         let (mut accepted, mut rejected) = (Vec::with_capacity(all.len()), Vec::new());
-        let mut reports: BTreeMap<&str, Vec<(f64, bool)>> = BTreeMap::new();
-        for (((o, dep), v), origin) in all.obs.iter().zip(&deps).zip(&verdicts).zip(origins) {
+        let mut reports: BTreeMap<&str, (Vec<(f64, bool)>, Vec<f64>)> = BTreeMap::new();
+        for ((((o, dep), v), origin), raw) in all.obs.iter().zip(&deps).zip(&verdicts).zip(origins).zip(&raw) {
             let c = counts.of_mut(o.modality);
             c.screened += 1;
             if let Some(s) = &origin.station {
-                reports
-                    .entry(s.as_str())
-                    .or_default()
-                    .push((dep.z(), *v == Verdict::Reject));
+                let r = reports.entry(s.as_str()).or_default();
+                r.0.push((dep.z(), *v == Verdict::Reject));
+                r.1.push(o.value);
             }
             let reason = if self.excluded(origin.station.as_deref()) {
                 c.blacklisted += 1;
@@ -334,7 +375,7 @@ impl Qc {
                     modality: o.modality,
                     reason,
                     d: dep.d,
-                    z: dep.z(),
+                    z: raw.z(),
                 }),
                 None => {
                     c.accepted += 1;
@@ -351,9 +392,10 @@ impl Qc {
         let (newly_blacklisted, rehabilitated) = if self.settings.enabled {
             let reports: Vec<StationReport> = reports
                 .into_iter()
-                .map(|(s, obs)| StationReport {
+                .map(|(s, (obs, values))| StationReport {
                     station: s.to_string(),
                     obs,
+                    values,
                 })
                 .collect();
             self.settings
@@ -371,6 +413,77 @@ impl Qc {
             newly_blacklisted,
             rehabilitated,
         })
+    }
+}
+
+/// One station's line of the live status (`{prefix}/stations`, `assimd stations`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StationLine {
+    /// Station id.
+    pub station: String,
+    /// `ok`, `watch`, `blacklisted` (by the monitor) or `operator_blacklisted`.
+    pub status: assimd_filter::qc::StationStatus,
+    /// Cycles with a report.
+    pub reports: u64,
+    /// Running mean of z = d/σ_d (the station's bias in units of σ_d).
+    pub mean_z: f64,
+    /// Running standard deviation of z.
+    pub std_z: f64,
+    /// Running share of its observations rejected by the background check.
+    pub reject_rate: f64,
+    /// The last cycle it reported in.
+    pub last_cycle: u64,
+    /// First excluded cycle, when blacklisted by the monitor.
+    pub blacklisted_since: Option<u64>,
+    /// Why (`bias`, `noise`, `rejections`), when blacklisted by the monitor.
+    pub reason: Option<String>,
+}
+
+/// The live status of every monitored station.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct StationsReport {
+    /// The last committed cycle.
+    pub cycle: u64,
+    /// Stations whose reports are left out now (operator's and monitor's).
+    pub blacklisted: Vec<String>,
+    /// Every station the monitor has seen (and every operator-blacklisted one), worst first:
+    /// blacklisted, then on watch, then by |mean z|.
+    pub stations: Vec<StationLine>,
+}
+
+impl Qc {
+    /// The status report as of cycle `cycle`.
+    pub fn report(&self, cycle: u64) -> StationsReport {
+        use assimd_filter::qc::StationStatus as S;
+        let m = &self.settings.monitor;
+        let mut ids: Vec<&str> = self.state.stations.keys().map(String::as_str).collect();
+        ids.extend(self.settings.blacklist.iter().map(String::as_str));
+        ids.sort();
+        ids.dedup();
+        let mut stations: Vec<StationLine> = ids
+            .into_iter()
+            .map(|id| {
+                let st = self.state.stations.get(id).cloned().unwrap_or_default();
+                StationLine {
+                    station: id.to_string(),
+                    status: m.status(&self.state, id, &self.settings.blacklist),
+                    reports: st.reports,
+                    mean_z: st.mean_z,
+                    std_z: st.std_z(),
+                    reject_rate: st.reject_rate,
+                    last_cycle: st.last_cycle,
+                    blacklisted_since: st.blacklisted.as_ref().map(|b| b.since_cycle),
+                    reason: st.blacklisted.map(|b| b.reason),
+                }
+            })
+            .collect();
+        let rank = |s: &S| match s {
+            S::OperatorBlacklisted | S::Blacklisted => 0,
+            S::Watch => 1,
+            S::Ok => 2,
+        };
+        stations.sort_by(|a, b| rank(&a.status).cmp(&rank(&b.status)).then(b.mean_z.abs().total_cmp(&a.mean_z.abs())).then(a.station.cmp(&b.station)));
+        StationsReport { cycle, blacklisted: self.blacklisted(), stations }
     }
 }
 

@@ -14,7 +14,8 @@
 //! assimilated stations as ringed dots, the withheld (verification) stations as squares and the
 //! satellite footprints as discs of their footprint size, coloured by temperature anomaly (station
 //! `temperature`, satellite `brightness_temperature`) on a third scale; stations without a
-//! temperature report are grey.
+//! temperature report are grey. Observations that quality control left out (background check or
+//! blacklist) are marked with a red cross at their position.
 
 use super::canvas::{Align, Canvas, Rgb, BLACK, GREY, LIGHT, WHITE};
 use super::{label, nice_ceil, ticks, Scale, DIVERGING, SEQUENTIAL};
@@ -51,6 +52,8 @@ pub struct MapInput<'a> {
     pub assimilated: &'a [Observation],
     /// Withheld (verification) observations.
     pub withheld: &'a [Observation],
+    /// Observations quality control left out (drawn as red crosses).
+    pub rejected: &'a [Observation],
     /// Which state field to map, and its name and unit for the title.
     pub field: usize,
     /// Title of the field, e.g. "upper-layer streamfunction ψ1 (m²/s)".
@@ -246,8 +249,17 @@ fn draw_observations(
             }
         }
     }
+    for o in m.rejected {
+        let (px, py) = lay.to_px(m.geometry, origin, o.lat, o.lon);
+        let r = 6.0;
+        c.line((px - r, py - r), (px + r, py + r), 2.5, REJECTED, None);
+        c.line((px - r, py + r), (px + r, py - r), 2.5, REJECTED, None);
+    }
     c.stroke_rect(x0 - 1, y0 - 1, x0 + PANEL + 1, y0 + PANEL + 1, BLACK);
 }
+
+/// Marker colour of observations left out by quality control.
+const REJECTED: Rgb = [215, 25, 28];
 
 /// Draw the picture of one cycle.
 pub fn render(m: &MapInput) -> Result<Canvas> {
@@ -344,15 +356,8 @@ pub fn render(m: &MapInput) -> Result<Canvas> {
         .collect();
     sites.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     sites.dedup();
-    panel_title(
-        &mut c,
-        o,
-        &format!(
-            "observations: {} stations, {} footprints",
-            sites.len(),
-            n_sat
-        ),
-    );
+    let left_out = if m.rejected.is_empty() { String::new() } else { format!(", {} left out (×)", m.rejected.len()) };
+    panel_title(&mut c, o, &format!("observations: {} stations, {} footprints{left_out}", sites.len(), n_sat));
     draw_observations(&mut c, &lay, m, o, &oscale);
     horizontal_bar(
         &mut c,
@@ -475,6 +480,7 @@ mod tests {
             filters: vec![("letkf", &ens), ("score", &ens)],
             assimilated: std::slice::from_ref(&st),
             withheld: &[],
+            rejected: &[],
             field: 0,
             field_title: "upper-layer streamfunction ψ1 (m²/s)",
             field_limit: 5000.0,
@@ -543,6 +549,7 @@ mod tests {
                 filters: vec![("letkf", &ens)],
                 assimilated: &[],
                 withheld: &[],
+                rejected: &[],
                 field: 0,
                 field_title: "ψ1 (m²/s)",
                 field_limit: 10.0,
@@ -565,6 +572,7 @@ mod tests {
             filters: vec![],
             assimilated: &[],
             withheld: &[],
+            rejected: &[],
             field: 0,
             field_title: "",
             field_limit: 1.0,

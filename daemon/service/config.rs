@@ -367,6 +367,9 @@ pub struct SimulateSection {
     pub interval_ms: u64,
     /// Also publish the truth on `{prefix}/truth/{testbed}`.
     pub truth: bool,
+    /// Bad observations to inject (gross errors, a stuck station, a drifting station), as
+    /// `assimd experiment --gross-errors/--bias` does: for watching the daemon's quality control.
+    pub faults: crate::faults::Faults,
 }
 
 impl Default for SimulateSection {
@@ -377,6 +380,7 @@ impl Default for SimulateSection {
             cycles: 100,
             interval_ms: 500,
             truth: true,
+            faults: crate::faults::Faults::default(),
         }
     }
 }
@@ -518,6 +522,7 @@ impl Config {
         }
         self.ingest.checks(&Testbed::new(tb).space)?;
         self.qc.validate()?;
+        self.simulate.faults.validate().context("simulate.faults")?;
         if self.cycle.members < 2 {
             bail!(
                 "cycle.members must be >= 2 (an ensemble), got {}",

@@ -142,6 +142,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
             install_metrics: true,
             subscribed: Some(sub_tx),
             config_hint: "<demo>".into(),
+            config_path: None,
         };
         run(daemon_cfg, opts, async move {
             stop_rx.await.unwrap_or(Stop::Fast)

@@ -73,6 +73,29 @@ pub struct RunOptions {
     pub subscribed: Option<watch::Sender<bool>>,
     /// The config file's name, for messages that suggest `assimd reset --config FILE`.
     pub config_hint: String,
+    /// The config file, re-read on SIGHUP for its `[qc]` section (None: no reload).
+    pub config_path: Option<std::path::PathBuf>,
+}
+
+/// On every SIGHUP (`systemctl reload assimd`), re-read the config file and hand its `[qc]`
+/// section (blacklist, clear list, thresholds) to the cycle engine, which applies it before its
+/// next cycle. A file that does not load is logged and the running settings stay; the other
+/// sections need a restart (they are logged as ignored when they changed).
+async fn reload_on_sighup(path: std::path::PathBuf, tx: watch::Sender<crate::qc::QcSettings>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot install the SIGHUP handler: `systemctl reload` will not work");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match Config::load(&path) {
+            Ok(cfg) => {
+                tracing::info!("SIGHUP: re-read [qc] from {} (other sections need a restart)", path.display());
+                let _ = tx.send(cfg.qc);
+            }
+            Err(e) => tracing::error!("SIGHUP: {} does not load, keeping the running settings: {e:#}", path.display()),
+        }
+    }
 }
 
 /// FNV-1a 64 over a bundle's manifest and ONNX graphs (stable across builds, unlike std's hasher).
@@ -312,6 +335,12 @@ pub async fn run(
             .map(|s| s.id.clone())
             .collect(),
     };
+    let (qc, cleared) = crate::qc::Qc::new(cfg.qc.clone(), store.monitor_state()?.unwrap_or_default());
+    if !cleared.is_empty() {
+        tracing::info!(?cleared, "qc.clear: automatic blacklisting lifted");
+    }
+    let (qc_tx, qc_rx) = watch::channel(cfg.qc.clone());
+    let reload_task = opts.config_path.clone().map(|path| tokio::spawn(reload_on_sighup(path, qc_tx)));
     let engine = Engine {
         store: store.clone(),
         testbed: testbed.clone(),
@@ -336,6 +365,8 @@ pub async fn run(
         prefix: cfg.mqtt.prefix.clone(),
         out: out_tx,
         reports: opts.reports,
+        qc,
+        qc_reload: Some(qc_rx),
         stall_before_commit: std::env::var("ASSIMD_TEST_STALL_BEFORE_COMMIT")
             .ok()
             .and_then(|v| v.parse().ok()),
@@ -343,6 +374,7 @@ pub async fn run(
     if let Some((k, s)) = store.summaries()?.pop() {
         // At-least-once for summaries: a crash between commit and publication loses none.
         engine.publish(k, &s);
+        engine.publish_stations(k);
     }
     let engine_stop = Arc::new(AtomicBool::new(false));
     let engine_stop_flag = engine_stop.clone();
@@ -424,6 +456,9 @@ pub async fn run(
     };
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     status_task.abort();
+    if let Some(r) = reload_task {
+        r.abort();
+    }
     if let Some(w) = watchdog {
         w.abort();
     }

@@ -66,6 +66,11 @@ pub async fn simulate(cfg: &Config, mut on_cycle: impl FnMut(u64)) -> Result<Sim
             }
         }
     });
+    let assimilated: Vec<String> = network.stations.iter().filter(|st| !st.withheld).map(|st| st.id.clone()).collect();
+    let mut faults = crate::faults::FaultInjector::new(s.faults.clone(), s.seed, &assimilated);
+    if s.faults.gross_errors > 0.0 || s.faults.bias.is_some() {
+        tracing::warn!(stuck = ?faults.stuck_station(), "simulate.faults: injecting bad observations ({:?})", s.faults);
+    }
     let mut sim = Simulator::new(testbed.clone(), network, s.seed);
     while sim.cycle() + 1 < s.first_cycle {
         sim.step();
@@ -79,7 +84,9 @@ pub async fn simulate(cfg: &Config, mut on_cycle: impl FnMut(u64)) -> Result<Sim
         }
         sim.step();
         let k = sim.cycle();
-        for m in sim.messages() {
+        let mut messages = sim.messages();
+        faults.apply(k, &mut messages);
+        for m in messages {
             let payload = serde_json::to_vec(&m.feature)?;
             client
                 .publish(

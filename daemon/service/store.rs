@@ -8,15 +8,25 @@
 //! - `state`: filter ‖ cycle ‖ member → one member's f64 LE values. Members are stored one by one so
 //!   that every value stays below sled's ~128 KiB blob threshold (blobs are not fsynced by flush).
 //! - `cycles`: cycle → the JSON summary of that cycle (per filter, counts of messages assimilated).
+//! - `qc`: the observations quality control left out (schema 2), key = cycle (u64 BE) ‖ message
+//!   id ‖ 0 ‖ index in the message (u32 BE), value = a JSON [`QcRejection`]: journaled, not
+//!   assimilated, kept and pruned with its cycle's journal.
 //! - `meta`: schema version, the compatibility key of the config, the bundle hash, the
-//!   "assimilated up to" marker and the observation clock.
+//!   "assimilated up to" marker, the observation clock and (schema 2) the station monitor's
+//!   statistics (JSON [`MonitorState`]).
+//!
+//! A schema-1 store (before quality control) is upgraded in place on open: schema 2 only adds the
+//! `qc` tree and the monitor key, so the state and journal carry over. Any other schema fails,
+//! naming `assimd reset`.
 //!
 //! A cycle's ensembles, summary and marker are written in one transaction, then flushed: after a
 //! crash the store holds either the whole cycle or none of it, and the journal of every cycle after
 //! the marker is still there to be assimilated (exactly once).
 
+use crate::qc::QcRejection;
 use anyhow::{bail, Context, Result};
 use assimd_filter::obs::Observation;
+use assimd_filter::qc::MonitorState;
 use assimd_filter::Ensemble;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
@@ -24,7 +34,7 @@ use sled::Transactional;
 use std::path::Path;
 
 /// Layout version of the store; bumped when the trees change incompatibly.
-pub const SCHEMA: u64 = 1;
+pub const SCHEMA: u64 = 2;
 
 const META_SCHEMA: &[u8] = b"schema";
 const META_COMPAT: &[u8] = b"compat";
@@ -33,6 +43,7 @@ const META_ASSIMILATED: &[u8] = b"assimilated_up_to";
 const META_CLOCK: &[u8] = b"obs_clock_ms";
 const META_JOURNALED: &[u8] = b"journaled_total";
 const META_ASSIMILATED_MSGS: &[u8] = b"assimilated_messages_total";
+const META_MONITOR: &[u8] = b"station_monitor";
 
 /// One journaled message: what the cycle needs of it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -63,7 +74,16 @@ pub struct Store {
     truth: sled::Tree,
     state: sled::Tree,
     cycles: sled::Tree,
+    qc: sled::Tree,
     meta: sled::Tree,
+}
+
+fn qc_key(cycle: u64, r: &QcRejection) -> Vec<u8> {
+    let mut k = be(cycle).to_vec();
+    k.extend_from_slice(r.message.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&r.index.to_be_bytes());
+    k
 }
 
 fn be(k: u64) -> [u8; 8] {
@@ -121,6 +141,10 @@ pub struct CycleCommit<'a> {
     pub keep: u64,
     /// Summaries kept (>= keep): the summary of cycle - keep_summaries is deleted.
     pub keep_summaries: u64,
+    /// Observations of this cycle that QC left out.
+    pub rejections: &'a [QcRejection],
+    /// The station monitor's statistics after this cycle.
+    pub monitor: &'a MonitorState,
 }
 
 impl Store {
@@ -147,6 +171,7 @@ impl Store {
             truth: t("truth")?,
             state: t("state")?,
             cycles: t("cycles")?,
+            qc: t("qc")?,
             meta: t("meta")?,
             db,
         })
@@ -170,6 +195,13 @@ impl Store {
                 self.meta.insert(META_ASSIMILATED, &be(0))?;
                 self.db.flush()?;
                 Ok(())
+            }
+            Some(1) => {
+                // Schema 2 only adds the qc tree and the monitor statistics.
+                self.meta.insert(META_SCHEMA, &be(SCHEMA))?;
+                self.db.flush()?;
+                tracing::info!("store upgraded in place from schema 1 to {SCHEMA} (quality control records)");
+                self.check_or_init(compat, bundle_hash, config_hint)
             }
             Some(s) if s != SCHEMA => bail!(
                 "the store was written by a different assimd version (schema {s}, this binary uses {SCHEMA}): \
@@ -309,8 +341,11 @@ impl Store {
     /// keep_summaries.
     pub fn commit_cycle(&self, c: &CycleCommit) -> Result<()> {
         let summary = serde_json::to_vec(&c.summary)?;
-        (&self.state, &self.cycles, &self.meta)
-            .transaction(|(state, cycles, meta)| {
+        let monitor = serde_json::to_vec(c.monitor)?;
+        let rejections: Vec<(Vec<u8>, Vec<u8>)> =
+            c.rejections.iter().map(|r| Ok((qc_key(c.cycle, r), serde_json::to_vec(r)?))).collect::<Result<_>>()?;
+        (&self.state, &self.cycles, &self.qc, &self.meta)
+            .transaction(|(state, cycles, qc, meta)| {
                 let done = u64_of(meta.get(META_ASSIMILATED)?).unwrap_or(0);
                 if c.cycle != done + 1 {
                     return Err(abort(format!(
@@ -332,6 +367,10 @@ impl Store {
                 if c.cycle > c.keep_summaries {
                     cycles.remove(&be(c.cycle - c.keep_summaries))?;
                 }
+                for (k, v) in &rejections {
+                    qc.insert(k.as_slice(), v.as_slice())?;
+                }
+                meta.insert(META_MONITOR, monitor.as_slice())?;
                 meta.insert(META_ASSIMILATED, &be(c.cycle))?;
                 let total = u64_of(meta.get(META_ASSIMILATED_MSGS)?).unwrap_or(0) + c.messages;
                 meta.insert(META_ASSIMILATED_MSGS, &be(total))?;
@@ -354,7 +393,30 @@ impl Store {
             let (k, _) = kv?;
             self.truth.remove(&k)?;
         }
+        for kv in self.qc.range(..be(up_to + 1).to_vec()) {
+            let (k, _) = kv?;
+            self.qc.remove(&k)?;
+        }
         Ok(())
+    }
+
+    /// The station monitor's statistics as of the last commit (None: never committed with QC).
+    pub fn monitor_state(&self) -> Result<Option<MonitorState>> {
+        self.meta
+            .get(META_MONITOR)?
+            .map(|v| serde_json::from_slice(&v).context("decoding the stored station statistics: the store is damaged; run `assimd reset`"))
+            .transpose()
+    }
+
+    /// The observations QC left out in cycles still kept: (cycle, rejection), oldest first.
+    pub fn qc_rejections(&self) -> Result<Vec<(u64, QcRejection)>> {
+        let mut out = Vec::new();
+        for kv in self.qc.iter() {
+            let (k, v) = kv?;
+            let c = u64::from_be_bytes(k[..8].try_into()?);
+            out.push((c, serde_json::from_slice(&v).context("decoding a stored QC record")?));
+        }
+        Ok(out)
     }
 
     /// Load a filter's analysis ensemble of a committed cycle.
@@ -471,6 +533,20 @@ mod tests {
             assert_eq!(s.journal_cycle(1).unwrap().len(), 2);
             assert_eq!(s.obs_clock_ms().unwrap(), Some(20));
             let ens = Ensemble::from_members(vec![vec![1.0, 2.0], vec![3.0, 4.0]]).unwrap();
+            let rejected = [QcRejection {
+                message: "b".into(),
+                index: 0,
+                modality: Modality::Station,
+                reason: crate::qc::QcReason::BackgroundCheck,
+                d: 9.0,
+                z: 8.5,
+            }];
+            let mut monitor = MonitorState::default();
+            assimd_filter::qc::StationMonitor::default().update(
+                &mut monitor,
+                1,
+                &[assimd_filter::qc::StationReport { station: "S01".into(), obs: vec![(8.5, true)], values: vec![9.5] }],
+            );
             let bad = CycleCommit {
                 cycle: 2,
                 ensembles: vec![("letkf", &ens)],
@@ -478,6 +554,8 @@ mod tests {
                 messages: 2,
                 keep: 4,
                 keep_summaries: 4,
+                rejections: &rejected,
+                monitor: &monitor,
             };
             assert!(
                 s.commit_cycle(&bad).is_err(),
@@ -509,7 +587,31 @@ mod tests {
         );
         let e = s.check_or_init(&compat, Some("abc"), "c.toml").unwrap_err();
         assert!(e.to_string().contains("bundle"), "{e}");
+        assert_eq!(s.qc_rejections().unwrap().len(), 1);
+        assert_eq!(s.qc_rejections().unwrap()[0].1.z, 8.5);
+        let m = s.monitor_state().unwrap().unwrap();
+        assert_eq!(m.stations["S01"].reports, 1);
         s.prune_journal(1).unwrap();
         assert!(s.journal_cycle(1).unwrap().is_empty());
+        assert!(s.qc_rejections().unwrap().is_empty(), "QC records go with their cycle's journal");
+    }
+
+    #[test]
+    fn a_schema_1_store_is_upgraded_and_an_unknown_schema_names_reset() {
+        let compat = serde_json::json!({"testbed": "l96"});
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.check_or_init(&compat, None, "c.toml").unwrap();
+            s.meta.insert(META_SCHEMA, &be(1)).unwrap();
+            s.flush().unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        s.check_or_init(&compat, None, "c.toml").unwrap();
+        assert_eq!(u64_of(s.meta.get(META_SCHEMA).unwrap()), Some(SCHEMA));
+        assert_eq!(s.monitor_state().unwrap(), None);
+        s.meta.insert(META_SCHEMA, &be(99)).unwrap();
+        let e = s.check_or_init(&compat, None, "c.toml").unwrap_err();
+        assert!(e.to_string().contains("schema 99") && e.to_string().contains("assimd reset --config c.toml"), "{e}");
     }
 }

@@ -75,8 +75,25 @@ pub const MQTT_ERRORS: &str = "assimd_mqtt_connection_errors_total";
 pub const STORE_BYTES: &str = "assimd_store_size_bytes";
 /// 1 for the ONNX Runtime execution provider in use, label `provider`.
 pub const ORT_PROVIDER: &str = "assimd_ort_execution_provider";
-/// Analyses that failed or diverged (the background was kept), by filter.
+/// Analyses that failed or diverged, by filter and reason: `error` (the analysis raised one; the
+/// background was kept), `non_finite` (it produced NaN or infinities; the background was kept),
+/// `divergence` (the divergence guard flagged the background; the filter restarted from
+/// climatological draws).
 pub const ANALYSIS_FAILURES: &str = "assimd_analysis_failures_total";
+/// The `reason` labels of [`ANALYSIS_FAILURES`].
+pub const FAILURE_REASONS: [&str; 3] = ["error", "non_finite", "divergence"];
+/// Observations left out by quality control, by modality and reason (`background_check`,
+/// `blacklisted`). They are journaled and kept with their reason (`qc` tree).
+pub const QC_REJECTED: &str = "assimd_qc_rejected_total";
+/// Observations assimilated with an inflated error by the Huber check, by modality.
+pub const QC_DOWNWEIGHTED: &str = "assimd_qc_downweighted_total";
+/// Stations whose reports are left out now (the operator's blacklist and the monitor's).
+pub const STATIONS_BLACKLISTED: &str = "assimd_stations_blacklisted";
+/// Automatic blacklistings by the station monitor.
+pub const STATION_BLACKLISTINGS: &str = "assimd_station_blacklistings_total";
+/// The divergence guard's statistic median(z²)/median(χ²₁) of each filter's background in the last
+/// cycle: about 1 for a sound filter; the guard flags above `qc.divergence.max_ratio`.
+pub const INNOVATION_RATIO: &str = "assimd_innovation_ratio";
 
 /// Every metric family the daemon exports (base names: a histogram's series add `_bucket`, `_sum`
 /// and `_count`). All of them are present once a cycle with both filters and a truth has run.
@@ -112,6 +129,11 @@ pub const ALL: &[&str] = &[
     STORE_BYTES,
     ORT_PROVIDER,
     ANALYSIS_FAILURES,
+    QC_REJECTED,
+    QC_DOWNWEIGHTED,
+    STATIONS_BLACKLISTED,
+    STATION_BLACKLISTINGS,
+    INNOVATION_RATIO,
 ];
 
 /// The metric family a series name belongs to: the name itself, or for a histogram's `_bucket`,
@@ -237,8 +259,21 @@ fn describe() {
     );
     describe_counter!(
         ANALYSIS_FAILURES,
-        "Analyses that failed or diverged; the background was kept"
+        "Analyses that failed (background kept) or diverged (restarted from climatology), by filter and reason"
     );
+    describe_counter!(QC_REJECTED, "Observations left out by quality control, by modality and reason");
+    describe_counter!(QC_DOWNWEIGHTED, "Observations assimilated with a Huber-inflated error, by modality");
+    describe_gauge!(STATIONS_BLACKLISTED, "Stations whose reports are left out now (operator and monitor)");
+    describe_counter!(STATION_BLACKLISTINGS, "Automatic blacklistings by the station monitor");
+    describe_gauge!(INNOVATION_RATIO, "median(z^2)/median(chi2_1) of each filter's background in the last cycle");
+    for m in ["station", "satellite"] {
+        for r in crate::qc::QcReason::ALL {
+            metrics::counter!(QC_REJECTED, "modality" => m, "reason" => r.as_str()).absolute(0);
+        }
+        metrics::counter!(QC_DOWNWEIGHTED, "modality" => m).absolute(0);
+    }
+    metrics::counter!(STATION_BLACKLISTINGS).absolute(0);
+    metrics::gauge!(STATIONS_BLACKLISTED).set(0.0);
     // Pre-register the rejection counters so that every reason shows, at 0, from the start.
     for r in crate::wire::RejectReason::ALL {
         metrics::counter!(OBS_REJECTED, "reason" => r.as_str()).absolute(0);
@@ -266,7 +301,9 @@ fn describe() {
 /// increment: the failure counter of each filter.
 pub fn register_filters(names: &[&'static str]) {
     for &f in names {
-        metrics::counter!(ANALYSIS_FAILURES, "filter" => f).absolute(0);
+        for r in FAILURE_REASONS {
+            metrics::counter!(ANALYSIS_FAILURES, "filter" => f, "reason" => r).absolute(0);
+        }
     }
 }
 

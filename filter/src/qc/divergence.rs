@@ -19,13 +19,67 @@ pub fn innovation_ratio(deps: &[Departure]) -> Option<f64> {
         return None;
     }
     z2.sort_by(f64::total_cmp);
-    let n = z2.len();
-    let median = if n % 2 == 1 {
-        z2[n / 2]
+    Some(median_sorted(&z2) / MEDIAN_CHI2_1)
+}
+
+fn median_sorted(v: &[f64]) -> f64 {
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
     } else {
-        0.5 * (z2[n / 2 - 1] + z2[n / 2])
-    };
-    Some(median / MEDIAN_CHI2_1)
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(median_sorted(&v))
+}
+
+/// c = median(dᵢ² / vᵢ), vᵢ = median over the cycle's observations of the same variable of
+/// (y − median y)²: how far the background is from the observations, against how far the
+/// observations are from their own network median. A background of climatological quality gives
+/// about 1, a working filter far less; a wrecked state, whatever its spread, far more. `values`
+/// are (variable, y) of each departure's observation; variables with fewer than 3 observations or
+/// no scatter are left out. `None` when nothing is left.
+pub fn climate_ratio(deps: &[Departure], values: &[(usize, f64)]) -> Option<f64> {
+    let mut by_var: std::collections::BTreeMap<usize, Vec<f64>> = Default::default();
+    for &(v, y) in values {
+        by_var.entry(v).or_default().push(y);
+    }
+    let scatter: std::collections::BTreeMap<usize, f64> = by_var
+        .into_iter()
+        .filter(|(_, ys)| ys.len() >= 3)
+        .filter_map(|(v, ys)| {
+            let m = median(ys.clone())?;
+            median(ys.iter().map(|y| (y - m) * (y - m)).collect()).filter(|s| *s > 0.0).map(|s| (v, s))
+        })
+        .collect();
+    let r: Vec<f64> = deps
+        .iter()
+        .zip(values)
+        .filter_map(|(d, (v, _))| scatter.get(v).map(|s| d.d * d.d / s))
+        .map(|r| if r.is_nan() { f64::INFINITY } else { r })
+        .collect();
+    median(r)
+}
+
+/// What the guard found in a flagged cycle.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Divergence {
+    /// [`innovation_ratio`] (∞ when the background is not finite).
+    pub ratio: f64,
+    /// [`climate_ratio`] (0 when it could not be computed).
+    pub climate_ratio: f64,
+}
+
+impl std::fmt::Display for Divergence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "innovation ratio {:.3e}, climate ratio {:.3e}", self.ratio, self.climate_ratio)
+    }
 }
 
 /// Flags a cycle whose innovations are far larger than the background says they should be.
@@ -38,6 +92,11 @@ pub struct DivergenceGuard {
     /// its expected size. A sound cycled filter stays within a few units (its spread is tuned to
     /// its errors); a wrecked state gives 10³ and more.
     pub max_ratio: f64,
+    /// Flag when [`climate_ratio`] exceeds this: the background is farther from the observations
+    /// than they are from their own network median, by this factor in squared departure. Catches a
+    /// wrecked state whose spread blew up with it (its z stay moderate); a climatological
+    /// background gives about 1.
+    pub max_climate_ratio: f64,
     /// Fewest observations for a verdict: the median of a handful says little.
     pub min_obs: usize,
 }
@@ -47,6 +106,7 @@ impl Default for DivergenceGuard {
         DivergenceGuard {
             enabled: true,
             max_ratio: 25.0,
+            max_climate_ratio: 10.0,
             min_obs: 10,
         }
     }
@@ -55,6 +115,12 @@ impl Default for DivergenceGuard {
 impl DivergenceGuard {
     /// Check the parameters; errors name the fix.
     pub fn validate(&self) -> Result<(), FilterError> {
+        if !(self.max_climate_ratio.is_finite() && self.max_climate_ratio > 1.0) {
+            return Err(FilterError::InvalidParameter(format!(
+                "divergence.max_climate_ratio must be a finite number > 1 (10 typical), got {}",
+                self.max_climate_ratio
+            )));
+        }
         if !(self.max_ratio.is_finite() && self.max_ratio > 1.0) {
             return Err(FilterError::InvalidParameter(format!(
                 "divergence.max_ratio must be a finite number > 1 (10-50 typical), got {}",
@@ -64,12 +130,15 @@ impl DivergenceGuard {
         Ok(())
     }
 
-    /// `Some(ratio)` when the cycle is flagged.
-    pub fn check(&self, deps: &[Departure]) -> Option<f64> {
+    /// `Some` when the cycle is flagged; `values` are (variable, y) of each departure's
+    /// observation.
+    pub fn check(&self, deps: &[Departure], values: &[(usize, f64)]) -> Option<Divergence> {
         if !self.enabled || deps.len() < self.min_obs {
             return None;
         }
-        innovation_ratio(deps).filter(|r| !(*r <= self.max_ratio))
+        let ratio = innovation_ratio(deps).unwrap_or(0.0);
+        let climate_ratio = climate_ratio(deps, values).unwrap_or(0.0);
+        (!(ratio <= self.max_ratio) || !(climate_ratio <= self.max_climate_ratio)).then_some(Divergence { ratio, climate_ratio })
     }
 }
 
@@ -102,13 +171,15 @@ mod tests {
         let r = innovation_ratio(&deps).unwrap();
         assert!((r - 1.0).abs() < 0.03, "ratio {r}");
         let guard = DivergenceGuard::default();
-        assert_eq!(guard.check(&deps), None);
+        // Observations with a scatter of 10 about their median (σ_d = 2 is a fifth of it).
+        let values: Vec<(usize, f64)> = (0..deps.len()).map(|_| (0, 10.0 * Distribution::<f64>::sample(&StandardNormal, &mut rng))).collect();
+        assert_eq!(guard.check(&deps, &values), None);
         // A few gross errors do not trip it; a background 30 σ_d off everywhere does.
         let mut gross = deps[..100].to_vec();
         for d in gross.iter_mut().take(5) {
             d.d = 100.0;
         }
-        assert_eq!(guard.check(&gross), None);
+        assert_eq!(guard.check(&gross, &values[..100]), None);
         let wrecked: Vec<Departure> = deps[..100]
             .iter()
             .map(|d| Departure {
@@ -116,9 +187,9 @@ mod tests {
                 ..*d
             })
             .collect();
-        assert!(guard.check(&wrecked).is_some_and(|r| r > 800.0));
+        assert!(guard.check(&wrecked, &values[..100]).is_some_and(|r| r.ratio > 800.0));
         assert_eq!(
-            guard.check(&wrecked[..5]),
+            guard.check(&wrecked[..5], &values[..5]),
             None,
             "too few observations for a verdict"
         );
@@ -127,8 +198,31 @@ mod tests {
                 enabled: false,
                 ..guard
             }
-            .check(&wrecked),
+            .check(&wrecked, &values[..100]),
             None
         );
+    }
+
+    #[test]
+    fn a_wrecked_background_with_a_blown_up_spread_fails_the_climate_test() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
+        // 40 observations of one variable scattered by 3.6 (l96's climatology); a background
+        // 1,000 off everywhere with a spread of 2,000: z stays near 0.5, the climate ratio is 10⁵.
+        let values: Vec<(usize, f64)> = (0..40).map(|_| (0, 2.35 + 3.6 * Distribution::<f64>::sample(&StandardNormal, &mut rng))).collect();
+        let wrecked: Vec<Departure> = values.iter().map(|(_, y)| Departure { d: y + 1000.0, sigma_b: 2000.0, sigma_o: 1.0 }).collect();
+        let guard = DivergenceGuard::default();
+        let f = guard.check(&wrecked, &values).expect("flagged");
+        assert!(f.ratio < guard.max_ratio && f.climate_ratio > 1e4, "{f}");
+        // A background at the climatological mean (spin-up) is not flagged: the ratio is near 1
+        // (between 0.3 and 3 for 40 observations).
+        let clim: Vec<Departure> = values.iter().map(|(_, y)| Departure { d: y - 2.35, sigma_b: 3.6, sigma_o: 1.0 }).collect();
+        let c = climate_ratio(&clim, &values).unwrap();
+        assert!((0.3..3.0).contains(&c), "{c}");
+        assert_eq!(guard.check(&clim, &values), None);
+        // Not finite: flagged.
+        let nan: Vec<Departure> = values.iter().map(|_| Departure { d: f64::NAN, sigma_b: f64::NAN, sigma_o: 1.0 }).collect();
+        assert!(guard.check(&nan, &values).is_some_and(|f| f.ratio.is_infinite()));
+        // A variable with fewer than 3 observations is left out.
+        assert_eq!(climate_ratio(&wrecked[..2], &values[..2]), None);
     }
 }

@@ -20,9 +20,13 @@
 //! **Station monitoring** ([`StationMonitor`]). Per station, exponentially weighted running
 //! statistics over cycles (weight λ on the newest cycle) of the normalised departures z of its
 //! accepted observations (mean: the bias in units of σ_d; standard deviation, about 1 for a good
-//! sensor) and of its rejection rate. A station past the bias, noise or rejection-rate threshold
-//! for W consecutive
-//! cycles is blacklisted: its reports are still journaled and monitored, never assimilated. A
+//! sensor) and of its rejection rate. The caller may divide z by the cycle's network-wide scale
+//! s = max(1, √r) (r the robust innovation ratio below, over all stations), so that a background
+//! worse than its spread claims (spin-up, a regime change) does not make every station look biased
+//! at once. A station past the bias, noise or rejection-rate threshold for W consecutive cycles is
+//! blacklisted; so is, at once, a station whose values repeat exactly `max_repeats` cycles in a row
+//! (the persistence check for a frozen sensor, WMO-No. 488). Its reports are still journaled and
+//! monitored, never assimilated. A
 //! blacklisted station whose statistics are back inside half the thresholds for
 //! `rehabilitate_cycles` cycles is taken back (its sensor was fixed). This is the automatic part of
 //! the operational blacklists of ECMWF and NCEP (Hollingsworth et al. 1986).
@@ -35,12 +39,21 @@
 //!
 //! over all of a cycle's observations before screening (a mean would be tripped by a few gross
 //! errors: one 50 σ value among 40 makes mean z² ≈ 63), and flags the cycle when r exceeds its
-//! threshold. The recovery (restart from climatological draws) is the caller's: it knows the
+//! threshold. A state wrecked together with its spread (every member thrown far off, so σ_b is
+//! huge too) keeps z moderate; the second test needs no spread at all:
+//!
+//!   c = median(dᵢ² / vᵢ),   vᵢ = median_j (y_j − median y)² over the observations j of the same variable,
+//!
+//! the background's squared departures against the observations' own scatter about their network
+//! median. A background of climatological quality gives c ≈ 1 (spin-up from climatological
+//! draws), a working filter c ≪ 1; the cycle is flagged when c exceeds its threshold. The recovery (restart from climatological draws) is the caller's: it knows the
 //! testbed.
 //!
 //! ## References
 //! - Hollingsworth, A., Shaw, D. B., Lönnberg, P., Illari, L., Arpe, K., Simmons, A. J. (1986).
 //!   Monitoring of observation and analysis quality by a data assimilation system. MWR 114.
+//! - WMO (2017). Guide to the Global Observing System, WMO-No. 488, appendix 6.1 (persistence and
+//!   range checks of surface observations).
 //! - Desroziers, G., Berre, L., Chapnik, B., Poli, P. (2005). Diagnosis of observation, background
 //!   and analysis-error statistics in observation space. QJRMS 131.
 //! - Roh, S., Genton, M. G., Jun, M., Szunyogh, I., Hoteit, I. (2013). Observation quality control
@@ -53,7 +66,7 @@ mod divergence;
 mod monitor;
 
 pub use check::{departures, BackgroundCheck, Departure, Thresholds, Verdict};
-pub use divergence::{innovation_ratio, DivergenceGuard, MEDIAN_CHI2_1};
+pub use divergence::{climate_ratio, innovation_ratio, Divergence, DivergenceGuard, MEDIAN_CHI2_1};
 pub use monitor::{
     Blacklisting, MonitorState, StationMonitor, StationReport, StationStats, StationStatus,
 };

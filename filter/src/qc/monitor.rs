@@ -28,6 +28,11 @@ pub struct StationMonitor {
     pub cycles: u32,
     /// Reports a station must have sent before it can be blacklisted.
     pub min_reports: u64,
+    /// Persistence check: a station whose values repeat exactly (bit for bit) this many cycles in
+    /// a row is stuck and blacklisted at once (0 = off). A real sensor's reading, with its noise,
+    /// never repeats to the last digit; a frozen datalogger's does (WMO-No. 488, persistence
+    /// check).
+    pub max_repeats: u32,
     /// Consecutive cycles inside half of every threshold (the noise threshold halfway to 1) after which an automatically blacklisted
     /// station is taken back (0 = never: only an operator's `clear` does).
     pub rehabilitate_cycles: u32,
@@ -43,6 +48,7 @@ impl Default for StationMonitor {
             max_reject_rate: 0.5,
             cycles: 5,
             min_reports: 10,
+            max_repeats: 3,
             rehabilitate_cycles: 40,
         }
     }
@@ -53,7 +59,7 @@ impl Default for StationMonitor {
 pub struct Blacklisting {
     /// First cycle whose reports were excluded.
     pub since_cycle: u64,
-    /// `bias`, `noise` or `rejections`.
+    /// `stuck`, `bias`, `noise` or `rejections`.
     pub reason: String,
 }
 
@@ -79,6 +85,10 @@ pub struct StationStats {
     pub last_cycle: u64,
     /// Set while the station is blacklisted automatically.
     pub blacklisted: Option<Blacklisting>,
+    /// The values of its last report (persistence check).
+    pub last_values: Vec<f64>,
+    /// Consecutive reports equal to the one before.
+    pub repeats: u32,
 }
 
 impl StationStats {
@@ -96,6 +106,8 @@ pub struct StationReport {
     pub station: String,
     /// (z, rejected) per observation.
     pub obs: Vec<(f64, bool)>,
+    /// The reported values, in message order (persistence check).
+    pub values: Vec<f64>,
 }
 
 /// What the monitor says of a station.
@@ -170,6 +182,10 @@ impl StationMonitor {
             let s = state.stations.entry(r.station.clone()).or_default();
             s.reports += 1;
             s.last_cycle = cycle;
+            let same = !r.values.is_empty() && r.values.len() == s.last_values.len() && r.values.iter().zip(&s.last_values).all(|(a, b)| a.to_bits() == b.to_bits());
+            s.repeats = if same { s.repeats + 1 } else { 0 };
+            s.last_values.clone_from(&r.values);
+            let stuck = self.max_repeats > 0 && s.repeats >= self.max_repeats;
             let lambda = |n: u64| self.weight.max(1.0 / n as f64);
             let rejected = r.obs.iter().filter(|(_, rej)| *rej).count() as f64 / r.obs.len() as f64;
             s.reject_rate += lambda(s.reports) * (rejected - s.reject_rate);
@@ -198,13 +214,17 @@ impl StationMonitor {
             } else {
                 s.over = 0;
             }
-            let inside = s.mean_z.abs() < 0.5 * self.max_bias
+            let inside = !stuck
+                && s.repeats == 0
+                && s.mean_z.abs() < 0.5 * self.max_bias
                 && s.std_z() < 0.5 * (1.0 + self.max_std)
                 && s.reject_rate < 0.5 * self.max_reject_rate;
             s.good = if inside { s.good + 1 } else { 0 };
             match &s.blacklisted {
-                None if s.over >= self.cycles => {
-                    let reason = if rejecting {
+                None if stuck || s.over >= self.cycles => {
+                    let reason = if stuck {
+                        "stuck"
+                    } else if rejecting {
                         "rejections"
                     } else if biased {
                         "bias"
@@ -284,10 +304,12 @@ impl MonitorState {
 mod tests {
     use super::*;
 
+    /// A report without values (no persistence check).
     fn report(station: &str, z: f64, rejected: bool) -> StationReport {
         StationReport {
             station: station.into(),
             obs: vec![(z, rejected)],
+            values: Vec::new(),
         }
     }
 
@@ -357,7 +379,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stuck_station_is_blacklisted_for_rejections_and_taken_back_once_fixed() {
+    fn a_station_rejected_every_cycle_is_blacklisted_and_taken_back_once_fixed() {
         let m = StationMonitor {
             rehabilitate_cycles: 10,
             ..Default::default()
@@ -380,5 +402,35 @@ mod tests {
         assert_eq!(events[1].2, "out");
         // Rejections were never part of the bias: the mean is that of the accepted reports.
         assert!((st.stations["S"].mean_z - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_station_repeating_its_values_is_stuck_after_max_repeats() {
+        let m = StationMonitor::default();
+        let mut st = MonitorState::default();
+        let rep = |_k: u64, v: f64| StationReport { station: "F".into(), obs: vec![(0.3, false), (-0.2, false)], values: vec![v, 1.5] };
+        // Changing values for 5 cycles: fine; then frozen at 7.25 from cycle 6 on.
+        let mut at = None;
+        for k in 1..=12u64 {
+            let v = if k <= 5 { k as f64 } else { 7.25 };
+            let (new, _) = m.update(&mut st, k, &[rep(k, v)]);
+            if !new.is_empty() {
+                at.get_or_insert(k);
+            }
+        }
+        // Cycle 6 is the first frozen report; cycles 7, 8, 9 repeat it: the third repeat is cycle 9.
+        assert_eq!(at, Some(9));
+        assert_eq!(st.stations["F"].blacklisted.as_ref().map(|b| b.reason.as_str()), Some("stuck"));
+        // No value list, no persistence check.
+        let mut st = MonitorState::default();
+        for k in 1..=12u64 {
+            assert!(m.update(&mut st, k, &[report("G", 0.1, false)]).0.is_empty());
+        }
+        // Off with max_repeats = 0.
+        let off = StationMonitor { max_repeats: 0, ..Default::default() };
+        let mut st = MonitorState::default();
+        for k in 1..=12u64 {
+            assert!(off.update(&mut st, k, &[rep(k, 7.25)]).0.is_empty());
+        }
     }
 }
