@@ -598,7 +598,10 @@ pub fn run_with(
         .collect();
     let mut injector = FaultInjector::new(spec.faults.clone(), spec.seed, &assimilated_ids);
     let (mut qc, _) = Qc::new(spec.qc.clone(), Default::default());
+    qc.climatology = Some((clim.mean.clone(), clim.std.clone()));
     let mut qc_total = QcCounts::default();
+    // The divergence guard's rollback point: (cycle, analysis ensemble).
+    let (mut previous, mut last_good): (Option<Ensemble>, Option<(u64, Ensemble)>) = (None, None);
     let mut rejected_ingest: BTreeMap<String, u64> = BTreeMap::new();
     let (mut divergences, mut blacklistings) = (Vec::new(), Vec::new());
 
@@ -628,6 +631,9 @@ pub fn run_with(
     let start = Instant::now();
     for k in 1..=spec.cycles {
         sim.step();
+        if analysis.is_some() && spec.qc.enabled {
+            previous = Some(ens.clone());
+        }
         if spec.filter != FilterKind::Climatology {
             forecast(&*dynamics, &mut ens);
         }
@@ -659,16 +665,23 @@ pub fn run_with(
             _ if analysis.is_some() => {
                 let rmse_f = stats::rmse(&ens.mean(), truth);
                 if qc.diverged(&ens, &all, &origins).is_some() {
-                    // The documented recovery: restart from climatological draws.
                     divergences.push(k);
-                    ens = Ensemble::from_members(testbed.climatological_draws(
-                        spec.members,
-                        spec.seed ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                    ))?;
+                    let (e, _how) = qc.recover(k as u64, last_good.take(), &|e| forecast(&*dynamics, e), &all, &origins, || {
+                        Ok(Ensemble::from_members(testbed.climatological_draws(spec.members, spec.seed ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)))?)
+                    })?;
+                    ens = e;
+                } else if let Some(a) = previous.take() {
+                    // The analysis of cycle k − 1 forecast to a sound background: a rollback point.
+                    last_good = Some((k as u64 - 1, a));
                 }
                 let screened = qc.screen(k as u64, &space, &all, &origins, &ens)?;
                 qc_total.add(&screened.counts);
-                blacklistings.extend(screened.newly_blacklisted.iter().map(|s| (k, s.clone())));
+                for s in &screened.newly_blacklisted {
+                    blacklistings.push((k, s.clone()));
+                    if let Some(st) = qc.state.stations.get(s) {
+                        tracing::info!(cycle = k, station = %s, reason = st.blacklisted.as_ref().map_or("", |b| b.reason.as_str()), mean_z = st.mean_z, std_z = st.std_z(), reject_rate = st.reject_rate, "blacklisted");
+                    }
+                }
                 blacklistings.extend(screened.rehabilitated.iter().map(|s| (k, format!("-{s}"))));
                 if let Some(a) = &analysis {
                     a.analyse(&mut ens, &screened.batch, &mut rng)?;

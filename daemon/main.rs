@@ -122,7 +122,8 @@ enum PlotCommand {
 
 #[derive(Subcommand)]
 enum StateCommand {
-    /// Print the committed cycles, counters and identity of a store (JSON with --json).
+    /// Print the committed cycles, counters, identity and QC records (observations left out, with
+    /// their reason) of a store (JSON with --json).
     Inspect {
         /// Store directory (store.path).
         #[arg(long)]
@@ -173,7 +174,7 @@ fn stations(store: &std::path::Path, config: Option<&std::path::Path>, json: boo
         None => assimd::qc::QcSettings::default(),
     };
     let state = s.monitor_state()?.unwrap_or_default();
-    let qc = assimd::qc::Qc { settings, state };
+    let qc = assimd::qc::Qc { settings, state, climatology: None };
     let report = qc.report(s.assimilated_up_to()?);
     if json {
         println!("{}", serde_json::to_string(&report)?);
@@ -209,6 +210,7 @@ fn inspect(store: &std::path::Path, json: bool) -> Result<()> {
         "assimilated_messages_total": s.assimilated_messages_total()?,
         "journal_pending": s.journal_counts()?.into_iter().map(|(c, n)| serde_json::json!([c, n])).collect::<Vec<_>>(),
         "cycles": s.summaries()?.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+        "qc_rejections": s.qc_rejections()?.into_iter().map(|(c, r)| serde_json::json!({"cycle": c, "record": r})).collect::<Vec<_>>(),
         "size_bytes": s.size_on_disk(),
     });
     if json {

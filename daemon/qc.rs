@@ -4,8 +4,10 @@
 //! forecast and the analyses, with [`assimd_filter::qc`]:
 //!
 //! 1. every filter's background is tested by the divergence guard against all of the cycle's
-//!    observations (blacklisted stations aside); a flagged filter's background is replaced by the
-//!    caller's recovery (climatological draws) before anything else happens;
+//!    observations (blacklisted stations aside) and the climatology; a flagged filter is recovered
+//!    ([`Qc::recover`]) before anything else happens: rolled back to its last good analysis (the
+//!    last whose forecast passed the guard) and forecast to this cycle, or, when there is none or
+//!    that forecast fails too, restarted from climatological draws;
 //! 2. the background check runs against the reference background (the first filter: the LETKF in
 //!    the daemon, the filter itself in an experiment), giving each observation a verdict, with
 //!    σ_d widened by the cycle's network-wide scale s = max(1, √r) of its modality (r the robust
@@ -241,6 +243,9 @@ pub struct Qc {
     pub settings: QcSettings,
     /// Every station's running statistics.
     pub state: MonitorState,
+    /// Climatological mean and standard deviation per state field (the divergence guard's state
+    /// test; `None`: that test is off).
+    pub climatology: Option<(Vec<f64>, Vec<f64>)>,
 }
 
 impl Qc {
@@ -248,7 +253,7 @@ impl Qc {
     /// stations whose automatic blacklisting the clear lifted.
     pub fn new(settings: QcSettings, mut state: MonitorState) -> (Qc, Vec<String>) {
         let cleared = settings.monitor.clear(&mut state, &settings.clear);
-        (Qc { settings, state }, cleared)
+        (Qc { settings, state, climatology: None }, cleared)
     }
 
     /// New settings (SIGHUP): the operator's lists and thresholds; applies `clear`.
@@ -295,7 +300,8 @@ impl Qc {
             .filter(|(_, o)| !self.excluded(o.station.as_deref()))
             .map(|((d, o), _)| (d, (o.var, o.value)))
             .unzip();
-        self.settings.divergence.check(&deps, &values)
+        let excursion = self.climatology.as_ref().map_or(0.0, |(m, s)| qc::state_excursion(background, m, s));
+        self.settings.divergence.check(&deps, &values, excursion)
     }
 
     /// The cycle's network-wide departure scale of a modality, s = max(1, √r), with r the robust
@@ -413,6 +419,50 @@ impl Qc {
             newly_blacklisted,
             rehabilitated,
         })
+    }
+}
+
+/// How a flagged filter was recovered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recovery {
+    /// Rolled back to the analysis of this cycle (the last one whose forecast passed the guard)
+    /// and forecast from there to the flagged cycle.
+    Rollback(u64),
+    /// Restarted from climatological draws (no good analysis at hand, or its forecast failed too).
+    Climatology,
+}
+
+impl std::fmt::Display for Recovery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Recovery::Rollback(j) => write!(f, "rolled back to the analysis of cycle {j} and forecast from there"),
+            Recovery::Climatology => write!(f, "restarted from climatological draws"),
+        }
+    }
+}
+
+impl Qc {
+    /// The recovery of a background flagged at cycle `k`: the last good analysis (`last_good`:
+    /// its cycle j < k and ensemble) forecast k − j cycles with `forecast`, if that background
+    /// passes the guard; else `climatology()`.
+    pub fn recover(
+        &self,
+        k: u64,
+        last_good: Option<(u64, Ensemble)>,
+        forecast: &dyn Fn(&mut Ensemble),
+        all: &ObsBatch,
+        origins: &[ObsOrigin],
+        climatology: impl FnOnce() -> Result<Ensemble>,
+    ) -> Result<(Ensemble, Recovery)> {
+        if let Some((j, mut e)) = last_good.filter(|(j, _)| *j < k) {
+            for _ in j..k {
+                forecast(&mut e);
+            }
+            if self.diverged(&e, all, origins).is_none() {
+                return Ok((e, Recovery::Rollback(j)));
+            }
+        }
+        Ok((climatology()?, Recovery::Climatology))
     }
 }
 

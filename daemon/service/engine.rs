@@ -43,6 +43,9 @@ pub struct FilterSlot {
     pub analysis: Box<dyn Analysis>,
     /// The analysis ensemble of the last committed cycle.
     pub ens: Ensemble,
+    /// The last committed cycle whose analysis forecast to a background that passed the
+    /// divergence guard: where a flagged filter rolls back to.
+    pub last_good: Option<u64>,
 }
 
 /// A committed cycle, for the demo's table.
@@ -175,15 +178,27 @@ impl Engine {
                 metrics::gauge!(tm::INNOVATION_RATIO, "filter" => slot.name).set(r);
             }
             if let Some(flag) = self.qc.diverged(&slot.ens, &all, &origins) {
+                // Roll back to the last analysis whose forecast passed, if the store still has it.
+                let members = slot.ens.n_members();
+                let last_good = match slot.last_good.take() {
+                    Some(j) if self.store.has_ensemble(slot.name, j)? => Some((j, self.store.load_ensemble(slot.name, j, members)?)),
+                    _ => None,
+                };
+                let seed = self.seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let testbed = &self.testbed;
+                let (ens, how) = self.qc.recover(k, last_good, &|e| experiment::forecast(&*dynamics, e), &all, &origins, || {
+                    Ok(Ensemble::from_members(testbed.climatological_draws(members, seed))?)
+                })?;
+                slot.ens = ens;
                 let g = &self.qc.settings.divergence;
                 let why = format!(
-                    "divergence: {flag} (limits qc.divergence.max_ratio {}, max_climate_ratio {}); restarted from climatological draws",
-                    g.max_ratio, g.max_climate_ratio
+                    "divergence: {flag} (limits: qc.divergence.max_state_sigmas {}, max_ratio {}, max_climate_ratio {}); {how}",
+                    g.max_state_sigmas, g.max_ratio, g.max_climate_ratio
                 );
                 tracing::error!(filter = slot.name, cycle = k, "{why}");
-                let seed = self.seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                slot.ens = Ensemble::from_members(self.testbed.climatological_draws(slot.ens.n_members(), seed))?;
                 failed = Some(("divergence", why));
+            } else if k > 1 {
+                slot.last_good = Some(k - 1);
             }
             backgrounds.push((t0, slot.ens.mean(), failed));
         }

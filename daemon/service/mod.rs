@@ -258,6 +258,7 @@ pub async fn run(
             name,
             analysis,
             ens,
+            last_good: None,
         });
     }
     let closed0 = committed.max(store.obs_clock_ms()?.map_or(0, |c| clock.closed_by(c)));
@@ -335,7 +336,9 @@ pub async fn run(
             .map(|s| s.id.clone())
             .collect(),
     };
-    let (qc, cleared) = crate::qc::Qc::new(cfg.qc.clone(), store.monitor_state()?.unwrap_or_default());
+    let (mut qc, cleared) = crate::qc::Qc::new(cfg.qc.clone(), store.monitor_state()?.unwrap_or_default());
+    let clim = testbed.climatology();
+    qc.climatology = Some((clim.mean, clim.std));
     if !cleared.is_empty() {
         tracing::info!(?cleared, "qc.clear: automatic blacklisting lifted");
     }

@@ -46,7 +46,10 @@
 //!
 //! the background's squared departures against the observations' own scatter about their network
 //! median. A background of climatological quality gives c ≈ 1 (spin-up from climatological
-//! draws), a working filter c ≪ 1; the cycle is flagged when c exceeds its threshold. The recovery (restart from climatological draws) is the caller's: it knows the
+//! draws), a working filter c ≪ 1; the cycle is flagged when c exceeds its threshold.
+//! Observations see a wreck only once it reaches them; a third test sees it anywhere: a background
+//! value more than `max_state_sigmas` climatological standard deviations from its field's
+//! climatological mean (or not finite) flags the cycle at once. The recovery (restart from climatological draws) is the caller's: it knows the
 //! testbed.
 //!
 //! ## References
@@ -66,7 +69,7 @@ mod divergence;
 mod monitor;
 
 pub use check::{departures, BackgroundCheck, Departure, Thresholds, Verdict};
-pub use divergence::{climate_ratio, innovation_ratio, Divergence, DivergenceGuard, MEDIAN_CHI2_1};
+pub use divergence::{climate_ratio, innovation_ratio, state_excursion, Divergence, DivergenceGuard, MEDIAN_CHI2_1};
 pub use monitor::{
     Blacklisting, MonitorState, StationMonitor, StationReport, StationStats, StationStatus,
 };
