@@ -129,8 +129,8 @@ pub struct ExperimentFile {
     pub gross_errors: Option<f64>,
     /// A drifting station, `STATION:SIGMAS:FROM_CYCLE`.
     pub bias: Option<String>,
-    /// Wreck the analysis at this cycle (every member's first value set to −9999, what one
-    /// unchecked −9999 report did): tests the divergence guard.
+    /// Wreck the analysis at this cycle: one station value of −9999 that bypasses every check is
+    /// assimilated (what one unchecked −9999 report did before QC): tests the divergence guard.
     pub corrupt_at: Option<usize>,
     /// The skill this configuration is expected to reach.
     pub expected: Option<Expected>,
@@ -504,8 +504,11 @@ pub struct Summary {
     pub rejected_ingest: BTreeMap<String, u64>,
     /// What the fault injection put in.
     pub injected: Injected,
-    /// Cycles the divergence guard flagged (the ensemble restarted from climatological draws).
+    /// Cycles the divergence guard flagged (the filter rolled back or restarted).
     pub divergences: Vec<usize>,
+    /// Cycles whose analysis was not finite and was discarded for the background (with QC on;
+    /// with QC off such a run stops with an error).
+    pub failed_analyses: Vec<usize>,
     /// Stations the monitor blacklisted: (cycle, station); and taken back: (cycle, -station).
     pub blacklistings: Vec<(usize, String)>,
 }
@@ -603,7 +606,7 @@ pub fn run_with(
     // The divergence guard's rollback point: (cycle, analysis ensemble).
     let (mut previous, mut last_good): (Option<Ensemble>, Option<(u64, Ensemble)>) = (None, None);
     let mut rejected_ingest: BTreeMap<String, u64> = BTreeMap::new();
-    let (mut divergences, mut blacklistings) = (Vec::new(), Vec::new());
+    let (mut divergences, mut blacklistings, mut failed) = (Vec::new(), Vec::new(), Vec::new());
 
     let mut recorder = match &spec.record {
         Some(r) => {
@@ -683,14 +686,25 @@ pub fn run_with(
                     }
                 }
                 blacklistings.extend(screened.rehabilitated.iter().map(|s| (k, format!("-{s}"))));
+                let batch = match (spec.corrupt_at == Some(k), all.obs.iter().find(|o| o.modality == assimd_filter::obs::Modality::Station)) {
+                    (true, Some(o)) => {
+                        let mut obs = screened.batch.obs.clone();
+                        obs.push(Observation { value: -9999.0, ..o.clone() });
+                        ObsBatch::new(&space, obs)?
+                    }
+                    _ => screened.batch,
+                };
                 if let Some(a) = &analysis {
-                    a.analyse(&mut ens, &screened.batch, &mut rng)?;
-                }
-                if spec.corrupt_at == Some(k) {
-                    ens.members_mut().for_each(|m| m[0] = -9999.0);
-                }
-                if ens.as_flat().iter().any(|v| !v.is_finite()) {
-                    bail!("{} diverged at cycle {k}: the analysis ensemble is not finite (try more inflation or a shorter localisation)", spec.filter);
+                    let mut trial = ens.clone();
+                    a.analyse(&mut trial, &batch, &mut rng)?;
+                    if trial.as_flat().iter().all(|v| v.is_finite()) {
+                        ens = trial;
+                    } else if spec.qc.enabled {
+                        // As the daemon does: keep the background, the guard looks at it next cycle.
+                        failed.push(k);
+                    } else {
+                        bail!("{} diverged at cycle {k}: the analysis ensemble is not finite (try more inflation or a shorter localisation)", spec.filter);
+                    }
                 }
                 if scored {
                     let mean = ens.mean();
@@ -742,6 +756,7 @@ pub fn run_with(
     summary.rejected_ingest = rejected_ingest;
     summary.injected = injector.injected;
     summary.divergences = divergences;
+    summary.failed_analyses = failed;
     summary.blacklistings = blacklistings;
     Ok(summary)
 }
@@ -856,6 +871,7 @@ impl Accumulator {
             injected: Injected::default(),
             divergences: Vec::new(),
             blacklistings: Vec::new(),
+            failed_analyses: Vec::new(),
         }
     }
 }

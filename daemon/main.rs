@@ -311,7 +311,7 @@ struct ExperimentArgs {
     /// Quality control: on (the daemon's [qc]) or off (no background check, monitor or divergence guard) [default: on].
     #[arg(long, value_parser = ["on", "off"])]
     qc: Option<String>,
-    /// Wreck the analysis at this cycle (first value of every member set to −9999), to watch the divergence guard.
+    /// Wreck the analysis at this cycle (a −9999 station value that bypasses every check is assimilated), to watch the divergence guard.
     #[arg(long)]
     corrupt_at: Option<usize>,
     /// Print one JSON line instead of a table.
@@ -555,10 +555,10 @@ fn main() -> Result<()> {
                         s.injected, s.rejected_ingest
                     );
                 }
-                if !s.divergences.is_empty() || !s.blacklistings.is_empty() {
+                if !s.divergences.is_empty() || !s.blacklistings.is_empty() || !s.failed_analyses.is_empty() {
                     println!(
-                        "  divergences at  {:?}; blacklistings {:?}",
-                        s.divergences, s.blacklistings
+                        "  divergences at  {:?}; non-finite analyses discarded at {:?}; blacklistings {:?}",
+                        s.divergences, s.failed_analyses, s.blacklistings
                     );
                 }
             }
