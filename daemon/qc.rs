@@ -670,7 +670,7 @@ mod tests {
         let (qc, _) = Qc::new(QcSettings::default(), MonitorState::default());
         assert!(qc
             .diverged(&wrecked, &all, &origins)
-            .is_some_and(|r| r > 1e6));
+            .is_some_and(|r| r.ratio > 1e6));
         let (off, _) = Qc::new(
             QcSettings {
                 enabled: false,
