@@ -320,3 +320,51 @@ fn a_wrecked_state_is_flagged_recovered_and_alerted() {
     let (ok, out) = run_promtool(&["test", "rules", test.to_str().unwrap()], None);
     assert!(ok, "promtool test rules:\n{out}");
 }
+
+/// The operator's blacklist: written into the config file of a running daemon and applied on
+/// SIGHUP (`systemctl reload`) without a restart; the retained status and `assimd stations` show
+/// it, and the station's reports are journaled but not assimilated from the next cycle on.
+#[test]
+fn sighup_rereads_the_operators_blacklist() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(&tmp.path().join("broker"));
+    let s = write_config(tmp.path(), broker.port, "");
+    let daemon = Daemon::start(&s, &[]);
+    let per_cycle = messages_per_cycle("l96", "stations+satellite");
+    simulate(&s, 1, 20);
+    wait_for("cycle 18 committed", || metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 18.0));
+    let blacklisted = "assimd_qc_rejected_total{modality=\"station\",reason=\"blacklisted\"}";
+    assert_eq!(metric(s.metrics_port, blacklisted), Some(0.0));
+    // A broken file is refused and the running settings stay.
+    let good = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, format!("{good}\n[qc]\nblacklist = 7\n")).unwrap();
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
+    wait_for("the broken file to be refused", || daemon.log_text().contains("does not load, keeping the running settings").then_some(()));
+    std::fs::write(&s.config, format!("{good}\n[qc]\nblacklist = [\"S02\"]\n")).unwrap();
+    unsafe { libc::kill(daemon.child.id() as i32, libc::SIGHUP) };
+    wait_for("the reload", || daemon.log_text().contains("SIGHUP: re-read [qc]").then_some(()));
+    let status = Collector::start(broker.port, "test/stations");
+    simulate(&s, 21, 10);
+    wait_for("cycle 28 committed", || metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 28.0));
+    // S02 reports one value per cycle: cycles 19-28 ran after the reload.
+    let text = scrape(s.metrics_port).unwrap();
+    assert_eq!(sample(&text, blacklisted), Some(10.0));
+    let live: Value = wait_for("the retained status", || status.payloads("test/stations").last().map(|p| serde_json::from_slice(p).unwrap()));
+    assert_eq!(sample(&text, "assimd_stations_blacklisted"), Some(1.0), "{live}");
+    assert_eq!(sample(&text, "assimd_obs_journaled_total"), Some((30 * per_cycle) as f64), "blacklisted reports are still journaled");
+    assert_eq!(live["blacklisted"], serde_json::json!(["S02"]));
+    assert_eq!(live["stations"][0]["station"], "S02");
+    assert_eq!(live["stations"][0]["status"], "operator_blacklisted");
+    daemon.terminate();
+    let out = std::process::Command::new(ASSIMD).args(["stations", "--json", "--store"]).arg(&s.store).arg("--config").arg(&s.config).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stored: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stored["cycle"], 28);
+    assert_eq!(stored["blacklisted"], serde_json::json!(["S02"]));
+    let n = stored["stations"].as_array().unwrap().len();
+    let network = Testbed::new("l96".parse().unwrap()).network("stations+satellite".parse().unwrap()).unwrap();
+    assert_eq!(n, network.stations.iter().filter(|s| !s.withheld).count(), "every assimilated station is monitored");
+    let table = std::process::Command::new(ASSIMD).args(["stations", "--store"]).arg(&s.store).output().unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.starts_with("cycle 28:") && table.contains("S02"), "{table}");
+}

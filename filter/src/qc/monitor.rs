@@ -28,8 +28,9 @@ pub struct StationMonitor {
     pub cycles: u32,
     /// Reports a station must have sent before it can be blacklisted for bias, noise or
     /// rejections: longer than a spin-up from climatology, whose departures are not yet those of a
-    /// converged filter (10 blacklisted a good l96 station at cycle 14 of a spin-up; tuning seeds
-    /// 100–104, docs/results.md).
+    /// converged filter (10 blacklisted a good l96 `full` station at cycle 14 of a spin-up, 20 a
+    /// good `stations+satellite` one at cycle 28 in the daemon; docs/results.md). A stuck station is
+    /// caught by the persistence check from its first reports.
     pub min_reports: u64,
     /// Persistence check: a station whose values repeat exactly (bit for bit) this many cycles in
     /// a row is stuck and blacklisted at once (0 = off). A real sensor's reading, with its noise,
@@ -50,7 +51,7 @@ impl Default for StationMonitor {
             max_std: 2.0,
             max_reject_rate: 0.5,
             cycles: 5,
-            min_reports: 20,
+            min_reports: 50,
             max_repeats: 3,
             rehabilitate_cycles: 40,
         }
