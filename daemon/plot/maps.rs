@@ -524,6 +524,12 @@ mod tests {
             LIGHT,
             "no observation there"
         );
+        // The same station left out by QC: a red cross over it, whose arms reach past the dot.
+        let rejected = MapInput { rejected: std::slice::from_ref(&st), ..m };
+        let c = render(&rejected).unwrap();
+        let arm = c.get((px + 5.0) as u32, (py - 5.0) as u32);
+        assert_eq!(arm, REJECTED, "the cross's arm 5 px north-east of the station");
+        assert_ne!(c.get((px + 5.0) as u32, (py + 0.0) as u32 + 8), REJECTED, "only on the diagonals");
     }
 
     #[test]
