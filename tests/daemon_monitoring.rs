@@ -84,10 +84,13 @@ fn scrape_passes_promtool_and_exports_exactly_the_listed_metrics() {
         Some(4.0),
         "l96 has 4 withheld stations, one value each"
     );
-    assert_eq!(
-        sample(body, "assimd_analysis_failures_total{filter=\"score\"}"),
-        Some(0.0)
-    );
+    for reason in ["error", "non_finite", "divergence"] {
+        assert_eq!(
+            sample(body, &format!("assimd_analysis_failures_total{{filter=\"score\",reason=\"{reason}\"}}")),
+            Some(0.0),
+            "{reason}"
+        );
+    }
     assert_eq!(
         sample(
             body,
