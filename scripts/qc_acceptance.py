@@ -86,7 +86,7 @@ def main():
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     ap.add_argument("--qg2l-seeds", type=int, nargs="+", default=None, help="qg2l's seeds [default: --seeds]")
     ap.add_argument("--testbeds", nargs="+", default=["l96", "qg2l"])
-    ap.add_argument("--k", type=float, default=4.0, help="the background check's k (qc.*.k) of the binary's defaults")
+    ap.add_argument("--k", type=float, default=5.0, help="the background check's k (qc.*.k) of the binary's defaults")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     lines = []
