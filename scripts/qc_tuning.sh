@@ -29,6 +29,14 @@ for k in 4 5; do
     echo "k=$k seed=$s clean: $($B experiment --config $f --cycles 300 --burn-in 50 --seed $s --json | js) | gross: $($B experiment --config $f --cycles 300 --burn-in 50 --seed $s --gross-errors 0.02 --json | js)"
   done
 done > "$OUT/qg2l-k.txt"
+# 2b. background-check k on the sparse l96 stations+satellite, 5000 cycles, against QC off
+SS=configs/experiments/l96-stations+satellite-letkf.toml
+for k in 4 5; do
+  f=$(file l96-ss-k$k $SS "[qc.station]\nk = $k\n[qc.satellite]\nk = $k")
+  for s in 100 101 102 103 104; do
+    echo "k=$k seed=$s qc on: $($B experiment --config $f --seed $s --json | js) | qc off: $($B experiment --config $f --seed $s --qc off --json | js)"
+  done
+done > "$OUT/l96-ss-k.txt"
 # 3. station monitor: max_bias x min_reports, l96 full; clean 1000 cycles, and a +3 sigma drift of S04 from cycle 100
 for mb in 1.0 1.5 2.0; do for mr in 10 20; do
   f=$(file l96-mb$mb-mr$mr $L96 "[qc.monitor]\nmax_bias = $mb\nmin_reports = $mr")

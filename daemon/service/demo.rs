@@ -149,9 +149,11 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         })
         .await
     });
-    tokio::time::timeout(std::time::Duration::from_secs(30), sub_rx.wait_for(|s| *s))
+    // A fresh qg2l state integrates its climatological draws first (~15 s on an idle 2-core
+    // machine); the guard only catches a daemon that never gets there.
+    tokio::time::timeout(std::time::Duration::from_secs(120), sub_rx.wait_for(|s| *s))
         .await
-        .context("the daemon did not subscribe within 30 s")??;
+        .context("the daemon did not subscribe within 120 s")??;
     let sim_cfg = cfg.clone();
     let sim = tokio::spawn(async move { simulator::simulate(&sim_cfg, |_| {}).await });
 
