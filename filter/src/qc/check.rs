@@ -228,7 +228,7 @@ mod tests {
     fn verdicts_follow_the_thresholds() {
         let check = BackgroundCheck {
             station: Thresholds {
-                k: 5.0,
+                k: 4.0,
                 huber: Some(2.0),
             },
             ..Default::default()
