@@ -669,9 +669,19 @@ pub fn run_with(
                 let rmse_f = stats::rmse(&ens.mean(), truth);
                 if qc.diverged(&ens, &all, &origins).is_some() {
                     divergences.push(k);
-                    let (e, _how) = qc.recover(k as u64, last_good.take(), &|e| forecast(&*dynamics, e), &all, &origins, || {
-                        Ok(Ensemble::from_members(testbed.climatological_draws(spec.members, spec.seed ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)))?)
-                    })?;
+                    let (e, _how) = qc.recover(
+                        k as u64,
+                        last_good.take(),
+                        &|e| forecast(&*dynamics, e),
+                        &all,
+                        &origins,
+                        || {
+                            Ok(Ensemble::from_members(testbed.climatological_draws(
+                                spec.members,
+                                spec.seed ^ (k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                            ))?)
+                        },
+                    )?;
                     ens = e;
                 } else if let Some(a) = previous.take() {
                     // The analysis of cycle k − 1 forecast to a sound background: a rollback point.
@@ -686,10 +696,18 @@ pub fn run_with(
                     }
                 }
                 blacklistings.extend(screened.rehabilitated.iter().map(|s| (k, format!("-{s}"))));
-                let batch = match (spec.corrupt_at == Some(k), all.obs.iter().find(|o| o.modality == assimd_filter::obs::Modality::Station)) {
+                let batch = match (
+                    spec.corrupt_at == Some(k),
+                    all.obs
+                        .iter()
+                        .find(|o| o.modality == assimd_filter::obs::Modality::Station),
+                ) {
                     (true, Some(o)) => {
                         let mut obs = screened.batch.obs.clone();
-                        obs.push(Observation { value: -9999.0, ..o.clone() });
+                        obs.push(Observation {
+                            value: -9999.0,
+                            ..o.clone()
+                        });
                         ObsBatch::new(&space, obs)?
                     }
                     _ => screened.batch,
@@ -891,7 +909,10 @@ mod tests {
             initial_spread: Some(1.0),
             // The golden numbers pin the filters' arithmetic; quality control has its own tests
             // (with it on, the background check's choices enter the stochastic EnKF's draws).
-            qc: QcSettings { enabled: false, ..QcSettings::default() },
+            qc: QcSettings {
+                enabled: false,
+                ..QcSettings::default()
+            },
             ..ExperimentSpec::new(TestbedKind::L96, filter, NetworkKind::Full)
         }
     }

@@ -166,7 +166,10 @@ async fn signals() -> Stop {
 
 fn stations(store: &std::path::Path, config: Option<&std::path::Path>, json: bool) -> Result<()> {
     if !store.exists() {
-        anyhow::bail!("{} does not exist (give store.path of the daemon's config)", store.display());
+        anyhow::bail!(
+            "{} does not exist (give store.path of the daemon's config)",
+            store.display()
+        );
     }
     let s = service::store::Store::open(store)?;
     let settings = match config {
@@ -174,21 +177,43 @@ fn stations(store: &std::path::Path, config: Option<&std::path::Path>, json: boo
         None => assimd::qc::QcSettings::default(),
     };
     let state = s.monitor_state()?.unwrap_or_default();
-    let qc = assimd::qc::Qc { settings, state, climatology: None };
+    let qc = assimd::qc::Qc {
+        settings,
+        state,
+        climatology: None,
+    };
     let report = qc.report(s.assimilated_up_to()?);
     if json {
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
     }
-    println!("cycle {}: {} stations monitored, blacklisted: {}", report.cycle, report.stations.len(), if report.blacklisted.is_empty() { "none".to_string() } else { report.blacklisted.join(", ") });
-    println!("{:<12} {:<21} {:>7} {:>8} {:>7} {:>8} {:>7}  since", "station", "status", "reports", "mean z", "std z", "rejects", "last");
+    println!(
+        "cycle {}: {} stations monitored, blacklisted: {}",
+        report.cycle,
+        report.stations.len(),
+        if report.blacklisted.is_empty() {
+            "none".to_string()
+        } else {
+            report.blacklisted.join(", ")
+        }
+    );
+    println!(
+        "{:<12} {:<21} {:>7} {:>8} {:>7} {:>8} {:>7}  since",
+        "station", "status", "reports", "mean z", "std z", "rejects", "last"
+    );
     for l in &report.stations {
-        let status = serde_json::to_value(&l.status)?.as_str().unwrap_or("").to_string();
+        let status = serde_json::to_value(&l.status)?
+            .as_str()
+            .unwrap_or("")
+            .to_string();
         let since = match (&l.blacklisted_since, &l.reason) {
             (Some(c), Some(r)) => format!("{c} ({r})"),
             _ => String::new(),
         };
-        println!("{:<12} {:<21} {:>7} {:>8.2} {:>7.2} {:>8.3} {:>7}  {since}", l.station, status, l.reports, l.mean_z, l.std_z, l.reject_rate, l.last_cycle);
+        println!(
+            "{:<12} {:<21} {:>7} {:>8.2} {:>7.2} {:>8.3} {:>7}  {since}",
+            l.station, status, l.reports, l.mean_z, l.std_z, l.reject_rate, l.last_cycle
+        );
     }
     Ok(())
 }
@@ -523,7 +548,11 @@ fn main() -> Result<()> {
         Command::State {
             command: StateCommand::Inspect { store, json },
         } => inspect(&store, json)?,
-        Command::Stations { store, config, json } => stations(&store, config.as_deref(), json)?,
+        Command::Stations {
+            store,
+            config,
+            json,
+        } => stations(&store, config.as_deref(), json)?,
         Command::Experiment(args) => {
             let json = args.json;
             let history = args.history.clone();
@@ -555,7 +584,10 @@ fn main() -> Result<()> {
                         s.injected, s.rejected_ingest
                     );
                 }
-                if !s.divergences.is_empty() || !s.blacklistings.is_empty() || !s.failed_analyses.is_empty() {
+                if !s.divergences.is_empty()
+                    || !s.blacklistings.is_empty()
+                    || !s.failed_analyses.is_empty()
+                {
                     println!(
                         "  divergences at  {:?}; non-finite analyses discarded at {:?}; blacklistings {:?}",
                         s.divergences, s.failed_analyses, s.blacklistings

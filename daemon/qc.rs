@@ -253,7 +253,14 @@ impl Qc {
     /// stations whose automatic blacklisting the clear lifted.
     pub fn new(settings: QcSettings, mut state: MonitorState) -> (Qc, Vec<String>) {
         let cleared = settings.monitor.clear(&mut state, &settings.clear);
-        (Qc { settings, state, climatology: None }, cleared)
+        (
+            Qc {
+                settings,
+                state,
+                climatology: None,
+            },
+            cleared,
+        )
     }
 
     /// New settings (SIGHUP): the operator's lists and thresholds; applies `clear`.
@@ -300,7 +307,10 @@ impl Qc {
             .filter(|(_, o)| !self.excluded(o.station.as_deref()))
             .map(|((d, o), _)| (d, (o.var, o.value)))
             .unzip();
-        let excursion = self.climatology.as_ref().map_or(0.0, |(m, s)| qc::state_excursion(background, m, s));
+        let excursion = self
+            .climatology
+            .as_ref()
+            .map_or(0.0, |(m, s)| qc::state_excursion(background, m, s));
         self.settings.divergence.check(&deps, &values, excursion)
     }
 
@@ -311,7 +321,13 @@ impl Qc {
     /// climatology, a regime change), every z is inflated alike, and a fixed k would reject the
     /// very observations that correct it, then blacklist their stations. A gross error or a biased
     /// station cannot move a median: it stays an outlier among its neighbours.
-    fn network_scale(&self, raw: &[Departure], all: &ObsBatch, origins: &[ObsOrigin], m: Modality) -> f64 {
+    fn network_scale(
+        &self,
+        raw: &[Departure],
+        all: &ObsBatch,
+        origins: &[ObsOrigin],
+        m: Modality,
+    ) -> f64 {
         let good: Vec<Departure> = raw
             .iter()
             .zip(&all.obs)
@@ -337,13 +353,18 @@ impl Qc {
     ) -> Result<Screened> {
         let raw = qc::departures(reference, all);
         // σ_d widened by the cycle's network-wide scale of each modality (see `network_scale`).
-        let scales = [Modality::Station, Modality::Satellite].map(|m| self.network_scale(&raw, all, origins, m));
+        let scales = [Modality::Station, Modality::Satellite]
+            .map(|m| self.network_scale(&raw, all, origins, m));
         let deps: Vec<Departure> = raw
             .iter()
             .zip(&all.obs)
             .map(|(d, o)| {
                 let s = scales[usize::from(o.modality == Modality::Satellite)];
-                Departure { d: d.d, sigma_b: d.sigma_b * s, sigma_o: d.sigma_o * s }
+                Departure {
+                    d: d.d,
+                    sigma_b: d.sigma_b * s,
+                    sigma_o: d.sigma_o * s,
+                }
             })
             .collect();
         let check = self.settings.check();
@@ -357,7 +378,14 @@ impl Qc {
         counts.satellite.scale = scales[1];
         let (mut accepted, mut rejected) = (Vec::with_capacity(all.len()), Vec::new());
         let mut reports: BTreeMap<&str, (Vec<(f64, bool)>, Vec<f64>)> = BTreeMap::new();
-        for ((((o, dep), v), origin), raw) in all.obs.iter().zip(&deps).zip(&verdicts).zip(origins).zip(&raw) {
+        for ((((o, dep), v), origin), raw) in all
+            .obs
+            .iter()
+            .zip(&deps)
+            .zip(&verdicts)
+            .zip(origins)
+            .zip(&raw)
+        {
             let c = counts.of_mut(o.modality);
             c.screened += 1;
             if let Some(s) = &origin.station {
@@ -435,7 +463,10 @@ pub enum Recovery {
 impl std::fmt::Display for Recovery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Recovery::Rollback(j) => write!(f, "rolled back to the analysis of cycle {j} and forecast from there"),
+            Recovery::Rollback(j) => write!(
+                f,
+                "rolled back to the analysis of cycle {j} and forecast from there"
+            ),
             Recovery::Climatology => write!(f, "restarted from climatological draws"),
         }
     }
@@ -532,8 +563,17 @@ impl Qc {
             S::Watch => 1,
             S::Ok => 2,
         };
-        stations.sort_by(|a, b| rank(&a.status).cmp(&rank(&b.status)).then(b.mean_z.abs().total_cmp(&a.mean_z.abs())).then(a.station.cmp(&b.station)));
-        StationsReport { cycle, blacklisted: self.blacklisted(), stations }
+        stations.sort_by(|a, b| {
+            rank(&a.status)
+                .cmp(&rank(&b.status))
+                .then(b.mean_z.abs().total_cmp(&a.mean_z.abs()))
+                .then(a.station.cmp(&b.station))
+        });
+        StationsReport {
+            cycle,
+            blacklisted: self.blacklisted(),
+            stations,
+        }
     }
 }
 

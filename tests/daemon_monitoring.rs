@@ -86,7 +86,10 @@ fn scrape_passes_promtool_and_exports_exactly_the_listed_metrics() {
     );
     for reason in ["error", "non_finite", "divergence"] {
         assert_eq!(
-            sample(body, &format!("assimd_analysis_failures_total{{filter=\"score\",reason=\"{reason}\"}}")),
+            sample(
+                body,
+                &format!("assimd_analysis_failures_total{{filter=\"score\",reason=\"{reason}\"}}")
+            ),
             Some(0.0),
             "{reason}"
         );

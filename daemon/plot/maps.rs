@@ -356,8 +356,20 @@ pub fn render(m: &MapInput) -> Result<Canvas> {
         .collect();
     sites.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
     sites.dedup();
-    let left_out = if m.rejected.is_empty() { String::new() } else { format!(", {} left out (×)", m.rejected.len()) };
-    panel_title(&mut c, o, &format!("observations: {} stations, {} footprints{left_out}", sites.len(), n_sat));
+    let left_out = if m.rejected.is_empty() {
+        String::new()
+    } else {
+        format!(", {} left out (×)", m.rejected.len())
+    };
+    panel_title(
+        &mut c,
+        o,
+        &format!(
+            "observations: {} stations, {} footprints{left_out}",
+            sites.len(),
+            n_sat
+        ),
+    );
     draw_observations(&mut c, &lay, m, o, &oscale);
     horizontal_bar(
         &mut c,
@@ -525,11 +537,21 @@ mod tests {
             "no observation there"
         );
         // The same station left out by QC: a red cross over it, whose arms reach past the dot.
-        let rejected = MapInput { rejected: std::slice::from_ref(&st), ..m };
+        let rejected = MapInput {
+            rejected: std::slice::from_ref(&st),
+            ..m
+        };
         let c = render(&rejected).unwrap();
         let arm = c.get((px + 5.0) as u32, (py - 5.0) as u32);
-        assert_eq!(arm, REJECTED, "the cross's arm 5 px north-east of the station");
-        assert_ne!(c.get((px + 5.0) as u32, (py + 0.0) as u32 + 8), REJECTED, "only on the diagonals");
+        assert_eq!(
+            arm, REJECTED,
+            "the cross's arm 5 px north-east of the station"
+        );
+        assert_ne!(
+            c.get((px + 5.0) as u32, (py + 0.0) as u32 + 8),
+            REJECTED,
+            "only on the diagonals"
+        );
     }
 
     #[test]

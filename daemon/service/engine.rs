@@ -158,7 +158,9 @@ impl Engine {
         let messages = entries.len() as u64;
         let withheld = &self.withheld;
         let (all, origins, verif) = qc::gather(
-            entries.iter().map(|(id, e)| (id.as_str(), e.station.as_deref(), e.obs.as_slice())),
+            entries
+                .iter()
+                .map(|(id, e)| (id.as_str(), e.station.as_deref(), e.obs.as_slice())),
             &|s| withheld.contains(s),
         );
         let space = self.space().clone();
@@ -171,7 +173,8 @@ impl Engine {
         for slot in self.filters.iter_mut() {
             let t0 = Instant::now();
             experiment::forecast(&*dynamics, &mut slot.ens);
-            metrics::histogram!(tm::PHASE_SECONDS, "phase" => "forecast", "filter" => slot.name).record(t0.elapsed().as_secs_f64());
+            metrics::histogram!(tm::PHASE_SECONDS, "phase" => "forecast", "filter" => slot.name)
+                .record(t0.elapsed().as_secs_f64());
             let mut failed = None;
             let deps = assimd_filter::qc::departures(&slot.ens, &all);
             if let Some(r) = assimd_filter::qc::innovation_ratio(&deps) {
@@ -181,14 +184,25 @@ impl Engine {
                 // Roll back to the last analysis whose forecast passed, if the store still has it.
                 let members = slot.ens.n_members();
                 let last_good = match slot.last_good.take() {
-                    Some(j) if self.store.has_ensemble(slot.name, j)? => Some((j, self.store.load_ensemble(slot.name, j, members)?)),
+                    Some(j) if self.store.has_ensemble(slot.name, j)? => {
+                        Some((j, self.store.load_ensemble(slot.name, j, members)?))
+                    }
                     _ => None,
                 };
                 let seed = self.seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
                 let testbed = &self.testbed;
-                let (ens, how) = self.qc.recover(k, last_good, &|e| experiment::forecast(&*dynamics, e), &all, &origins, || {
-                    Ok(Ensemble::from_members(testbed.climatological_draws(members, seed))?)
-                })?;
+                let (ens, how) = self.qc.recover(
+                    k,
+                    last_good,
+                    &|e| experiment::forecast(&*dynamics, e),
+                    &all,
+                    &origins,
+                    || {
+                        Ok(Ensemble::from_members(
+                            testbed.climatological_draws(members, seed),
+                        )?)
+                    },
+                )?;
                 slot.ens = ens;
                 let g = &self.qc.settings.divergence;
                 let why = format!(
@@ -206,42 +220,65 @@ impl Engine {
         let t_qc = Instant::now();
         let reference = &self.filters[0].ens;
         let screened = self.qc.screen(k, &space, &all, &origins, reference)?;
-        metrics::histogram!(tm::PHASE_SECONDS, "phase" => "qc", "filter" => "all").record(t_qc.elapsed().as_secs_f64());
+        metrics::histogram!(tm::PHASE_SECONDS, "phase" => "qc", "filter" => "all")
+            .record(t_qc.elapsed().as_secs_f64());
         self.count_qc(k, &screened);
         let batch = &screened.batch;
         let mut per_filter = serde_json::Map::new();
-        for (i, (slot, (t0, mean_b, mut failed))) in self.filters.iter_mut().zip(backgrounds).enumerate() {
+        for (i, (slot, (t0, mean_b, mut failed))) in
+            self.filters.iter_mut().zip(backgrounds).enumerate()
+        {
             let name = slot.name;
             let t1 = Instant::now();
             if !batch.is_empty() {
-                let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i as u64) << 56);
+                let mut rng = ChaCha8Rng::seed_from_u64(
+                    self.seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i as u64) << 56,
+                );
                 let mut trial = slot.ens.clone();
                 match slot.analysis.analyse(&mut trial, batch, &mut rng) {
                     Ok(()) if trial.as_flat().iter().all(|v| v.is_finite()) => slot.ens = trial,
-                    Ok(()) => failed = Some(("non_finite", "the analysis ensemble is not finite; the background was kept".to_string())),
+                    Ok(()) => {
+                        failed = Some((
+                            "non_finite",
+                            "the analysis ensemble is not finite; the background was kept"
+                                .to_string(),
+                        ))
+                    }
                     Err(e) => failed = Some(("error", format!("{e}; the background was kept"))),
                 }
             }
             if let Some((reason, e)) = &failed {
-                metrics::counter!(tm::ANALYSIS_FAILURES, "filter" => name, "reason" => *reason).increment(1);
+                metrics::counter!(tm::ANALYSIS_FAILURES, "filter" => name, "reason" => *reason)
+                    .increment(1);
                 if *reason != "divergence" {
                     tracing::error!(filter = name, cycle = k, "analysis failed: {e}");
                 }
             }
-            metrics::histogram!(tm::PHASE_SECONDS, "phase" => "analysis", "filter" => name).record(t1.elapsed().as_secs_f64());
+            metrics::histogram!(tm::PHASE_SECONDS, "phase" => "analysis", "filter" => name)
+                .record(t1.elapsed().as_secs_f64());
             let t2 = Instant::now();
             let mean_a = slot.ens.mean();
             let spread = stats::spread(&slot.ens);
             let (rmse_a_t, rmse_f_t, crps) = match &truth {
-                Some(x) => (stats::rmse(&mean_a, x), stats::rmse(&mean_b, x), stats::crps_ensemble(&slot.ens, x)),
+                Some(x) => (
+                    stats::rmse(&mean_a, x),
+                    stats::rmse(&mean_b, x),
+                    stats::crps_ensemble(&slot.ens, x),
+                ),
                 None => (f64::NAN, f64::NAN, f64::NAN),
             };
-            let (rmse_a_w, rmse_f_w) = (withheld_rmse(&verif, &mean_a), withheld_rmse(&verif, &mean_b));
+            let (rmse_a_w, rmse_f_w) = (
+                withheld_rmse(&verif, &mean_a),
+                withheld_rmse(&verif, &mean_b),
+            );
             // The spread the ensemble predicts at the withheld stations, observation error included.
             let spread_w = stats::obs_space_spread(&verif, &slot.ens);
             let mut innov = serde_json::Map::new();
             for m in [Modality::Station, Modality::Satellite] {
-                let (b, a) = (stats::innovations(batch, &mean_b, m), stats::innovations(batch, &mean_a, m));
+                let (b, a) = (
+                    stats::innovations(batch, &mean_b, m),
+                    stats::innovations(batch, &mean_a, m),
+                );
                 if b.count > 0 {
                     let l = m.as_str();
                     metrics::gauge!(tm::OMB_MEAN, "filter" => name, "modality" => l).set(b.mean);
@@ -250,23 +287,32 @@ impl Engine {
                     metrics::gauge!(tm::OMA_RMS, "filter" => name, "modality" => l).set(a.rms);
                     innov.insert(l.into(), json!({"count": b.count, "omb_mean": b.mean, "omb_rms": b.rms, "oma_mean": a.mean, "oma_rms": a.rms}));
                 }
-                metrics::gauge!(tm::OBS_USED, "filter" => name, "modality" => m.as_str()).set(batch.count(m) as f64);
+                metrics::gauge!(tm::OBS_USED, "filter" => name, "modality" => m.as_str())
+                    .set(batch.count(m) as f64);
             }
-            for (against, a, f) in [("truth", rmse_a_t, rmse_f_t), ("withheld", rmse_a_w, rmse_f_w)] {
+            for (against, a, f) in [
+                ("truth", rmse_a_t, rmse_f_t),
+                ("withheld", rmse_a_w, rmse_f_w),
+            ] {
                 if a.is_finite() {
-                    metrics::gauge!(tm::ANALYSIS_RMSE, "filter" => name, "against" => against).set(a);
-                    metrics::gauge!(tm::BACKGROUND_RMSE, "filter" => name, "against" => against).set(f);
+                    metrics::gauge!(tm::ANALYSIS_RMSE, "filter" => name, "against" => against)
+                        .set(a);
+                    metrics::gauge!(tm::BACKGROUND_RMSE, "filter" => name, "against" => against)
+                        .set(f);
                 }
             }
             metrics::gauge!(tm::SPREAD, "filter" => name).set(spread);
             if rmse_a_t.is_finite() {
-                metrics::gauge!(tm::SPREAD_SKILL, "filter" => name, "against" => "truth").set(spread / rmse_a_t);
+                metrics::gauge!(tm::SPREAD_SKILL, "filter" => name, "against" => "truth")
+                    .set(spread / rmse_a_t);
                 metrics::gauge!(tm::CRPS, "filter" => name).set(crps);
             }
             if rmse_a_w.is_finite() && rmse_a_w > 0.0 {
-                metrics::gauge!(tm::SPREAD_SKILL, "filter" => name, "against" => "withheld").set(spread_w / rmse_a_w);
+                metrics::gauge!(tm::SPREAD_SKILL, "filter" => name, "against" => "withheld")
+                    .set(spread_w / rmse_a_w);
             }
-            metrics::histogram!(tm::PHASE_SECONDS, "phase" => "verify", "filter" => name).record(t2.elapsed().as_secs_f64());
+            metrics::histogram!(tm::PHASE_SECONDS, "phase" => "verify", "filter" => name)
+                .record(t2.elapsed().as_secs_f64());
             per_filter.insert(
                 name.into(),
                 json!({
@@ -332,7 +378,18 @@ impl Engine {
         self.publish(k, &summary);
         self.publish_stations(k);
         if let Some(w) = self.maps.as_ref().filter(|w| w.due(k)) {
-            let rejected_obs: Vec<_> = all.obs.iter().zip(&origins).filter(|(_, o)| screened.rejected.iter().any(|r| r.message == o.message && r.index == o.index)).map(|(x, _)| x.clone()).collect();
+            let rejected_obs: Vec<_> = all
+                .obs
+                .iter()
+                .zip(&origins)
+                .filter(|(_, o)| {
+                    screened
+                        .rejected
+                        .iter()
+                        .any(|r| r.message == o.message && r.index == o.index)
+                })
+                .map(|(x, _)| x.clone())
+                .collect();
             // After the commit: a picture that cannot be written costs a warning, never the cycle.
             let t4 = Instant::now();
             let input = crate::plot::maps::MapInput {
@@ -365,7 +422,9 @@ impl Engine {
 
     /// Apply new `[qc]` settings sent by the SIGHUP handler, if any.
     fn reload_qc(&mut self) {
-        let Some(rx) = self.qc_reload.as_mut() else { return };
+        let Some(rx) = self.qc_reload.as_mut() else {
+            return;
+        };
         if !rx.has_changed().unwrap_or(false) {
             return;
         }
@@ -377,15 +436,25 @@ impl Engine {
 
     /// Count and log a cycle's screening.
     fn count_qc(&self, k: u64, s: &qc::Screened) {
-        for (m, c) in [("station", &s.counts.station), ("satellite", &s.counts.satellite)] {
+        for (m, c) in [
+            ("station", &s.counts.station),
+            ("satellite", &s.counts.satellite),
+        ] {
             metrics::counter!(tm::QC_REJECTED, "modality" => m, "reason" => qc::QcReason::BackgroundCheck.as_str()).increment(c.background_check as u64);
             metrics::counter!(tm::QC_REJECTED, "modality" => m, "reason" => qc::QcReason::Blacklisted.as_str()).increment(c.blacklisted as u64);
-            metrics::counter!(tm::QC_DOWNWEIGHTED, "modality" => m).increment(c.downweighted as u64);
+            metrics::counter!(tm::QC_DOWNWEIGHTED, "modality" => m)
+                .increment(c.downweighted as u64);
         }
         metrics::counter!(tm::STATION_BLACKLISTINGS).increment(s.newly_blacklisted.len() as u64);
         metrics::gauge!(tm::STATIONS_BLACKLISTED).set(self.qc.blacklisted().len() as f64);
         for id in &s.newly_blacklisted {
-            let why = self.qc.state.stations.get(id).and_then(|st| st.blacklisted.as_ref()).map_or("", |b| b.reason.as_str());
+            let why = self
+                .qc
+                .state
+                .stations
+                .get(id)
+                .and_then(|st| st.blacklisted.as_ref())
+                .map_or("", |b| b.reason.as_str());
             tracing::warn!(station = %id, cycle = k, reason = why, "station blacklisted by the monitor: its reports are journaled but not assimilated from cycle {} on (clear it with qc.clear and a reload)", k + 1);
         }
         for id in &s.rehabilitated {
@@ -401,7 +470,11 @@ impl Engine {
     pub fn publish_stations(&self, k: u64) {
         match serde_json::to_vec(&self.qc.report(k)) {
             Ok(payload) => {
-                let _ = self.out.send(Outgoing { topic: format!("{}/stations", self.prefix), payload, retain: true });
+                let _ = self.out.send(Outgoing {
+                    topic: format!("{}/stations", self.prefix),
+                    payload,
+                    retain: true,
+                });
             }
             Err(e) => tracing::warn!("the station status was not published: {e}"),
         }

@@ -90,10 +90,16 @@ async fn reload_on_sighup(path: std::path::PathBuf, tx: watch::Sender<crate::qc:
     while hup.recv().await.is_some() {
         match Config::load(&path) {
             Ok(cfg) => {
-                tracing::info!("SIGHUP: re-read [qc] from {} (other sections need a restart)", path.display());
+                tracing::info!(
+                    "SIGHUP: re-read [qc] from {} (other sections need a restart)",
+                    path.display()
+                );
                 let _ = tx.send(cfg.qc);
             }
-            Err(e) => tracing::error!("SIGHUP: {} does not load, keeping the running settings: {e:#}", path.display()),
+            Err(e) => tracing::error!(
+                "SIGHUP: {} does not load, keeping the running settings: {e:#}",
+                path.display()
+            ),
         }
     }
 }
@@ -336,14 +342,18 @@ pub async fn run(
             .map(|s| s.id.clone())
             .collect(),
     };
-    let (mut qc, cleared) = crate::qc::Qc::new(cfg.qc.clone(), store.monitor_state()?.unwrap_or_default());
+    let (mut qc, cleared) =
+        crate::qc::Qc::new(cfg.qc.clone(), store.monitor_state()?.unwrap_or_default());
     let clim = testbed.climatology();
     qc.climatology = Some((clim.mean, clim.std));
     if !cleared.is_empty() {
         tracing::info!(?cleared, "qc.clear: automatic blacklisting lifted");
     }
     let (qc_tx, qc_rx) = watch::channel(cfg.qc.clone());
-    let reload_task = opts.config_path.clone().map(|path| tokio::spawn(reload_on_sighup(path, qc_tx)));
+    let reload_task = opts
+        .config_path
+        .clone()
+        .map(|path| tokio::spawn(reload_on_sighup(path, qc_tx)));
     let engine = Engine {
         store: store.clone(),
         testbed: testbed.clone(),

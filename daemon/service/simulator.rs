@@ -66,7 +66,12 @@ pub async fn simulate(cfg: &Config, mut on_cycle: impl FnMut(u64)) -> Result<Sim
             }
         }
     });
-    let assimilated: Vec<String> = network.stations.iter().filter(|st| !st.withheld).map(|st| st.id.clone()).collect();
+    let assimilated: Vec<String> = network
+        .stations
+        .iter()
+        .filter(|st| !st.withheld)
+        .map(|st| st.id.clone())
+        .collect();
     let mut faults = crate::faults::FaultInjector::new(s.faults.clone(), s.seed, &assimilated);
     if s.faults.gross_errors > 0.0 || s.faults.bias.is_some() {
         tracing::warn!(stuck = ?faults.stuck_station(), "simulate.faults: injecting bad observations ({:?})", s.faults);

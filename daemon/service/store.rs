@@ -342,8 +342,11 @@ impl Store {
     pub fn commit_cycle(&self, c: &CycleCommit) -> Result<()> {
         let summary = serde_json::to_vec(&c.summary)?;
         let monitor = serde_json::to_vec(c.monitor)?;
-        let rejections: Vec<(Vec<u8>, Vec<u8>)> =
-            c.rejections.iter().map(|r| Ok((qc_key(c.cycle, r), serde_json::to_vec(r)?))).collect::<Result<_>>()?;
+        let rejections: Vec<(Vec<u8>, Vec<u8>)> = c
+            .rejections
+            .iter()
+            .map(|r| Ok((qc_key(c.cycle, r), serde_json::to_vec(r)?)))
+            .collect::<Result<_>>()?;
         (&self.state, &self.cycles, &self.qc, &self.meta)
             .transaction(|(state, cycles, qc, meta)| {
                 let done = u64_of(meta.get(META_ASSIMILATED)?).unwrap_or(0);
@@ -414,7 +417,10 @@ impl Store {
         for kv in self.qc.iter() {
             let (k, v) = kv?;
             let c = u64::from_be_bytes(k[..8].try_into()?);
-            out.push((c, serde_json::from_slice(&v).context("decoding a stored QC record")?));
+            out.push((
+                c,
+                serde_json::from_slice(&v).context("decoding a stored QC record")?,
+            ));
         }
         Ok(out)
     }
@@ -545,7 +551,11 @@ mod tests {
             assimd_filter::qc::StationMonitor::default().update(
                 &mut monitor,
                 1,
-                &[assimd_filter::qc::StationReport { station: "S01".into(), obs: vec![(8.5, true)], values: vec![9.5] }],
+                &[assimd_filter::qc::StationReport {
+                    station: "S01".into(),
+                    obs: vec![(8.5, true)],
+                    values: vec![9.5],
+                }],
             );
             let bad = CycleCommit {
                 cycle: 2,
@@ -593,7 +603,10 @@ mod tests {
         assert_eq!(m.stations["S01"].reports, 1);
         s.prune_journal(1).unwrap();
         assert!(s.journal_cycle(1).unwrap().is_empty());
-        assert!(s.qc_rejections().unwrap().is_empty(), "QC records go with their cycle's journal");
+        assert!(
+            s.qc_rejections().unwrap().is_empty(),
+            "QC records go with their cycle's journal"
+        );
     }
 
     #[test]
@@ -612,6 +625,10 @@ mod tests {
         assert_eq!(s.monitor_state().unwrap(), None);
         s.meta.insert(META_SCHEMA, &be(99)).unwrap();
         let e = s.check_or_init(&compat, None, "c.toml").unwrap_err();
-        assert!(e.to_string().contains("schema 99") && e.to_string().contains("assimd reset --config c.toml"), "{e}");
+        assert!(
+            e.to_string().contains("schema 99")
+                && e.to_string().contains("assimd reset --config c.toml"),
+            "{e}"
+        );
     }
 }

@@ -261,11 +261,26 @@ fn describe() {
         ANALYSIS_FAILURES,
         "Analyses that failed (background kept) or diverged (restarted from climatology), by filter and reason"
     );
-    describe_counter!(QC_REJECTED, "Observations left out by quality control, by modality and reason");
-    describe_counter!(QC_DOWNWEIGHTED, "Observations assimilated with a Huber-inflated error, by modality");
-    describe_gauge!(STATIONS_BLACKLISTED, "Stations whose reports are left out now (operator and monitor)");
-    describe_counter!(STATION_BLACKLISTINGS, "Automatic blacklistings by the station monitor");
-    describe_gauge!(INNOVATION_RATIO, "median(z^2)/median(chi2_1) of each filter's background in the last cycle");
+    describe_counter!(
+        QC_REJECTED,
+        "Observations left out by quality control, by modality and reason"
+    );
+    describe_counter!(
+        QC_DOWNWEIGHTED,
+        "Observations assimilated with a Huber-inflated error, by modality"
+    );
+    describe_gauge!(
+        STATIONS_BLACKLISTED,
+        "Stations whose reports are left out now (operator and monitor)"
+    );
+    describe_counter!(
+        STATION_BLACKLISTINGS,
+        "Automatic blacklistings by the station monitor"
+    );
+    describe_gauge!(
+        INNOVATION_RATIO,
+        "median(z^2)/median(chi2_1) of each filter's background in the last cycle"
+    );
     for m in ["station", "satellite"] {
         for r in crate::qc::QcReason::ALL {
             metrics::counter!(QC_REJECTED, "modality" => m, "reason" => r.as_str()).absolute(0);

@@ -55,7 +55,9 @@ pub fn climate_ratio(deps: &[Departure], values: &[(usize, f64)]) -> Option<f64>
         .filter(|(_, ys)| ys.len() >= 3)
         .filter_map(|(v, ys)| {
             let m = median(ys.clone())?;
-            median(ys.iter().map(|y| (y - m) * (y - m)).collect()).filter(|s| *s > 0.0).map(|s| (v, s))
+            median(ys.iter().map(|y| (y - m) * (y - m)).collect())
+                .filter(|s| *s > 0.0)
+                .map(|s| (v, s))
         })
         .collect();
     let r: Vec<f64> = deps
@@ -79,7 +81,11 @@ pub fn state_excursion(background: &Ensemble, mean: &[f64], std: &[f64]) -> f64 
         for (i, v) in x.iter().enumerate() {
             let f = (i / per_field.max(1)).min(fields - 1);
             let e = ((v - mean[f]) / std[f]).abs();
-            worst = if e.is_nan() { f64::INFINITY } else { worst.max(e) };
+            worst = if e.is_nan() {
+                f64::INFINITY
+            } else {
+                worst.max(e)
+            };
         }
     }
     worst
@@ -98,7 +104,11 @@ pub struct Divergence {
 
 impl std::fmt::Display for Divergence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "state excursion {:.3e} σ_clim, innovation ratio {:.3e}, climate ratio {:.3e}", self.state_sigmas, self.ratio, self.climate_ratio)
+        write!(
+            f,
+            "state excursion {:.3e} σ_clim, innovation ratio {:.3e}, climate ratio {:.3e}",
+            self.state_sigmas, self.ratio, self.climate_ratio
+        )
     }
 }
 
@@ -164,17 +174,30 @@ impl DivergenceGuard {
     /// `Some` when the cycle is flagged; `values` are (variable, y) of each departure's
     /// observation; `state_sigmas` the background's [`state_excursion`] (0 if unknown). The state
     /// test needs no observations; the other two need `min_obs` of them.
-    pub fn check(&self, deps: &[Departure], values: &[(usize, f64)], state_sigmas: f64) -> Option<Divergence> {
+    pub fn check(
+        &self,
+        deps: &[Departure],
+        values: &[(usize, f64)],
+        state_sigmas: f64,
+    ) -> Option<Divergence> {
         if !self.enabled {
             return None;
         }
         let wild = !(state_sigmas <= self.max_state_sigmas);
         let (ratio, climate_ratio) = if deps.len() >= self.min_obs {
-            (innovation_ratio(deps).unwrap_or(0.0), climate_ratio(deps, values).unwrap_or(0.0))
+            (
+                innovation_ratio(deps).unwrap_or(0.0),
+                climate_ratio(deps, values).unwrap_or(0.0),
+            )
         } else {
             (0.0, 0.0)
         };
-        (wild || !(ratio <= self.max_ratio) || !(climate_ratio <= self.max_climate_ratio)).then_some(Divergence { state_sigmas, ratio, climate_ratio })
+        (wild || !(ratio <= self.max_ratio) || !(climate_ratio <= self.max_climate_ratio))
+            .then_some(Divergence {
+                state_sigmas,
+                ratio,
+                climate_ratio,
+            })
     }
 }
 
@@ -208,7 +231,14 @@ mod tests {
         assert!((r - 1.0).abs() < 0.03, "ratio {r}");
         let guard = DivergenceGuard::default();
         // Observations with a scatter of 10 about their median (σ_d = 2 is a fifth of it).
-        let values: Vec<(usize, f64)> = (0..deps.len()).map(|_| (0, 10.0 * Distribution::<f64>::sample(&StandardNormal, &mut rng))).collect();
+        let values: Vec<(usize, f64)> = (0..deps.len())
+            .map(|_| {
+                (
+                    0,
+                    10.0 * Distribution::<f64>::sample(&StandardNormal, &mut rng),
+                )
+            })
+            .collect();
         assert_eq!(guard.check(&deps, &values, 0.0), None);
         // A few gross errors do not trip it; a background 30 σ_d off everywhere does.
         let mut gross = deps[..100].to_vec();
@@ -223,7 +253,9 @@ mod tests {
                 ..*d
             })
             .collect();
-        assert!(guard.check(&wrecked, &values[..100], 0.0).is_some_and(|r| r.ratio > 800.0));
+        assert!(guard
+            .check(&wrecked, &values[..100], 0.0)
+            .is_some_and(|r| r.ratio > 800.0));
         assert_eq!(
             guard.check(&wrecked[..5], &values[..5], 0.0),
             None,
@@ -244,20 +276,50 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
         // 40 observations of one variable scattered by 3.6 (l96's climatology); a background
         // 1,000 off everywhere with a spread of 2,000: z stays near 0.5, the climate ratio is 10⁵.
-        let values: Vec<(usize, f64)> = (0..40).map(|_| (0, 2.35 + 3.6 * Distribution::<f64>::sample(&StandardNormal, &mut rng))).collect();
-        let wrecked: Vec<Departure> = values.iter().map(|(_, y)| Departure { d: y + 1000.0, sigma_b: 2000.0, sigma_o: 1.0 }).collect();
+        let values: Vec<(usize, f64)> = (0..40)
+            .map(|_| {
+                (
+                    0,
+                    2.35 + 3.6 * Distribution::<f64>::sample(&StandardNormal, &mut rng),
+                )
+            })
+            .collect();
+        let wrecked: Vec<Departure> = values
+            .iter()
+            .map(|(_, y)| Departure {
+                d: y + 1000.0,
+                sigma_b: 2000.0,
+                sigma_o: 1.0,
+            })
+            .collect();
         let guard = DivergenceGuard::default();
         let f = guard.check(&wrecked, &values, 0.0).expect("flagged");
         assert!(f.ratio < guard.max_ratio && f.climate_ratio > 1e4, "{f}");
         // A background at the climatological mean (spin-up) is not flagged: the ratio is near 1
         // (between 0.3 and 3 for 40 observations).
-        let clim: Vec<Departure> = values.iter().map(|(_, y)| Departure { d: y - 2.35, sigma_b: 3.6, sigma_o: 1.0 }).collect();
+        let clim: Vec<Departure> = values
+            .iter()
+            .map(|(_, y)| Departure {
+                d: y - 2.35,
+                sigma_b: 3.6,
+                sigma_o: 1.0,
+            })
+            .collect();
         let c = climate_ratio(&clim, &values).unwrap();
         assert!((0.3..3.0).contains(&c), "{c}");
         assert_eq!(guard.check(&clim, &values, 0.0), None);
         // Not finite: flagged.
-        let nan: Vec<Departure> = values.iter().map(|_| Departure { d: f64::NAN, sigma_b: f64::NAN, sigma_o: 1.0 }).collect();
-        assert!(guard.check(&nan, &values, 0.0).is_some_and(|f| f.ratio.is_infinite()));
+        let nan: Vec<Departure> = values
+            .iter()
+            .map(|_| Departure {
+                d: f64::NAN,
+                sigma_b: f64::NAN,
+                sigma_o: 1.0,
+            })
+            .collect();
+        assert!(guard
+            .check(&nan, &values, 0.0)
+            .is_some_and(|f| f.ratio.is_infinite()));
         // A variable with fewer than 3 observations is left out.
         assert_eq!(climate_ratio(&wrecked[..2], &values[..2]), None);
     }
@@ -266,13 +328,26 @@ mod tests {
     fn a_state_blowing_up_out_of_sight_is_flagged_by_its_excursion() {
         // Two fields of 3 points; climatology (0, 10) and (5, 1).
         let (mean, std) = ([0.0, 5.0], [10.0, 1.0]);
-        let ok = Ensemble::from_members(vec![vec![12.0, -8.0, 3.0, 5.5, 4.0, 6.0], vec![-20.0, 0.0, 1.0, 5.0, 7.0, 3.0]]).unwrap();
-        assert_eq!(state_excursion(&ok, &mean, &std), 2.0, "(7 - 5) / 1 and 20 / 10");
+        let ok = Ensemble::from_members(vec![
+            vec![12.0, -8.0, 3.0, 5.5, 4.0, 6.0],
+            vec![-20.0, 0.0, 1.0, 5.0, 7.0, 3.0],
+        ])
+        .unwrap();
+        assert_eq!(
+            state_excursion(&ok, &mean, &std),
+            2.0,
+            "(7 - 5) / 1 and 20 / 10"
+        );
         let mut wild = ok.clone();
         wild.members_mut().next().unwrap()[4] = 5.0 + 60.0;
         assert_eq!(state_excursion(&wild, &mean, &std), 60.0);
         let guard = DivergenceGuard::default();
-        assert!(guard.check(&[], &[], 60.0).is_some_and(|d| d.state_sigmas == 60.0), "no observations needed");
+        assert!(
+            guard
+                .check(&[], &[], 60.0)
+                .is_some_and(|d| d.state_sigmas == 60.0),
+            "no observations needed"
+        );
         assert_eq!(guard.check(&[], &[], 2.0), None);
         wild.members_mut().next().unwrap()[0] = f64::NAN;
         assert!(state_excursion(&wild, &mean, &std).is_infinite());

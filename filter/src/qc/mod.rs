@@ -69,7 +69,9 @@ mod divergence;
 mod monitor;
 
 pub use check::{departures, BackgroundCheck, Departure, Thresholds, Verdict};
-pub use divergence::{climate_ratio, innovation_ratio, state_excursion, Divergence, DivergenceGuard, MEDIAN_CHI2_1};
+pub use divergence::{
+    climate_ratio, innovation_ratio, state_excursion, Divergence, DivergenceGuard, MEDIAN_CHI2_1,
+};
 pub use monitor::{
     Blacklisting, MonitorState, StationMonitor, StationReport, StationStats, StationStatus,
 };

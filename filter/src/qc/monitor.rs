@@ -186,7 +186,12 @@ impl StationMonitor {
             let s = state.stations.entry(r.station.clone()).or_default();
             s.reports += 1;
             s.last_cycle = cycle;
-            let same = !r.values.is_empty() && r.values.len() == s.last_values.len() && r.values.iter().zip(&s.last_values).all(|(a, b)| a.to_bits() == b.to_bits());
+            let same = !r.values.is_empty()
+                && r.values.len() == s.last_values.len()
+                && r.values
+                    .iter()
+                    .zip(&s.last_values)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
             s.repeats = if same { s.repeats + 1 } else { 0 };
             s.last_values.clone_from(&r.values);
             let stuck = self.max_repeats > 0 && s.repeats >= self.max_repeats;
@@ -341,7 +346,10 @@ mod tests {
 
     #[test]
     fn a_biased_station_is_blacklisted_after_w_cycles_a_noisy_one_is_not() {
-        let m = StationMonitor { min_reports: 10, ..Default::default() };
+        let m = StationMonitor {
+            min_reports: 10,
+            ..Default::default()
+        };
         let mut st = MonitorState::default();
         let mut blacklisted_at = None;
         for k in 1..=30u64 {
@@ -413,7 +421,11 @@ mod tests {
     fn a_station_repeating_its_values_is_stuck_after_max_repeats() {
         let m = StationMonitor::default();
         let mut st = MonitorState::default();
-        let rep = |_k: u64, v: f64| StationReport { station: "F".into(), obs: vec![(0.3, false), (-0.2, false)], values: vec![v, 1.5] };
+        let rep = |_k: u64, v: f64| StationReport {
+            station: "F".into(),
+            obs: vec![(0.3, false), (-0.2, false)],
+            values: vec![v, 1.5],
+        };
         // Changing values for 5 cycles: fine; then frozen at 7.25 from cycle 6 on.
         let mut at = None;
         for k in 1..=12u64 {
@@ -425,14 +437,26 @@ mod tests {
         }
         // Cycle 6 is the first frozen report; cycles 7, 8, 9 repeat it: the third repeat is cycle 9.
         assert_eq!(at, Some(9));
-        assert_eq!(st.stations["F"].blacklisted.as_ref().map(|b| b.reason.as_str()), Some("stuck"));
+        assert_eq!(
+            st.stations["F"]
+                .blacklisted
+                .as_ref()
+                .map(|b| b.reason.as_str()),
+            Some("stuck")
+        );
         // No value list, no persistence check.
         let mut st = MonitorState::default();
         for k in 1..=12u64 {
-            assert!(m.update(&mut st, k, &[report("G", 0.1, false)]).0.is_empty());
+            assert!(m
+                .update(&mut st, k, &[report("G", 0.1, false)])
+                .0
+                .is_empty());
         }
         // Off with max_repeats = 0.
-        let off = StationMonitor { max_repeats: 0, ..Default::default() };
+        let off = StationMonitor {
+            max_repeats: 0,
+            ..Default::default()
+        };
         let mut st = MonitorState::default();
         for k in 1..=12u64 {
             assert!(off.update(&mut st, k, &[rep(k, 7.25)]).0.is_empty());
