@@ -20,9 +20,12 @@ fn bench_file(c: &mut Criterion, file: &str, members: usize, samples: usize) {
         .spec()
         .unwrap();
     spec.members = members;
-    let tb = Testbed::new(spec.testbed);
-    let analysis = spec.analysis(&tb.space).unwrap().expect("a score filter");
-    let network = tb.network(spec.network).unwrap();
+    let tb = Testbed::new(spec.testbed.name);
+    let analysis = assimd::filters::build_filter(spec.filter, &spec.filters, &tb)
+        .unwrap()
+        .expect("a score filter")
+        .analysis;
+    let network = tb.network(spec.testbed.network).unwrap();
     let truth = tb.initial_truth(1);
     // A background near the truth, as in a cycled run: truth + 0.3 climatological std.
     let std = tb

@@ -7,11 +7,13 @@
 //! skill histories) and the progress bars of long offline work ([`progress`]).
 
 pub mod experiment;
+pub mod filters;
 pub mod faults;
 pub mod plot;
 pub mod progress;
 pub mod qc;
 pub mod record;
 pub mod service;
+pub mod settings;
 pub mod simulate;
 pub mod wire;

@@ -1,6 +1,6 @@
 //! The `assimd` command line.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use assimd::experiment::{self, ExperimentFile, ExperimentSpec, FilterKind};
 use assimd::service::{self, config::Config, RunOptions, Stop};
 use assimd_models::testbed::{NetworkKind, TestbedKind};
@@ -56,11 +56,11 @@ enum Command {
     },
     /// Embedded broker + simulated network + daemon; prints both filters' skill per cycle.
     Demo {
-        /// Testbed: l96 or qg2l.
-        #[arg(long, default_value = "l96")]
+        /// Testbed.
+        #[arg(long, default_value = "l96", value_parser = testbed_parser())]
         testbed: TestbedKind,
         /// Network [default: full for l96, stations+satellite for qg2l].
-        #[arg(long)]
+        #[arg(long, value_parser = network_parser())]
         network: Option<NetworkKind>,
         /// Cycles to run.
         #[arg(long, default_value_t = 40)]
@@ -251,16 +251,16 @@ struct ExperimentArgs {
     /// Experiment file (configs/experiments/*.toml); the flags below override it.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Testbed: l96 or qg2l.
-    #[arg(long)]
+    /// Testbed (`[testbed] name`).
+    #[arg(long, value_parser = testbed_parser())]
     testbed: Option<TestbedKind>,
-    /// Filter: free, climatology, enkf, etkf or letkf.
+    /// Filter (`filter`); each family's settings are its table (`[enkf]`, `[etkf]`, `[letkf]`, `[score]`).
     #[arg(long)]
     filter: Option<FilterKind>,
-    /// Observing network: full, sparse (l96), stations, satellite, stations+satellite.
-    #[arg(long)]
+    /// Observing network (`[testbed] network`; sparse is l96 only).
+    #[arg(long, value_parser = network_parser())]
     network: Option<NetworkKind>,
-    /// Ensemble size N [default: 20].
+    /// Ensemble size N [default: the tuned table's: l96 20, qg2l 32].
     #[arg(long)]
     members: Option<usize>,
     /// Number of cycles [default: 1000].
@@ -272,22 +272,22 @@ struct ExperimentArgs {
     /// Cycles excluded from the time means [default: a tenth of the cycles].
     #[arg(long)]
     burn_in: Option<usize>,
-    /// Multiplicative inflation ρ of the EnKF family [default: 1.0].
+    /// Multiplicative inflation ρ of --filter's family (the score filter: of its starting LETKF) [default: tuned, configs/tuned.toml].
     #[arg(long)]
     inflation: Option<f64>,
-    /// RTPS α of the EnKF family [default: 0].
+    /// RTPS α of --filter's family (the score filter: of its starting LETKF) [default: tuned].
     #[arg(long)]
     rtps: Option<f64>,
-    /// Score filter: RTPS α after sampling [default: --rtps].
+    /// Score filter: RTPS α after sampling (`[score] rtps`) [default: tuned].
     #[arg(long)]
     score_rtps: Option<f64>,
-    /// LETKF Gaspari–Cohn half-width in km [default: infinite].
+    /// LETKF Gaspari–Cohn half-width in km (`[letkf] localization_km`; inf = none) [default: tuned].
     #[arg(long)]
     localization_km: Option<f64>,
     /// Start from the truth plus noise of this σ instead of climatological draws.
     #[arg(long)]
     initial_spread: Option<f64>,
-    /// LETKF weight interpolation stride [default: 1 = exact].
+    /// LETKF weight interpolation stride (1 = exact) [default: tuned].
     #[arg(long)]
     weight_stride: Option<usize>,
     /// Record training triples (truth, background mean and spread) as .npy files into this directory.
@@ -299,7 +299,7 @@ struct ExperimentArgs {
     /// With --record: also record the background members (for the set encoder).
     #[arg(long)]
     record_members: bool,
-    /// Score filter: model bundle directory (e.g. models/zoo/l96).
+    /// Score filter: model bundle directory, or "ensemble-gaussian" for the analytic prior [default: models/zoo/{testbed} when it exists].
     #[arg(long)]
     bundle: Option<PathBuf>,
     /// Score filter: noise levels S.
@@ -323,9 +323,9 @@ struct ExperimentArgs {
     /// Score filter, latent bundles: add σ² G Gᵀ (G = H ∂x̂₀/∂z) to the guidance covariance (default true).
     #[arg(long)]
     jacobian_cov: Option<bool>,
-    /// Score filter: start each member at its own background (member), the mean (mean) or its Kalman update under the prior (analysis).
+    /// Score filter: start each member at its own background (member), the mean (mean), its perturbed-observation (analysis) or square-root (sqrt) Kalman update under the prior.
     #[arg(long)]
-    start: Option<String>,
+    start: Option<assimd::settings::StartName>,
     /// Replace this share of the observations with gross errors (seeded: 50 σ_o spikes, −9999
     /// missing-value codes) and make one station stuck; counted in the output.
     #[arg(long)]
@@ -349,43 +349,83 @@ struct ExperimentArgs {
 }
 
 impl ExperimentArgs {
-    /// The experiment file with every given flag written over it, turned into a spec.
-    fn spec(self) -> Result<ExperimentSpec> {
-        let mut f = match &self.config {
-            Some(p) => ExperimentFile::load(p)?,
-            None => ExperimentFile::default(),
-        };
-        f.testbed = self.testbed.map(|v| v.to_string()).or(f.testbed);
-        f.filter = self.filter.map(|v| v.to_string()).or(f.filter);
-        f.network = self.network.map(|v| v.to_string()).or(f.network);
-        f.members = self.members.or(f.members);
-        f.cycles = self.cycles.or(f.cycles);
-        f.seed = self.seed.or(f.seed);
-        f.burn_in = self.burn_in.or(f.burn_in);
-        f.inflation = self.inflation.or(f.inflation);
-        f.rtps = self.rtps.or(f.rtps);
-        f.score_rtps = self.score_rtps.or(f.score_rtps);
-        f.localization_km = self.localization_km.or(f.localization_km);
-        f.initial_spread = self.initial_spread.or(f.initial_spread);
-        f.weight_stride = self.weight_stride.or(f.weight_stride);
-        f.bundle = self.bundle.or(f.bundle);
-        f.gross_errors = self.gross_errors.or(f.gross_errors);
-        f.bias = self.bias.or(f.bias);
-        f.corrupt_at = self.corrupt_at.or(f.corrupt_at);
-        if let Some(q) = &self.qc {
-            f.qc.get_or_insert_with(Default::default).enabled = q == "on";
+    /// The flags in the layout of an experiment file (`[testbed]`, `[letkf]`, `[score.sampler]`,
+    /// ...): the top layer of [`ExperimentFile::resolve`]. The family-wide flags (`--inflation`,
+    /// `--rtps`) go to the table of `--filter`'s family; for the score filter to `[letkf]`, the
+    /// LETKF that starts a latent bundle's members.
+    fn flags(&self, file_filter: Option<FilterKind>) -> toml::Table {
+        use toml::Value;
+        fn put(t: &mut toml::Table, path: &[&str], v: Option<Value>) {
+            let Some(v) = v else { return };
+            let (last, tables) = path.split_last().expect("a key");
+            let mut t = t;
+            for k in tables {
+                t = t
+                    .entry(k.to_string())
+                    .or_insert_with(|| Value::Table(toml::Table::new()))
+                    .as_table_mut()
+                    .expect("flag tables are tables");
+            }
+            t.insert(last.to_string(), v);
         }
-        let mut sf = f.sampler.take().unwrap_or_default();
-        sf.steps = self.steps.or(sf.steps);
-        sf.corrections = self.corrections.or(sf.corrections);
-        sf.tau = self.tau.or(sf.tau);
-        sf.gamma = self.gamma.or(sf.gamma);
-        sf.sigma_start = self.sigma_start.or(sf.sigma_start);
-        sf.lo_steps = self.lo_steps.or(sf.lo_steps);
-        sf.jacobian_cov = self.jacobian_cov.or(sf.jacobian_cov);
-        sf.start = self.start.or(sf.start);
-        f.sampler = Some(sf);
-        let mut spec = f.spec()?;
+        let int = |v: Option<usize>| v.map(|v| Value::Integer(v as i64));
+        let float = |v: Option<f64>| v.map(Value::Float);
+        let string = |v: Option<String>| v.map(Value::String);
+        let family = match self.filter.or(file_filter) {
+            Some(FilterKind::Enkf) => "enkf",
+            Some(FilterKind::Etkf) => "etkf",
+            _ => "letkf",
+        };
+        let mut t = toml::Table::new();
+        put(&mut t, &["testbed", "name"], string(self.testbed.map(|v| v.to_string())));
+        put(&mut t, &["testbed", "network"], string(self.network.map(|v| v.to_string())));
+        put(&mut t, &["filter"], string(self.filter.map(|v| v.to_string())));
+        put(&mut t, &["members"], int(self.members));
+        put(&mut t, &["cycles"], int(self.cycles));
+        put(&mut t, &["seed"], self.seed.map(|v| Value::Integer(v as i64)));
+        put(&mut t, &["burn_in"], int(self.burn_in));
+        put(&mut t, &["initial_spread"], float(self.initial_spread));
+        put(&mut t, &[family, "inflation"], float(self.inflation));
+        put(&mut t, &[family, "rtps"], float(self.rtps));
+        put(&mut t, &["letkf", "localization_km"], float(self.localization_km));
+        put(&mut t, &["letkf", "weight_stride"], int(self.weight_stride));
+        put(&mut t, &["score", "rtps"], float(self.score_rtps));
+        put(&mut t, &["score", "bundle"], string(self.bundle.as_ref().map(|b| b.display().to_string())));
+        let sampler = ["score", "sampler"];
+        let at = |k: &'static str| [sampler[0], sampler[1], k];
+        put(&mut t, &at("steps"), int(self.steps));
+        put(&mut t, &at("corrections"), int(self.corrections));
+        put(&mut t, &at("tau"), float(self.tau));
+        put(&mut t, &at("gamma"), float(self.gamma));
+        put(&mut t, &at("sigma_start"), float(self.sigma_start));
+        put(&mut t, &at("lo_steps"), int(self.lo_steps));
+        put(&mut t, &at("jacobian_cov"), self.jacobian_cov.map(Value::Boolean));
+        put(&mut t, &at("start"), string(self.start.map(|s| format!("{s:?}").to_lowercase())));
+        put(&mut t, &["gross_errors"], float(self.gross_errors));
+        put(&mut t, &["bias"], string(self.bias.clone()));
+        put(&mut t, &["corrupt_at"], int(self.corrupt_at));
+        put(&mut t, &["qc", "enabled"], self.qc.as_ref().map(|q| Value::Boolean(q == "on")));
+        t
+    }
+
+    /// Defaults, then the tuned table of the testbed and network, then the experiment file, then
+    /// the flags ([`assimd::settings`]), turned into a spec.
+    fn spec(self) -> Result<ExperimentSpec> {
+        let (file, origin) = match &self.config {
+            Some(p) => {
+                let origin = format!("experiment file {}", p.display());
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading {origin}"))?;
+                (assimd::settings::parse_table(&text, &origin)?, origin)
+            }
+            None => (toml::Table::new(), "the flags".to_string()),
+        };
+        let file_filter = file
+            .get("filter")
+            .and_then(|v| v.as_str())
+            .and_then(|s| s.parse().ok());
+        let flags = self.flags(file_filter);
+        let mut spec = ExperimentFile::resolve(file, flags, &origin)?.spec()?;
         spec.record = self.record.map(|dir| experiment::RecordSpec {
             dir,
             every: self.record_every,
@@ -411,7 +451,7 @@ fn run_experiment(
     };
     let bar = assimd::progress::bar(
         spec.cycles as u64,
-        &format!("{} {} {}", spec.testbed, spec.filter, spec.network),
+        &format!("{} {} {}", spec.testbed.name, spec.filter, spec.testbed.network),
     );
     let filter = spec.filter.to_string();
     let (mut sum, mut n, mut write_err) = (0.0, 0usize, None);
@@ -440,6 +480,26 @@ fn run_experiment(
         w.flush().context("writing the history file")?;
     }
     Ok(s)
+}
+
+/// `--testbed`: every accepted value in the help.
+fn testbed_parser() -> impl clap::builder::TypedValueParser<Value = TestbedKind> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(["l96", "qg2l"])
+        .map(|s| s.parse::<TestbedKind>().expect("a listed testbed"))
+}
+
+/// `--network`: every accepted value in the help.
+fn network_parser() -> impl clap::builder::TypedValueParser<Value = NetworkKind> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new([
+        "full",
+        "sparse",
+        "stations",
+        "satellite",
+        "stations+satellite",
+    ])
+    .map(|s| s.parse::<NetworkKind>().expect("a listed network"))
 }
 
 fn main() -> Result<()> {
@@ -475,6 +535,10 @@ fn main() -> Result<()> {
         }
         Command::CheckConfig { file } => {
             let cfg = Config::load(&file)?;
+            // Exactly what `run` does before it opens the store: build the filters (the LETKF,
+            // and the score filter with its bundle loaded into ONNX Runtime).
+            service::build_filters(&cfg, &cfg.testbed.testbed()?)
+                .with_context(|| format!("invalid config {}", file.display()))?;
             println!("{} is valid", file.display());
             println!("{cfg:#?}");
         }

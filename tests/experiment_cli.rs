@@ -60,7 +60,7 @@ fn experiment_files_are_read_and_flags_override_them() {
     let file = dir.join("x.toml");
     std::fs::write(
         &file,
-        "testbed = \"l96\"\nfilter = \"free\"\nnetwork = \"sparse\"\nmembers = 5\ncycles = 50\n",
+        "filter = \"free\"\nmembers = 5\ncycles = 50\n[testbed]\nname = \"l96\"\nnetwork = \"sparse\"\n",
     )
     .unwrap();
     let out = assimd(&[
@@ -85,7 +85,11 @@ fn experiment_files_are_read_and_flags_override_them() {
         ),
         (Some(7), Some(50), Some("sparse"))
     );
-    std::fs::write(&file, "testbed = \"l96\"\nfiltr = \"free\"\n").unwrap();
+    std::fs::write(
+        &file,
+        "filtr = \"free\"\n[testbed]\nname = \"l96\"\nnetwork = \"full\"\n",
+    )
+    .unwrap();
     let out = assimd(&["experiment", "--config", file.to_str().unwrap()]);
     assert!(!out.status.success());
     assert!(
@@ -93,6 +97,60 @@ fn experiment_files_are_read_and_flags_override_them() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A file in the layout before the settings were unified names the new place of its keys.
+    std::fs::write(
+        &file,
+        "filter = \"letkf\"\nlocalization_km = 100.0\n[testbed]\nname = \"l96\"\nnetwork = \"full\"\n",
+    )
+    .unwrap();
+    let out = assimd(&["experiment", "--config", file.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("moved to [letkf] localization_km"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A newcomer's first command gets the tuned filter: without a file, the flags' testbed and
+/// network select the tuned settings (configs/tuned.toml), which are the tuned file's, so the two
+/// runs are the same run.
+#[test]
+fn flags_alone_get_the_tuned_settings() {
+    let common = ["--cycles", "300", "--burn-in", "50", "--seed", "1", "--json"];
+    let mut flags = vec!["experiment", "--testbed", "l96", "--network", "full", "--filter", "letkf"];
+    flags.extend(common);
+    let mut file = vec!["experiment", "--config"];
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/experiments/l96-full-letkf.toml");
+    file.push(path);
+    file.extend(common);
+    let (a, b) = (assimd(&flags), assimd(&file));
+    assert!(a.status.success() && b.status.success());
+    let va: serde_json::Value = serde_json::from_slice(&a.stdout).unwrap();
+    let vb: serde_json::Value = serde_json::from_slice(&b.stdout).unwrap();
+    assert_eq!(va["rmse_a"], vb["rmse_a"]);
+    assert_eq!(va["spread_a"], vb["spread_a"]);
+}
+
+/// Every value each enumerated flag accepts is listed in its help.
+#[test]
+fn help_lists_every_accepted_value() {
+    let out = assimd(&["experiment", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for v in ["free", "climatology", "enkf", "etkf", "letkf", "score"] {
+        assert!(help.contains(v), "--filter: {v} missing from\n{help}");
+    }
+    for v in ["l96", "qg2l", "full", "sparse", "stations", "satellite", "stations+satellite"] {
+        assert!(help.contains(v), "{v} missing from\n{help}");
+    }
+    for v in ["member", "mean", "analysis", "sqrt"] {
+        assert!(help.contains(v), "--start: {v} missing from\n{help}");
+    }
+    let out = assimd(&["demo", "--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for v in ["l96", "qg2l", "stations+satellite"] {
+        assert!(help.contains(v), "demo: {v} missing from\n{help}");
+    }
 }
 
 #[test]
@@ -123,7 +181,7 @@ fn bad_arguments_fail_with_a_message_that_names_the_fix() {
         "0.2",
     ]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("inflation must be in"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("letkf.inflation must be >= 1.0"));
     let out = assimd(&[
         "experiment",
         "--testbed",
@@ -135,5 +193,5 @@ fn bad_arguments_fail_with_a_message_that_names_the_fix() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr)
-        .contains("use free, climatology, enkf, etkf, letkf or score"));
+        .contains("possible values: free, climatology, enkf, etkf, letkf, score"));
 }

@@ -45,7 +45,9 @@ fn score_filter_cycles_and_tracks_the_truth() {
 
 #[test]
 fn score_filter_without_a_bundle_names_the_fix() {
+    // Outside the repository there is no models/zoo/l96 to default to.
     let out = Command::new(env!("CARGO_BIN_EXE_assimd"))
+        .current_dir(std::env::temp_dir())
         .args([
             "experiment",
             "--testbed",
@@ -60,7 +62,11 @@ fn score_filter_without_a_bundle_names_the_fix() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --bundle DIR"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("give --bundle DIR"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Issue 5's must on l96 `full`: the shipped score-filter file, cycled 1,000 times from a

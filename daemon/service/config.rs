@@ -5,10 +5,10 @@
 //! file that names only what differs). Unknown keys are errors, and every load path ends in
 //! [`Config::validate`], whose messages name the fix. `assimd check-config FILE` runs exactly that.
 
-use crate::experiment::SamplerFile;
+use crate::settings::{self, LetkfSettings, ScoreSettings, TestbedSettings};
 use crate::wire::Limits;
 use anyhow::{bail, Context, Result};
-use assimd_models::testbed::{NetworkKind, Testbed, TestbedKind};
+use assimd_models::testbed::{Testbed, TestbedKind};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -22,7 +22,7 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../configs/assimd.toml");
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// What is being assimilated: the model and its observing network.
-    pub testbed: TestbedSection,
+    pub testbed: TestbedSettings,
     /// The broker connection.
     pub mqtt: MqttSection,
     /// Validation, de-duplication and lateness of incoming observations.
@@ -30,9 +30,9 @@ pub struct Config {
     /// The cycle clock and the ensemble.
     pub cycle: CycleSection,
     /// The EnKF baseline (always run).
-    pub letkf: LetkfSection,
+    pub letkf: LetkfSettings,
     /// The score-based filter (run only when a bundle is configured).
-    pub score: ScoreSection,
+    pub score: ScoreSettings,
     /// The on-disk state.
     pub store: StoreSection,
     /// The Prometheus endpoint.
@@ -45,27 +45,6 @@ pub struct Config {
     pub simulate: SimulateSection,
     /// Quality control: background check, station monitor, divergence guard, blacklist.
     pub qc: crate::qc::QcSettings,
-}
-
-/// `[testbed]`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TestbedSection {
-    /// `l96` or `qg2l`: fixes the state space that messages are validated against and the dynamics
-    /// of the forecast step.
-    pub name: String,
-    /// The observing network (`full`, `sparse`, `stations`, `satellite`, `stations+satellite`):
-    /// gives the default list of withheld verification stations, and what `simulate` publishes.
-    pub network: String,
-}
-
-impl Default for TestbedSection {
-    fn default() -> Self {
-        TestbedSection {
-            name: "l96".into(),
-            network: "stations+satellite".into(),
-        }
-    }
 }
 
 /// `[mqtt]`.
@@ -222,61 +201,6 @@ impl Default for CycleSection {
     }
 }
 
-/// `[letkf]`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct LetkfSection {
-    /// Multiplicative inflation ρ >= 1.
-    pub inflation: f64,
-    /// Relaxation to prior spread α in [0, 1].
-    pub rtps: f64,
-    /// Gaspari–Cohn localisation half-width in km.
-    pub localization_km: f64,
-    /// Compute the local weights every this many grid points and interpolate (1 = exact); 2 makes
-    /// qg2l's LETKF about 4x cheaper.
-    pub weight_stride: usize,
-}
-
-impl Default for LetkfSection {
-    fn default() -> Self {
-        LetkfSection {
-            inflation: 1.02,
-            rtps: 0.0,
-            localization_km: 4500.0,
-            weight_stride: 1,
-        }
-    }
-}
-
-/// `[score]`.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct ScoreSection {
-    /// Model bundle directory (e.g. `models/zoo/l96`); absent = the score filter is off.
-    pub bundle: Option<PathBuf>,
-    /// RTPS α applied to the score filter's analysis spread.
-    pub rtps: f64,
-    /// Sampler settings, as in experiment files.
-    pub sampler: Option<SamplerFile>,
-    /// ONNX Runtime execution provider: `cpu` or `cuda` (falls back to the CPU when CUDA cannot be
-    /// used; `assimd_ort_execution_provider` says which one runs).
-    pub device: assimd_models::bundle::Device,
-    /// Intra-op threads per ONNX Runtime session (0 = ONNX Runtime's default, all cores).
-    pub threads: usize,
-}
-
-impl Default for ScoreSection {
-    fn default() -> Self {
-        ScoreSection {
-            bundle: None,
-            rtps: 0.0,
-            sampler: None,
-            device: assimd_models::bundle::Device::Cpu,
-            threads: 1,
-        }
-    }
-}
-
 /// `[store]`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -393,36 +317,48 @@ impl Config {
 
     /// Parse and validate TOML text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &Path) -> Result<Config> {
-        let c: Config =
-            toml::from_str(text).with_context(|| format!("parsing config {}", origin.display()))?;
-        c.validate()
-            .with_context(|| format!("invalid config {}", origin.display()))
+        let origin = format!("config {}", origin.display());
+        let file = settings::parse_table(text, &origin)?;
+        Config::layered(file)
+            .and_then(Config::validate)
+            .with_context(|| format!("invalid {origin}"))
     }
 
-    /// Read, parse and validate a file.
+    /// The layers of [`crate::settings`] for the daemon: built-in defaults, the tuned table of the
+    /// configured testbed and network (`[letkf]`, `[score]` and `cycle.members`), then the file.
+    pub fn layered(file: toml::Table) -> Result<Config> {
+        let tb = settings::testbed_of(&file, None)?;
+        let mut tuned = settings::tuned(tb.name, tb.network);
+        let mut layered = toml::Table::new();
+        if let Some(m) = tuned.remove("members") {
+            let mut cycle = toml::Table::new();
+            cycle.insert("members".into(), m);
+            layered.insert("cycle".into(), cycle.into());
+        }
+        for t in ["letkf", "score"] {
+            if let Some(v) = tuned.remove(t) {
+                layered.insert(t.into(), v);
+            }
+        }
+        settings::merge(&mut layered, file);
+        settings::from_table(layered, "config")
+    }
+
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config {}", path.display()))?;
         Config::parse(&text, path)
     }
 
-    /// The testbed kind.
-    pub fn testbed_kind(&self) -> Result<TestbedKind> {
-        self.testbed
-            .name
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!("testbed.name: {e}"))
+    /// The filter settings of the config (the daemon runs `letkf`, and `score` with a bundle).
+    pub fn filters(&self) -> settings::FilterSettings {
+        settings::FilterSettings {
+            letkf: self.letkf.clone(),
+            score: self.score.clone(),
+            ..Default::default()
+        }
     }
 
-    /// The network kind.
-    pub fn network_kind(&self) -> Result<NetworkKind> {
-        self.testbed
-            .network
-            .parse()
-            .map_err(|e: String| anyhow::anyhow!("testbed.network: {e}"))
-    }
-
-    /// Valid time of cycle 0.
     pub fn start_time(&self) -> Result<DateTime<Utc>> {
         Ok(DateTime::parse_from_rfc3339(&self.cycle.start)
             .with_context(|| {
@@ -436,11 +372,8 @@ impl Config {
 
     /// Check everything that can be checked without the network; errors name the fix.
     pub fn validate(self) -> Result<Config> {
-        let tb = self.testbed_kind()?;
-        let net = self.network_kind()?;
-        Testbed::new(tb)
-            .network(net)
-            .map_err(|e| anyhow::anyhow!("testbed.network: {e}"))?;
+        let tb = self.testbed.name;
+        self.testbed.testbed()?;
         self.start_time()?;
         let m = &self.mqtt;
         if m.host.is_empty() {
@@ -550,34 +483,7 @@ impl Config {
                 bail!("maps.dir is empty: give the directory for the pictures");
             }
         }
-        let l = &self.letkf;
-        if !(l.inflation >= 1.0) {
-            bail!(
-                "letkf.inflation must be >= 1.0 (1.0 = none, 1.01-1.1 typical), got {}",
-                l.inflation
-            );
-        }
-        assimd_filter::enkf::Inflation::new(l.inflation, l.rtps)
-            .map_err(|e| anyhow::anyhow!("letkf: {e}"))?;
-        if !(l.localization_km > 0.0) {
-            bail!(
-                "letkf.localization_km must be > 0 (use a large value for no localisation), got {}",
-                l.localization_km
-            );
-        }
-        if l.weight_stride == 0 {
-            bail!("letkf.weight_stride must be >= 1 (1 = exact)");
-        }
-        if let Some(b) = &self.score.bundle {
-            if !b.join("manifest.toml").is_file() {
-                bail!("score.bundle = {}: no manifest.toml there; point it at a bundle directory such as models/zoo/l96, or remove it to run the LETKF alone", b.display());
-            }
-        }
-        if let Some(s) = &self.score.sampler {
-            let mut c = assimd_filter::score::SamplerConfig::default();
-            let mut st = assimd_filter::score::Start::Member;
-            s.apply(&mut c, &mut st).context("score.sampler")?;
-        }
+        self.filters().validate()?;
         if !self.metrics.listen.is_empty() {
             self.metrics.listen.parse::<std::net::SocketAddr>().with_context(|| {
                 format!("metrics.listen = {:?} must be an address such as \"127.0.0.1:9464\" (or \"\" for no endpoint)", self.metrics.listen)
@@ -611,10 +517,11 @@ mod tests {
     #[test]
     fn embedded_default_is_valid() {
         let c = Config::embedded().unwrap();
-        assert_eq!(c.testbed.name, "l96");
+        assert_eq!(c.testbed.name, assimd_models::testbed::TestbedKind::L96);
         assert_eq!(c.mqtt.prefix, "assimd");
         // The file documents the defaults: it must say what the code does without it.
-        assert_eq!(format!("{c:?}"), format!("{:?}", Config::default()));
+        let empty = Config::parse("", Path::new("empty")).unwrap();
+        assert_eq!(format!("{c:?}"), format!("{empty:?}"));
     }
 
     #[test]
@@ -628,6 +535,7 @@ mod tests {
         let e = Config::parse("[letkf]\ninflation = 0.9\n", Path::new("t")).unwrap_err();
         assert!(format!("{e:#}").contains("inflation"), "{e:#}");
         let e = Config::parse("[testbed]\nname = \"l95\"\n", Path::new("t")).unwrap_err();
+        assert!(format!("{e:#}").contains("l95"), "{e:#}");
         assert!(format!("{e:#}").contains("testbed.name"), "{e:#}");
         let e = Config::parse("[cycle]\nmembers = 1\n", Path::new("t")).unwrap_err();
         assert!(format!("{e:#}").contains("cycle.members"), "{e:#}");

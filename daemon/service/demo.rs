@@ -4,14 +4,14 @@
 //! the testbed's bundle in `models/zoo/` loads), then the simulator publishing to the broker at an
 //! accelerated clock, and prints one table row per committed cycle with both filters' skill against
 //! the truth and the withheld stations. Stops the daemon gracefully after `cycles` cycles.
-//! Filter settings come from the tuned experiment files `configs/experiments/` when present.
+//! Filter settings and the ensemble size are the tuned ones of the testbed and network
+//! (`configs/tuned.toml`, [`crate::settings`]).
 
 use super::config::Config;
 use super::{broker, run, simulator, RunOptions, Stop};
-use crate::experiment::ExperimentFile;
 use anyhow::{Context, Result};
 use assimd_models::testbed::{NetworkKind, TestbedKind};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -53,9 +53,13 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     broker::start_embedded(port)?;
     let store = std::env::temp_dir().join(format!("assimd-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&store);
-    let mut cfg = Config::embedded()?;
-    cfg.testbed.name = tb.to_string();
-    cfg.testbed.network = network.to_string();
+    // The embedded defaults with the tuned settings of this testbed and network.
+    let mut file = crate::settings::parse_table(super::config::DEFAULT_CONFIG, "the embedded config")?;
+    let mut testbed = toml::Table::new();
+    testbed.insert("name".into(), tb.to_string().into());
+    testbed.insert("network".into(), network.to_string().into());
+    file.insert("testbed".into(), testbed.into());
+    let mut cfg = Config::layered(file)?;
     cfg.mqtt.port = port;
     cfg.mqtt.client_id = format!("assimd-demo-{}", std::process::id());
     cfg.ingest.reject_future = false;
@@ -64,28 +68,13 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     cfg.metrics.listen = format!("127.0.0.1:{metrics_port}");
     cfg.simulate.cycles = args.cycles + 2; // two more: observation time closes the last windows
     cfg.simulate.interval_ms = args.interval_ms;
-    let letkf_file = Path::new("configs/experiments").join(format!("{tb}-{network}-letkf.toml"));
-    if let Ok(f) = ExperimentFile::load(&letkf_file) {
-        cfg.letkf.inflation = f.inflation.unwrap_or(cfg.letkf.inflation);
-        cfg.letkf.rtps = f.rtps.unwrap_or(cfg.letkf.rtps);
-        cfg.letkf.localization_km = f.localization_km.unwrap_or(cfg.letkf.localization_km);
-        cfg.letkf.weight_stride = f.weight_stride.unwrap_or(cfg.letkf.weight_stride);
-        cfg.cycle.members = f.members.unwrap_or(cfg.cycle.members);
-    }
-    let bundle = match &args.bundle {
+    cfg.score.bundle = match &args.bundle {
         Some(p) if p.as_os_str() == "none" => None,
         Some(p) => Some(p.clone()),
         None => Some(PathBuf::from(format!("models/zoo/{tb}")))
             .filter(|p| p.join("manifest.toml").is_file()),
     };
-    if let Some(b) = bundle {
-        cfg.score.bundle = Some(b.clone());
-        if let Ok(f) = ExperimentFile::load(
-            &Path::new("configs/experiments").join(format!("{tb}-{network}-score.toml")),
-        ) {
-            cfg.score.sampler = f.sampler;
-            cfg.score.rtps = f.score_rtps.or(f.rtps).unwrap_or(0.0);
-        }
+    if cfg.score.bundle.is_some() {
         // The score filter is optional in the demo: without ONNX Runtime it runs the LETKF alone.
         let probe = cfg.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || {
@@ -95,7 +84,6 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         {
             println!("note: score filter off ({e:#}); set ORT_DYLIB_PATH (scripts/setup.sh does) to run it");
             cfg.score.bundle = None;
-            cfg.score.sampler = None;
         }
     }
     if let (TestbedKind::Qg2l, Some(dir)) = (tb, &args.maps) {

@@ -23,10 +23,7 @@ pub mod simulator;
 pub mod store;
 pub mod telemetry;
 
-use crate::experiment::{self, ExperimentSpec, FilterKind};
 use anyhow::{bail, Context, Result};
-use assimd_filter::enkf::Inflation;
-use assimd_models::bundle::{Bundle, BundleOptions};
 use assimd_models::testbed::Testbed;
 use clock::CycleClock;
 use config::Config;
@@ -34,7 +31,6 @@ use engine::{CycleReport, Engine, FilterSlot};
 use rumqttc::{AsyncClient, QoS};
 use std::collections::HashSet;
 use std::future::Future;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,39 +100,12 @@ async fn reload_on_sighup(path: std::path::PathBuf, tx: watch::Sender<crate::qc:
     }
 }
 
-/// FNV-1a 64 over a bundle's manifest and ONNX graphs (stable across builds, unlike std's hasher).
-pub fn bundle_hash(dir: &Path) -> Result<String> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading bundle directory {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && (p.extension().is_some_and(|e| e == "onnx")
-                    || p.file_name().is_some_and(|n| n == "manifest.toml"))
-        })
-        .collect();
-    files.sort();
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for f in files {
-        let bytes = std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?;
-        for b in f
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default()
-            .bytes()
-            .chain(bytes)
-        {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    Ok(format!("fnv1a64:{h:016x}"))
-}
+pub use crate::filters::bundle_hash;
 
 /// The settings that a stored state depends on: changing one of them needs `assimd reset`.
 pub fn compat_key(cfg: &Config, cycle_ms: i64, filters: &[&str]) -> serde_json::Value {
     serde_json::json!({
-        "testbed": cfg.testbed.name,
+        "testbed": cfg.testbed.name.to_string(),
         "members": cfg.cycle.members,
         "start": cfg.cycle.start,
         "cycle_ms": cycle_ms,
@@ -144,65 +113,32 @@ pub fn compat_key(cfg: &Config, cycle_ms: i64, filters: &[&str]) -> serde_json::
     })
 }
 
-/// The filters of a config: the LETKF always, the score filter when a bundle is configured.
-/// Returns them with the bundle's hash and execution provider.
+/// The filters of a config, built by [`crate::filters::build_filter`]: the LETKF always, the score
+/// filter when a bundle is configured. Returns them with the bundle that was loaded.
 pub fn build_filters(
     cfg: &Config,
     testbed: &Testbed,
 ) -> Result<(
     Vec<(&'static str, Box<dyn assimd_filter::Analysis>)>,
-    Option<(String, String)>,
+    Option<crate::filters::LoadedBundle>,
 )> {
-    let tb = cfg.testbed_kind()?;
-    let mut spec = ExperimentSpec::new(tb, FilterKind::Letkf, cfg.network_kind()?);
-    spec.inflation = cfg.letkf.inflation;
-    spec.rtps = cfg.letkf.rtps;
-    spec.localization_km = cfg.letkf.localization_km;
-    spec.weight_stride = cfg.letkf.weight_stride;
-    // Built exactly as `assimd experiment` builds it.
-    let letkf = spec
-        .analysis(&testbed.space)?
-        .context("the LETKF spec builds an analysis")?;
-    let mut filters: Vec<(&'static str, Box<dyn assimd_filter::Analysis>)> = vec![("letkf", letkf)];
-    let mut bundle_info = None;
-    if let Some(dir) = &cfg.score.bundle {
-        let hash = bundle_hash(dir)?;
-        let options = BundleOptions {
-            device: cfg.score.device,
-            threads: cfg.score.threads,
-            ..BundleOptions::default()
-        };
-        let bundle = Bundle::load(dir, &options)
-            .with_context(|| format!("loading the model bundle {}", dir.display()))?;
-        if bundle.manifest().testbed != cfg.testbed.name {
-            bail!("score.bundle {} is for testbed {}, but testbed.name is {}: use a bundle of this testbed", dir.display(), bundle.manifest().testbed, cfg.testbed.name);
-        }
-        let provider = bundle.provider().to_string();
-        if let Some(note) = bundle.provider_note() {
+    use crate::filters::build_filter;
+    use crate::settings::FilterKind;
+    let settings = cfg.filters();
+    let letkf = build_filter(FilterKind::Letkf, &settings, testbed)?
+        .context("the LETKF has an analysis step")?;
+    let mut filters = vec![("letkf", letkf.analysis)];
+    let mut bundle = None;
+    if cfg.score.bundle.is_some() {
+        let score = build_filter(FilterKind::Score, &settings, testbed)?
+            .context("the score filter has an analysis step")?;
+        if let Some(note) = score.bundle.as_ref().and_then(|b| b.provider_note.as_ref()) {
             tracing::warn!("score filter: {note}");
         }
-        let mut sampler = assimd_filter::score::SamplerConfig::default();
-        let mut start = assimd_filter::score::Start::Member;
-        if let Some(s) = &cfg.score.sampler {
-            s.apply(&mut sampler, &mut start)?;
-        }
-        // A latent bundle started at "analysis"/"sqrt" starts from this config's LETKF.
-        let baseline = if bundle.manifest().conditioning.ensemble_gaussian.is_none() {
-            spec.analysis(&testbed.space)?
-        } else {
-            None
-        };
-        let score = experiment::score_analysis(
-            bundle,
-            sampler,
-            start,
-            Inflation::new(1.0, cfg.score.rtps)?,
-            baseline,
-        )?;
-        filters.push(("score", score));
-        bundle_info = Some((hash, provider));
+        filters.push(("score", score.analysis));
+        bundle = score.bundle;
     }
-    Ok((filters, bundle_info))
+    Ok((filters, bundle))
 }
 
 /// Run the daemon until `shutdown` resolves (or a service fails).
@@ -211,9 +147,9 @@ pub async fn run(
     opts: RunOptions,
     shutdown: impl Future<Output = Stop>,
 ) -> Result<()> {
-    let testbed = Testbed::new(cfg.testbed_kind()?);
+    let testbed = Testbed::new(cfg.testbed.name);
     let network = testbed
-        .network(cfg.network_kind()?)
+        .network(cfg.testbed.network)
         .map_err(anyhow::Error::msg)?;
     let cycle_ms = (testbed.dynamics.cycle_seconds() * 1000.0).round() as i64;
     let clock = CycleClock {
@@ -233,9 +169,9 @@ pub async fn run(
         let (cfg2, tb2) = (cfg.clone(), testbed.clone());
         tokio::task::spawn_blocking(move || build_filters(&cfg2, &tb2)).await??
     };
-    if let Some((hash, provider)) = &bundle_info {
-        metrics::gauge!(telemetry::ORT_PROVIDER, "provider" => provider.clone()).set(1.0);
-        tracing::info!(%hash, %provider, "score filter: model bundle loaded");
+    if let Some(b) = &bundle_info {
+        metrics::gauge!(telemetry::ORT_PROVIDER, "provider" => b.provider.clone()).set(1.0);
+        tracing::info!(hash = %b.hash, provider = %b.provider, "score filter: model bundle loaded");
     }
     let names: Vec<&str> = built.iter().map(|(n, _)| *n).collect();
     telemetry::register_filters(&built.iter().map(|(n, _)| *n).collect::<Vec<_>>());
@@ -243,7 +179,7 @@ pub async fn run(
     let store = Store::open(&cfg.store.path)?;
     store.check_or_init(
         &compat_key(&cfg, cycle_ms, &names),
-        bundle_info.as_ref().map(|(h, _)| h.as_str()),
+        bundle_info.as_ref().map(|b| b.hash.as_str()),
         &opts.config_hint,
     )?;
     let committed = store.assimilated_up_to()?;
@@ -290,7 +226,7 @@ pub async fn run(
     let conn = mqtt::Connection {
         client: client.clone(),
         eventloop,
-        topics: mqtt::subscriptions(&cfg.mqtt.prefix, &cfg.testbed.name, cfg.ingest.truth),
+        topics: mqtt::subscriptions(&cfg.mqtt.prefix, &cfg.testbed.name.to_string(), cfg.ingest.truth),
         backoff: (
             Duration::from_millis(cfg.mqtt.reconnect_min_ms),
             Duration::from_millis(cfg.mqtt.reconnect_max_ms),

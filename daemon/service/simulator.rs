@@ -30,9 +30,9 @@ pub struct SimStats {
 
 /// Publish the configured cycles; `on_cycle` is called after each cycle's messages are queued.
 pub async fn simulate(cfg: &Config, mut on_cycle: impl FnMut(u64)) -> Result<SimStats> {
-    let testbed = Testbed::new(cfg.testbed_kind()?);
+    let testbed = Testbed::new(cfg.testbed.name);
     let network = testbed
-        .network(cfg.network_kind()?)
+        .network(cfg.testbed.network)
         .map_err(anyhow::Error::msg)?;
     if cfg.start_time()? != epoch() {
         tracing::warn!("cycle.start {} differs from the simulator's epoch {}: the daemon's windows will not line up with the simulated cycles", cfg.cycle.start, epoch());
@@ -105,7 +105,7 @@ pub async fn simulate(cfg: &Config, mut on_cycle: impl FnMut(u64)) -> Result<Sim
             stats.observations += 1;
         }
         if s.truth {
-            let t = serde_json::json!({"testbed": cfg.testbed.name, "cycle": k, "time": crate::wire::format_time(sim.time_of(k)), "state": sim.truth()});
+            let t = serde_json::json!({"testbed": cfg.testbed.name.to_string(), "cycle": k, "time": crate::wire::format_time(sim.time_of(k)), "state": sim.truth()});
             client
                 .publish(
                     truth_topic.clone(),

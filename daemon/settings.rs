@@ -1,0 +1,545 @@
+//! # Filter and testbed settings: one type, one table of tuned defaults, one merge rule
+//!
+//! Every way of running a filter — `assimd experiment`, `assimd demo` and the daemon (`assimd run`)
+//! — describes it with the same serde types: [`TestbedSettings`] (`[testbed]`: which model and
+//! observing network) and [`FilterSettings`] (`[enkf]`, `[etkf]`, `[letkf]`, `[score]` with
+//! `[score.sampler]`), and builds it with the one factory [`crate::filters::build_filter`].
+//!
+//! Values are layered by one rule, [`merge`], on TOML tables:
+//!
+//! 1. the built-in defaults of each type (`Default`), below
+//! 2. the tuned values of the testbed and network, [`tuned`] (`configs/tuned.toml`, compiled in):
+//!    first the testbed's own table, then its network's,
+//! 3. the file (an experiment file or the daemon's config),
+//! 4. command-line flags.
+//!
+//! A later layer wins key by key; tables merge recursively. Unknown keys are errors at every level.
+
+use anyhow::{bail, Context, Result};
+use assimd_filter::score::{SamplerConfig, Start};
+use assimd_models::bundle::Device;
+use assimd_models::testbed::{NetworkKind, Testbed, TestbedKind};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use toml::{Table, Value};
+
+/// The tuned values per testbed and network (`configs/tuned.toml`).
+pub const TUNED: &str = include_str!("../configs/tuned.toml");
+
+/// The analysis methods (`--filter`, experiment files' `filter`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilterKind {
+    /// No assimilation: the initial ensemble forecast freely.
+    Free,
+    /// The climatological mean and standard deviation.
+    Climatology,
+    /// Stochastic (perturbed-observation) EnKF (Burgers et al. 1998), `[enkf]`.
+    Enkf,
+    /// Global ETKF (Bishop et al. 2001; Hunt et al. 2007), `[etkf]`.
+    Etkf,
+    /// LETKF (Hunt et al. 2007), `[letkf]`.
+    Letkf,
+    /// The score-based filter (needs a model bundle), `[score]`.
+    Score,
+}
+
+impl FilterKind {
+    /// Every kind, in the order the help lists them.
+    pub const ALL: [FilterKind; 6] = [
+        FilterKind::Free,
+        FilterKind::Climatology,
+        FilterKind::Enkf,
+        FilterKind::Etkf,
+        FilterKind::Letkf,
+        FilterKind::Score,
+    ];
+
+    /// The name used in files and flags.
+    pub fn name(self) -> &'static str {
+        match self {
+            FilterKind::Free => "free",
+            FilterKind::Climatology => "climatology",
+            FilterKind::Enkf => "enkf",
+            FilterKind::Etkf => "etkf",
+            FilterKind::Letkf => "letkf",
+            FilterKind::Score => "score",
+        }
+    }
+}
+
+impl FromStr for FilterKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        FilterKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown filter '{s}': use {}",
+                    FilterKind::ALL.map(FilterKind::name).join(", ")
+                )
+            })
+    }
+}
+
+impl fmt::Display for FilterKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Serde for the models crate's `FromStr`/`Display` kinds (testbed, network).
+mod as_str {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    pub fn serialize<S: Serializer, T: Display>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub fn deserialize<'de, D, T>(d: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: FromStr<Err = String>,
+    {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
+}
+
+/// `[testbed]`: what is being assimilated.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TestbedSettings {
+    /// `l96` or `qg2l`: the state space that messages are validated against and the dynamics of
+    /// the forecast step.
+    #[serde(with = "as_str")]
+    pub name: TestbedKind,
+    /// The observing network: `full`, `sparse` (l96), `stations`, `satellite` or
+    /// `stations+satellite`.
+    #[serde(with = "as_str")]
+    pub network: NetworkKind,
+}
+
+impl Default for TestbedSettings {
+    fn default() -> Self {
+        TestbedSettings {
+            name: TestbedKind::L96,
+            network: NetworkKind::StationsSatellite,
+        }
+    }
+}
+
+impl TestbedSettings {
+    /// The testbed, with the network checked against it.
+    pub fn testbed(&self) -> Result<Testbed> {
+        let t = Testbed::new(self.name);
+        t.network(self.network)
+            .map_err(|e| anyhow::anyhow!("testbed.network: {e}"))?;
+        Ok(t)
+    }
+}
+
+/// `[enkf]` and `[etkf]`: the global EnKFs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GlobalEnkfSettings {
+    /// Multiplicative prior inflation ρ (1 = none).
+    pub inflation: f64,
+    /// Relaxation to prior spread α (Whitaker & Hamill 2012; 0 = none).
+    pub rtps: f64,
+}
+
+impl Default for GlobalEnkfSettings {
+    fn default() -> Self {
+        GlobalEnkfSettings {
+            inflation: 1.0,
+            rtps: 0.0,
+        }
+    }
+}
+
+/// `[letkf]`: the LETKF, which the daemon always runs, and which starts a latent score bundle's
+/// members.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LetkfSettings {
+    /// Multiplicative prior inflation ρ (1 = none).
+    pub inflation: f64,
+    /// RTPS α (0 = none).
+    pub rtps: f64,
+    /// Gaspari–Cohn half-width in km (observations beyond twice it are ignored).
+    pub localization_km: f64,
+    /// Weights computed every `weight_stride` grid points and interpolated (1 = exact).
+    pub weight_stride: usize,
+}
+
+impl Default for LetkfSettings {
+    fn default() -> Self {
+        LetkfSettings {
+            inflation: 1.0,
+            rtps: 0.0,
+            localization_km: f64::INFINITY,
+            weight_stride: 1,
+        }
+    }
+}
+
+/// Where each member's reverse diffusion starts ([`Start`]), by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum StartName {
+    /// The member's own background.
+    Member,
+    /// The background mean.
+    Mean,
+    /// The member's perturbed-observation Kalman update under the prior's covariance.
+    Analysis,
+    /// The square-root (Whitaker–Hamill) update under the prior's covariance.
+    Sqrt,
+}
+
+impl From<StartName> for Start {
+    fn from(s: StartName) -> Start {
+        match s {
+            StartName::Member => Start::Member,
+            StartName::Mean => Start::Mean,
+            StartName::Analysis => Start::Analysis,
+            StartName::Sqrt => Start::SquareRoot,
+        }
+    }
+}
+
+/// `[score.sampler]`: the guided reverse diffusion ([`SamplerConfig`] and the start).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SamplerSettings {
+    /// Noise levels S.
+    pub steps: usize,
+    /// Langevin corrections per level C.
+    pub corrections: usize,
+    /// Langevin step factor τ.
+    pub tau: f64,
+    /// Guidance variance factor γ.
+    pub gamma: f64,
+    /// Initial noise level σ_start.
+    pub sigma_start: f64,
+    /// Final noise level σ_min.
+    pub sigma_min: f64,
+    /// Latent-optimisation steps after sampling (LO-SDA; 0 = off).
+    pub lo_steps: usize,
+    /// Latent bundles: add σ² G Gᵀ (G = H ∂x̂₀/∂z) to the guidance's likelihood covariance (false
+    /// is SDA's R + γσ²I).
+    pub jacobian_cov: bool,
+    /// Where each member's diffusion starts.
+    pub start: StartName,
+}
+
+impl Default for SamplerSettings {
+    fn default() -> Self {
+        let c = SamplerConfig::default();
+        SamplerSettings {
+            steps: c.steps,
+            corrections: c.corrections,
+            tau: c.tau,
+            gamma: c.gamma,
+            sigma_start: c.sigma_start,
+            sigma_min: c.sigma_min,
+            lo_steps: c.lo_steps,
+            jacobian_cov: c.jacobian_cov,
+            start: StartName::Member,
+        }
+    }
+}
+
+impl SamplerSettings {
+    /// The sampler's configuration.
+    pub fn config(&self) -> SamplerConfig {
+        SamplerConfig {
+            steps: self.steps,
+            corrections: self.corrections,
+            tau: self.tau,
+            gamma: self.gamma,
+            sigma_start: self.sigma_start,
+            sigma_min: self.sigma_min,
+            lo_steps: self.lo_steps,
+            jacobian_cov: self.jacobian_cov,
+            ..SamplerConfig::default()
+        }
+    }
+}
+
+/// `[score]`: the score-based filter.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScoreSettings {
+    /// The model bundle directory; [`crate::filters::ENSEMBLE_GAUSSIAN`] selects the analytic
+    /// localised-ensemble Gaussian prior. The daemon runs the score filter only when it is set.
+    pub bundle: Option<PathBuf>,
+    /// RTPS α after sampling (the LETKF that starts a latent bundle's members keeps `letkf.rtps`).
+    pub rtps: f64,
+    /// ONNX Runtime execution provider: `cpu` or `cuda` (falls back to the CPU).
+    pub device: Device,
+    /// Intra-op threads per ONNX Runtime session (0 = all cores).
+    pub threads: usize,
+    /// The guided sampler.
+    pub sampler: SamplerSettings,
+}
+
+impl Default for ScoreSettings {
+    fn default() -> Self {
+        ScoreSettings {
+            bundle: None,
+            rtps: 0.0,
+            device: Device::Cpu,
+            threads: 1,
+            sampler: SamplerSettings::default(),
+        }
+    }
+}
+
+/// The settings of every filter family.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilterSettings {
+    /// Stochastic EnKF.
+    pub enkf: GlobalEnkfSettings,
+    /// Global ETKF.
+    pub etkf: GlobalEnkfSettings,
+    /// LETKF.
+    pub letkf: LetkfSettings,
+    /// Score-based filter.
+    pub score: ScoreSettings,
+}
+
+/// The table names of [`FilterSettings`] (top-level tables of experiment files and the config).
+pub const FILTER_TABLES: [&str; 4] = ["enkf", "etkf", "letkf", "score"];
+
+impl FilterSettings {
+    /// The checks every entry point applies before building (the factory checks the bundle).
+    pub fn validate(&self) -> Result<()> {
+        for (name, g) in [("enkf", &self.enkf), ("etkf", &self.etkf)] {
+            check_inflation(name, g.inflation, g.rtps)?;
+        }
+        let l = &self.letkf;
+        check_inflation("letkf", l.inflation, l.rtps)?;
+        if !(l.localization_km > 0.0) {
+            bail!(
+                "letkf.localization_km must be > 0 (inf = no localisation), got {}",
+                l.localization_km
+            );
+        }
+        if l.weight_stride == 0 {
+            bail!("letkf.weight_stride must be >= 1 (1 = exact)");
+        }
+        let s = &self.score;
+        assimd_filter::enkf::Inflation::new(1.0, s.rtps)
+            .map_err(|e| anyhow::anyhow!("score.rtps: {e}"))?;
+        assimd_filter::score::Sampler::new(s.sampler.config())
+            .map_err(|e| anyhow::anyhow!("score.sampler: {e}"))?;
+        if let Some(b) = &s.bundle {
+            if b.as_os_str() != crate::filters::ENSEMBLE_GAUSSIAN
+                && !b.join("manifest.toml").is_file()
+            {
+                bail!("score.bundle = {}: no manifest.toml there; point it at a bundle directory such as models/zoo/l96 (or \"{}\" for the analytic Gaussian prior)", b.display(), crate::filters::ENSEMBLE_GAUSSIAN);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_inflation(table: &str, inflation: f64, rtps: f64) -> Result<()> {
+    if !(inflation >= 1.0) {
+        bail!("{table}.inflation must be >= 1.0 (1.0 = none, 1.01-1.1 typical), got {inflation}");
+    }
+    assimd_filter::enkf::Inflation::new(inflation, rtps)
+        .map_err(|e| anyhow::anyhow!("{table}: {e}"))?;
+    Ok(())
+}
+
+/// Write `over` into `base`: a later layer wins key by key, tables merge recursively.
+pub fn merge(base: &mut Table, over: Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(Value::Table(b)), Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// The tuned layer for a testbed and network: its testbed's table of `configs/tuned.toml`
+/// (without the network tables), then its network's table. Keys: `members` and the
+/// [`FILTER_TABLES`].
+pub fn tuned(testbed: TestbedKind, network: NetworkKind) -> Table {
+    let all: Table = TUNED.parse().expect("configs/tuned.toml parses (tested)");
+    let Some(Value::Table(mut tb)) = all.get(&testbed.to_string()).cloned() else {
+        return Table::new();
+    };
+    let net = tb.remove(&network.to_string());
+    tb.retain(|k, _| k == "members" || is_filter_table(k));
+    if let Some(Value::Table(net)) = net {
+        merge(&mut tb, net);
+    }
+    tb
+}
+
+fn is_filter_table(k: &str) -> bool {
+    FILTER_TABLES.contains(&k)
+}
+
+/// Turn a merged table into a value, naming where the table came from in the error.
+pub fn from_table<T: serde::de::DeserializeOwned>(t: Table, what: &str) -> Result<T> {
+    Value::Table(t)
+        .try_into()
+        .map_err(|e: toml::de::Error| anyhow::anyhow!("{what}: {}", e.message()))
+}
+
+/// The `[testbed]` of a table (name and network), parsed, for choosing the tuned layer.
+/// `required` names the flags to give when a key is missing; `None` takes the defaults.
+pub fn testbed_of(t: &Table, required: Option<&str>) -> Result<TestbedSettings> {
+    let tb = match t.get("testbed") {
+        None => Table::new(),
+        Some(Value::Table(tb)) => tb.clone(),
+        Some(v) => bail!("testbed = {v} is a table since the settings were unified: write [testbed] with name = {v} (and network = \"...\", which moved there too)"),
+    };
+    if let Some(flags) = required {
+        for key in ["name", "network"] {
+            if !tb.contains_key(key) {
+                bail!("testbed.{key} is required: give {flags}");
+            }
+        }
+    }
+    let mut s = TestbedSettings::default();
+    for (key, v) in tb {
+        let text = v.as_str().map(str::to_string);
+        match (key.as_str(), text) {
+            ("name", Some(t)) => s.name = t.parse().map_err(|e: String| anyhow::anyhow!("testbed.name: {e}"))?,
+            ("network", Some(t)) => s.network = t.parse().map_err(|e: String| anyhow::anyhow!("testbed.network: {e}"))?,
+            ("name" | "network", None) => bail!("testbed.{key} must be a string, got {v}"),
+            _ => bail!("unknown key testbed.{key}: [testbed] takes name and network"),
+        }
+    }
+    s.testbed()?;
+    Ok(s)
+}
+
+/// Keys that were renamed when the settings were unified, and where they went.
+const MOVED: [(&str, &str); 8] = [
+    ("network", "[testbed] network"),
+    ("inflation", "[letkf] inflation (or [enkf]/[etkf] for those filters)"),
+    ("rtps", "[letkf] rtps (or [enkf]/[etkf]; for the score filter's RTPS after sampling [score] rtps)"),
+    ("score_rtps", "[score] rtps"),
+    ("localization_km", "[letkf] localization_km"),
+    ("weight_stride", "[letkf] weight_stride"),
+    ("bundle", "[score] bundle"),
+    ("sampler", "[score.sampler]"),
+];
+
+/// Fail with the new name of a key that moved.
+pub fn reject_moved_keys(t: &Table, origin: &str) -> Result<()> {
+    for (old, new) in MOVED {
+        if t.contains_key(old) {
+            bail!("{origin}: the top-level key `{old}` moved to {new}");
+        }
+    }
+    Ok(())
+}
+
+/// Parse a TOML document into a table, naming its origin.
+pub fn parse_table(text: &str, origin: &str) -> Result<Table> {
+    text.parse::<Table>()
+        .with_context(|| format!("parsing {origin}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NETWORKS: [NetworkKind; 5] = [
+        NetworkKind::Full,
+        NetworkKind::Sparse,
+        NetworkKind::Stations,
+        NetworkKind::Satellite,
+        NetworkKind::StationsSatellite,
+    ];
+
+    #[test]
+    fn the_tuned_table_parses_and_every_entry_is_valid() {
+        let all: Table = TUNED.parse().unwrap();
+        for tb in [TestbedKind::L96, TestbedKind::Qg2l] {
+            assert!(all.contains_key(&tb.to_string()), "{tb} missing");
+            for net in NETWORKS {
+                if Testbed::new(tb).network(net).is_err() {
+                    continue;
+                }
+                let t = tuned(tb, net);
+                assert!(t.contains_key("members"), "{tb} {net}: members");
+                let mut t2 = t.clone();
+                t2.remove("members");
+                let s: FilterSettings = from_table(t2, "tuned").unwrap();
+                s.validate().unwrap();
+                assert!(s.letkf.localization_km.is_finite(), "{tb} {net}: untuned LETKF");
+            }
+        }
+        // Only testbeds, their networks and the known keys.
+        for (tb, v) in &all {
+            let tk: TestbedKind = tb.parse().unwrap();
+            for (k, _) in v.as_table().unwrap() {
+                let known = k == "members" || is_filter_table(k);
+                let net = k
+                    .parse::<NetworkKind>()
+                    .is_ok_and(|n| Testbed::new(tk).network(n).is_ok());
+                assert!(known || net, "unknown key [{tb}] {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn merge_is_key_by_key_and_recursive() {
+        let mut a: Table = "x = 1\n[t]\na = 1\nb = 2\n".parse().unwrap();
+        let b: Table = "y = 3\n[t]\nb = 5\n".parse().unwrap();
+        merge(&mut a, b);
+        assert_eq!(
+            a,
+            "x = 1\ny = 3\n[t]\na = 1\nb = 5\n".parse::<Table>().unwrap()
+        );
+    }
+
+    #[test]
+    fn network_layer_overrides_the_testbed_layer() {
+        let all: Table = TUNED.parse().unwrap();
+        let l96 = all["l96"].as_table().unwrap();
+        let full = tuned(TestbedKind::L96, NetworkKind::Full);
+        assert_eq!(
+            full["letkf"]["localization_km"],
+            l96["full"]["letkf"]["localization_km"]
+        );
+        assert_eq!(full["members"], l96["members"]);
+    }
+
+    #[test]
+    fn moved_keys_name_their_new_place() {
+        let t: Table = "localization_km = 100.0\n".parse().unwrap();
+        let e = reject_moved_keys(&t, "f").unwrap_err().to_string();
+        assert!(e.contains("[letkf] localization_km"), "{e}");
+        let t: Table = "testbed = \"l96\"\n".parse().unwrap();
+        let e = testbed_of(&t, None).unwrap_err().to_string();
+        assert!(e.contains("[testbed]"), "{e}");
+    }
+
+    #[test]
+    fn filter_names_round_trip_and_errors_list_them_all() {
+        for k in FilterKind::ALL {
+            assert_eq!(k.name().parse::<FilterKind>().unwrap(), k);
+        }
+        let e = "kalman".parse::<FilterKind>().unwrap_err();
+        for k in FilterKind::ALL {
+            assert!(e.contains(k.name()), "{e}");
+        }
+    }
+}
