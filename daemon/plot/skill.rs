@@ -76,10 +76,17 @@ pub fn load(input: &Path) -> Result<Vec<SkillRun>> {
             )
         })?;
         for (k, s) in store.summaries()? {
-            if let Some(filters) = s["filters"].as_object() {
-                for (name, f) in filters {
-                    push(&mut runs, name, SkillPoint::from_json(k, f));
-                }
+            for (name, f) in &s.filters {
+                let nan = |v: Option<f64>| v.unwrap_or(f64::NAN);
+                let p = SkillPoint {
+                    cycle: k,
+                    rmse_a_truth: nan(f.rmse_a_truth),
+                    rmse_f_truth: nan(f.rmse_f_truth),
+                    spread_a: nan(f.spread_a),
+                    rmse_a_withheld: nan(f.rmse_a_withheld),
+                    rmse_f_withheld: nan(f.rmse_f_withheld),
+                };
+                push(&mut runs, name, p);
             }
         }
         if runs.is_empty() {

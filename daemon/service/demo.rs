@@ -32,8 +32,8 @@ pub struct DemoArgs {
     pub maps: Option<PathBuf>,
 }
 
-fn fmt(v: &serde_json::Value) -> String {
-    v.as_f64().map_or("-".into(), |x| {
+fn fmt(v: Option<f64>) -> String {
+    v.map_or("-".into(), |x| {
         if x.abs() >= 100.0 {
             format!("{x:.1}")
         } else {
@@ -162,31 +162,32 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     let mut n = 0u64;
     while let Some(r) = rep_rx.recv().await {
         let s = &r.summary;
-        let f = &s["filters"];
+        let f = |name: &str| s.filters.get(name).cloned().unwrap_or_default();
+        let (l, sc) = (f("letkf"), f("score"));
         let mut row = format!(
             "{:>5}  {:<20} {:>5} {:>4} | {:>8} {:>8} {:>8} {:>7}",
             r.cycle,
-            s["time"].as_str().unwrap_or(""),
-            s["obs"]["station"],
-            s["obs"]["satellite"],
-            fmt(&f["letkf"]["rmse_a_truth"]),
-            fmt(&f["letkf"]["rmse_f_truth"]),
-            fmt(&f["letkf"]["rmse_a_withheld"]),
-            fmt(&f["letkf"]["spread_a"])
+            s.time,
+            s.obs.station,
+            s.obs.satellite,
+            fmt(l.rmse_a_truth),
+            fmt(l.rmse_f_truth),
+            fmt(l.rmse_a_withheld),
+            fmt(l.spread_a)
         );
         if score_on {
             row += &format!(
                 " | {:>8} {:>8} {:>8} {:>7}",
-                fmt(&f["score"]["rmse_a_truth"]),
-                fmt(&f["score"]["rmse_f_truth"]),
-                fmt(&f["score"]["rmse_a_withheld"]),
-                fmt(&f["score"]["spread_a"])
+                fmt(sc.rmse_a_truth),
+                fmt(sc.rmse_f_truth),
+                fmt(sc.rmse_a_withheld),
+                fmt(sc.spread_a)
             );
         }
         println!("{row}");
         if r.cycle > args.cycles / 2 {
-            sums[0] += f["letkf"]["rmse_a_truth"].as_f64().unwrap_or(f64::NAN);
-            sums[1] += f["score"]["rmse_a_truth"].as_f64().unwrap_or(f64::NAN);
+            sums[0] += l.rmse_a_truth.unwrap_or(f64::NAN);
+            sums[1] += sc.rmse_a_truth.unwrap_or(f64::NAN);
             n += 1;
         }
         if r.cycle >= args.cycles {

@@ -16,7 +16,7 @@
 //!    summaries, means and the stations' status, update the metrics and, with `[maps]` on, draw
 //!    the cycle's picture (`plot::maps`).
 //!
-//! Filters are built the way `assimd experiment` builds them.
+//! Filters are built by [`crate::filters::build_filter`], as `assimd experiment` builds them.
 
 use super::clock::CycleClock;
 use super::store::{CycleCommit, Store};
@@ -30,8 +30,10 @@ use assimd_filter::{stats, Analysis, Ensemble, StateSpace};
 use assimd_models::testbed::Testbed;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde_json::json;
-use std::collections::HashSet;
+use super::summary::{
+    finite, CycleSummary, FilterSummary, Innovations, ObsCounts, ObsUsed, QcSummary,
+};
+use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 
@@ -53,8 +55,8 @@ pub struct FilterSlot {
 pub struct CycleReport {
     /// The cycle number.
     pub cycle: u64,
-    /// Its summary (the JSON stored in the `cycles` tree).
-    pub summary: serde_json::Value,
+    /// Its summary (as stored in the `cycles` tree).
+    pub summary: CycleSummary,
 }
 
 /// The cycle engine.
@@ -91,21 +93,111 @@ pub struct Engine {
     pub qc: qc::Qc,
     /// New `[qc]` settings from the SIGHUP handler (`systemctl reload`).
     pub qc_reload: Option<watch::Receiver<crate::qc::QcSettings>>,
-    /// Fault injection for the crash tests (`ASSIMD_TEST_STALL_BEFORE_COMMIT=k`): stall forever
-    /// after cycle k's analyses, before its commit, so that a test can SIGKILL the daemon there.
-    pub stall_before_commit: Option<u64>,
 }
 
-fn finite_or_null(v: f64) -> serde_json::Value {
-    if v.is_finite() {
-        json!(v)
-    } else {
-        serde_json::Value::Null
+/// A cycle's window: its journaled observations and what verifies it.
+struct Window {
+    cycle: u64,
+    time_ms: i64,
+    time: String,
+    messages: u64,
+    all: ObsBatch,
+    origins: Vec<qc::ObsOrigin>,
+    verif: ObsBatch,
+    truth: Option<Vec<f64>>,
+}
+
+/// A filter's background after the forecast and the divergence guard.
+struct Background {
+    /// When the filter's cycle started (its forecast).
+    t0: Instant,
+    /// The background mean.
+    mean: Vec<f64>,
+    /// The guard's flag, when it rolled the filter back or restarted it.
+    failed: Option<(&'static str, String)>,
+}
+
+/// Scores of an analysis ensemble against the truth, the withheld stations and the batch.
+fn verify(ens: &Ensemble, mean_b: &[f64], batch: &ObsBatch, w: &Window) -> FilterSummary {
+    let mean_a = ens.mean();
+    let (rmse_a_t, rmse_f_t, crps) = match &w.truth {
+        Some(x) => (
+            stats::rmse(&mean_a, x),
+            stats::rmse(mean_b, x),
+            stats::crps_ensemble(ens, x),
+        ),
+        None => (f64::NAN, f64::NAN, f64::NAN),
+    };
+    let mut innovations = BTreeMap::new();
+    for m in [Modality::Station, Modality::Satellite] {
+        let (b, a) = (
+            stats::innovations(batch, mean_b, m),
+            stats::innovations(batch, &mean_a, m),
+        );
+        if b.count > 0 {
+            innovations.insert(
+                m.as_str().to_string(),
+                Innovations {
+                    count: b.count,
+                    omb_mean: b.mean,
+                    omb_rms: b.rms,
+                    oma_mean: a.mean,
+                    oma_rms: a.rms,
+                },
+            );
+        }
+    }
+    FilterSummary {
+        obs_used: ObsUsed {
+            station: batch.count(Modality::Station),
+            satellite: batch.count(Modality::Satellite),
+        },
+        rmse_a_truth: finite(rmse_a_t),
+        rmse_f_truth: finite(rmse_f_t),
+        rmse_a_withheld: finite(experiment::withheld_rmse(&w.verif, &mean_a)),
+        rmse_f_withheld: finite(experiment::withheld_rmse(&w.verif, mean_b)),
+        spread_a: finite(stats::spread(ens)),
+        crps_a: finite(crps),
+        // The spread the ensemble predicts at the withheld stations, observation error included.
+        spread_a_withheld: finite(stats::obs_space_spread(&w.verif, ens)),
+        innovations,
+        ..FilterSummary::default()
     }
 }
 
-fn withheld_rmse(verif: &ObsBatch, x: &[f64]) -> f64 {
-    experiment::withheld_rmse(verif, x)
+/// A filter's scores as gauges.
+fn record_scores(name: &'static str, f: &FilterSummary, batch: &ObsBatch) {
+    for m in [Modality::Station, Modality::Satellite] {
+        let l = m.as_str();
+        if let Some(i) = f.innovations.get(l) {
+            metrics::gauge!(tm::OMB_MEAN, "filter" => name, "modality" => l).set(i.omb_mean);
+            metrics::gauge!(tm::OMB_RMS, "filter" => name, "modality" => l).set(i.omb_rms);
+            metrics::gauge!(tm::OMA_MEAN, "filter" => name, "modality" => l).set(i.oma_mean);
+            metrics::gauge!(tm::OMA_RMS, "filter" => name, "modality" => l).set(i.oma_rms);
+        }
+        metrics::gauge!(tm::OBS_USED, "filter" => name, "modality" => l).set(batch.count(m) as f64);
+    }
+    for (against, a, b) in [
+        ("truth", f.rmse_a_truth, f.rmse_f_truth),
+        ("withheld", f.rmse_a_withheld, f.rmse_f_withheld),
+    ] {
+        if let (Some(a), Some(b)) = (a, b) {
+            metrics::gauge!(tm::ANALYSIS_RMSE, "filter" => name, "against" => against).set(a);
+            metrics::gauge!(tm::BACKGROUND_RMSE, "filter" => name, "against" => against).set(b);
+        }
+    }
+    let spread = f.spread_a.unwrap_or(f64::NAN);
+    metrics::gauge!(tm::SPREAD, "filter" => name).set(spread);
+    if let (Some(r), Some(c)) = (f.rmse_a_truth, f.crps_a) {
+        metrics::gauge!(tm::SPREAD_SKILL, "filter" => name, "against" => "truth").set(spread / r);
+        metrics::gauge!(tm::CRPS, "filter" => name).set(c);
+    }
+    if let (Some(r), Some(s)) = (f.rmse_a_withheld, f.spread_a_withheld) {
+        if r > 0.0 {
+            metrics::gauge!(tm::SPREAD_SKILL, "filter" => name, "against" => "withheld")
+                .set(s / r);
+        }
+    }
 }
 
 /// The mean field as published on `{prefix}/analysis/{filter}/mean`: a 32-byte header
@@ -149,13 +241,65 @@ impl Engine {
         &self.testbed.space
     }
 
-    /// One cycle.
+    /// One cycle: gather the window, forecast and guard, screen, analyse, commit, publish.
     pub fn cycle(&mut self, k: u64) -> Result<()> {
         let t_cycle = Instant::now();
         self.reload_qc();
+        let w = self.window(k)?;
+        let backgrounds = self.forecast_and_guard(k, &w)?;
+        // The background check against the LETKF's background: every filter gets the same batch.
+        let t_qc = Instant::now();
+        let space = self.space().clone();
+        let screened = self
+            .qc
+            .screen(k, &space, &w.all, &w.origins, &self.filters[0].ens)?;
+        metrics::histogram!(tm::PHASE_SECONDS, "phase" => "qc", "filter" => "all")
+            .record(t_qc.elapsed().as_secs_f64());
+        self.count_qc(k, &screened);
+        let mut filters = BTreeMap::new();
+        for (i, bg) in backgrounds.into_iter().enumerate() {
+            let f = self.analyse(i, k, bg, &screened.batch, &w);
+            filters.insert(self.filters[i].name.to_string(), f);
+        }
+        let summary = CycleSummary {
+            cycle: k,
+            time: w.time.clone(),
+            messages: w.messages,
+            obs: ObsCounts {
+                station: screened.batch.count(Modality::Station),
+                satellite: screened.batch.count(Modality::Satellite),
+                withheld: w.verif.len(),
+            },
+            truth: w.truth.is_some(),
+            qc: QcSummary {
+                station: screened.counts.station,
+                satellite: screened.counts.satellite,
+                stations_blacklisted: self.qc.blacklisted(),
+                newly_blacklisted: screened.newly_blacklisted.clone(),
+                rehabilitated: screened.rehabilitated.clone(),
+            },
+            filters,
+        };
+        metrics::gauge!(tm::OBS_WITHHELD).set(w.verif.len() as f64);
+        #[cfg(feature = "test-hooks")]
+        self.stall_before_commit(k);
+        self.commit(&w, &summary, &screened)?;
+        self.publish(k, &summary);
+        self.publish_stations(k);
+        if let Some(m) = self.maps.as_ref().filter(|m| m.due(k)) {
+            self.draw_map(m, &w, &screened);
+        }
+        metrics::histogram!(tm::CYCLE_SECONDS).record(t_cycle.elapsed().as_secs_f64());
+        if let Some(r) = &self.reports {
+            let _ = r.send(CycleReport { cycle: k, summary });
+        }
+        Ok(())
+    }
+
+    /// The window of cycle k: its journal split into observations and verification, its truth.
+    fn window(&self, k: u64) -> Result<Window> {
         let time_ms = self.clock.time_of(k);
         let entries = self.store.journal_cycle(k)?;
-        let messages = entries.len() as u64;
         let withheld = &self.withheld;
         let (all, origins, verif) = qc::gather(
             entries
@@ -163,201 +307,154 @@ impl Engine {
                 .map(|(id, e)| (id.as_str(), e.station.as_deref(), e.obs.as_slice())),
             &|s| withheld.contains(s),
         );
-        let space = self.space().clone();
-        let all = ObsBatch::new(&space, all).context("building the observation operator")?;
-        let verif = ObsBatch::new(&space, verif).context("building the verification operator")?;
-        let truth = self.store.truth(k)?;
+        let space = self.space();
+        Ok(Window {
+            cycle: k,
+            time_ms,
+            time: crate::wire::format_time(
+                chrono::DateTime::from_timestamp_millis(time_ms).unwrap_or_default(),
+            ),
+            messages: entries.len() as u64,
+            all: ObsBatch::new(space, all).context("building the observation operator")?,
+            origins,
+            verif: ObsBatch::new(space, verif).context("building the verification operator")?,
+            truth: self.store.truth(k)?,
+        })
+    }
+
+    /// Forecast every filter's ensemble, then run the divergence guard on each background (before
+    /// it can screen anything): a flagged filter is rolled back or restarted.
+    fn forecast_and_guard(&mut self, k: u64, w: &Window) -> Result<Vec<Background>> {
         let dynamics = self.testbed.dynamics.clone();
-        // Forecast, then the divergence guard on each background (before it can screen anything).
         let mut backgrounds = Vec::with_capacity(self.filters.len());
-        for slot in self.filters.iter_mut() {
+        for i in 0..self.filters.len() {
             let t0 = Instant::now();
+            let slot = &mut self.filters[i];
             experiment::forecast(&*dynamics, &mut slot.ens);
             metrics::histogram!(tm::PHASE_SECONDS, "phase" => "forecast", "filter" => slot.name)
                 .record(t0.elapsed().as_secs_f64());
-            let mut failed = None;
-            let deps = assimd_filter::qc::departures(&slot.ens, &all);
+            let deps = assimd_filter::qc::departures(&slot.ens, &w.all);
             if let Some(r) = assimd_filter::qc::innovation_ratio(&deps) {
                 metrics::gauge!(tm::INNOVATION_RATIO, "filter" => slot.name).set(r);
             }
-            if let Some(flag) = self.qc.diverged(&slot.ens, &all, &origins) {
-                // Roll back to the last analysis whose forecast passed, if the store still has it.
-                let members = slot.ens.n_members();
-                let last_good = match slot.last_good.take() {
-                    Some(j) if self.store.has_ensemble(slot.name, j)? => {
-                        Some((j, self.store.load_ensemble(slot.name, j, members)?))
+            let failed = match self.qc.diverged(&self.filters[i].ens, &w.all, &w.origins) {
+                Some(flag) => Some(self.recover(i, k, w, flag)?),
+                None => {
+                    if k > 1 {
+                        self.filters[i].last_good = Some(k - 1);
                     }
-                    _ => None,
-                };
-                let seed = self.seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                let testbed = &self.testbed;
-                let (ens, how) = self.qc.recover(
-                    k,
-                    last_good,
-                    &|e| experiment::forecast(&*dynamics, e),
-                    &all,
-                    &origins,
-                    || {
-                        Ok(Ensemble::from_members(
-                            testbed.climatological_draws(members, seed),
-                        )?)
-                    },
-                )?;
-                slot.ens = ens;
-                let g = &self.qc.settings.divergence;
-                let why = format!(
-                    "divergence: {flag} (limits: qc.divergence.max_state_sigmas {}, max_ratio {}, max_climate_ratio {}); {how}",
-                    g.max_state_sigmas, g.max_ratio, g.max_climate_ratio
-                );
-                tracing::error!(filter = slot.name, cycle = k, "{why}");
-                failed = Some(("divergence", why));
-            } else if k > 1 {
-                slot.last_good = Some(k - 1);
-            }
-            backgrounds.push((t0, slot.ens.mean(), failed));
-        }
-        // The background check against the LETKF's background: every filter gets the same batch.
-        let t_qc = Instant::now();
-        let reference = &self.filters[0].ens;
-        let screened = self.qc.screen(k, &space, &all, &origins, reference)?;
-        metrics::histogram!(tm::PHASE_SECONDS, "phase" => "qc", "filter" => "all")
-            .record(t_qc.elapsed().as_secs_f64());
-        self.count_qc(k, &screened);
-        let batch = &screened.batch;
-        let mut per_filter = serde_json::Map::new();
-        for (i, (slot, (t0, mean_b, mut failed))) in
-            self.filters.iter_mut().zip(backgrounds).enumerate()
-        {
-            let name = slot.name;
-            let t1 = Instant::now();
-            if !batch.is_empty() {
-                let mut rng = ChaCha8Rng::seed_from_u64(
-                    self.seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i as u64) << 56,
-                );
-                let mut trial = slot.ens.clone();
-                match slot.analysis.analyse(&mut trial, batch, &mut rng) {
-                    Ok(()) if trial.as_flat().iter().all(|v| v.is_finite()) => slot.ens = trial,
-                    Ok(()) => {
-                        failed = Some((
-                            "non_finite",
-                            "the analysis ensemble is not finite; the background was kept"
-                                .to_string(),
-                        ))
-                    }
-                    Err(e) => failed = Some(("error", format!("{e}; the background was kept"))),
+                    None
                 }
-            }
-            if let Some((reason, e)) = &failed {
-                metrics::counter!(tm::ANALYSIS_FAILURES, "filter" => name, "reason" => *reason)
-                    .increment(1);
-                if *reason != "divergence" {
-                    tracing::error!(filter = name, cycle = k, "analysis failed: {e}");
-                }
-            }
-            metrics::histogram!(tm::PHASE_SECONDS, "phase" => "analysis", "filter" => name)
-                .record(t1.elapsed().as_secs_f64());
-            let t2 = Instant::now();
-            let mean_a = slot.ens.mean();
-            let spread = stats::spread(&slot.ens);
-            let (rmse_a_t, rmse_f_t, crps) = match &truth {
-                Some(x) => (
-                    stats::rmse(&mean_a, x),
-                    stats::rmse(&mean_b, x),
-                    stats::crps_ensemble(&slot.ens, x),
-                ),
-                None => (f64::NAN, f64::NAN, f64::NAN),
             };
-            let (rmse_a_w, rmse_f_w) = (
-                withheld_rmse(&verif, &mean_a),
-                withheld_rmse(&verif, &mean_b),
-            );
-            // The spread the ensemble predicts at the withheld stations, observation error included.
-            let spread_w = stats::obs_space_spread(&verif, &slot.ens);
-            let mut innov = serde_json::Map::new();
-            for m in [Modality::Station, Modality::Satellite] {
-                let (b, a) = (
-                    stats::innovations(batch, &mean_b, m),
-                    stats::innovations(batch, &mean_a, m),
-                );
-                if b.count > 0 {
-                    let l = m.as_str();
-                    metrics::gauge!(tm::OMB_MEAN, "filter" => name, "modality" => l).set(b.mean);
-                    metrics::gauge!(tm::OMB_RMS, "filter" => name, "modality" => l).set(b.rms);
-                    metrics::gauge!(tm::OMA_MEAN, "filter" => name, "modality" => l).set(a.mean);
-                    metrics::gauge!(tm::OMA_RMS, "filter" => name, "modality" => l).set(a.rms);
-                    innov.insert(l.into(), json!({"count": b.count, "omb_mean": b.mean, "omb_rms": b.rms, "oma_mean": a.mean, "oma_rms": a.rms}));
-                }
-                metrics::gauge!(tm::OBS_USED, "filter" => name, "modality" => m.as_str())
-                    .set(batch.count(m) as f64);
-            }
-            for (against, a, f) in [
-                ("truth", rmse_a_t, rmse_f_t),
-                ("withheld", rmse_a_w, rmse_f_w),
-            ] {
-                if a.is_finite() {
-                    metrics::gauge!(tm::ANALYSIS_RMSE, "filter" => name, "against" => against)
-                        .set(a);
-                    metrics::gauge!(tm::BACKGROUND_RMSE, "filter" => name, "against" => against)
-                        .set(f);
-                }
-            }
-            metrics::gauge!(tm::SPREAD, "filter" => name).set(spread);
-            if rmse_a_t.is_finite() {
-                metrics::gauge!(tm::SPREAD_SKILL, "filter" => name, "against" => "truth")
-                    .set(spread / rmse_a_t);
-                metrics::gauge!(tm::CRPS, "filter" => name).set(crps);
-            }
-            if rmse_a_w.is_finite() && rmse_a_w > 0.0 {
-                metrics::gauge!(tm::SPREAD_SKILL, "filter" => name, "against" => "withheld")
-                    .set(spread_w / rmse_a_w);
-            }
-            metrics::histogram!(tm::PHASE_SECONDS, "phase" => "verify", "filter" => name)
-                .record(t2.elapsed().as_secs_f64());
-            per_filter.insert(
-                name.into(),
-                json!({
-                    "obs_used": {"station": batch.count(Modality::Station), "satellite": batch.count(Modality::Satellite)},
-                    "rmse_a_truth": finite_or_null(rmse_a_t), "rmse_f_truth": finite_or_null(rmse_f_t),
-                    "rmse_a_withheld": finite_or_null(rmse_a_w), "rmse_f_withheld": finite_or_null(rmse_f_w),
-                    "spread_a": finite_or_null(spread), "crps_a": finite_or_null(crps),
-                    "spread_a_withheld": finite_or_null(spread_w),
-                    "innovations": innov,
-                    "analysis_failed": failed.as_ref().map(|(_, e)| e),
-                    "failure_reason": failed.as_ref().map(|(r, _)| r),
-                    "seconds": t0.elapsed().as_secs_f64(),
-                }),
-            );
+            let mean = self.filters[i].ens.mean();
+            backgrounds.push(Background { t0, mean, failed });
         }
-        metrics::gauge!(tm::OBS_WITHHELD).set(verif.len() as f64);
-        let time = crate::wire::format_time(
-            chrono::DateTime::from_timestamp_millis(time_ms).unwrap_or_default(),
-        );
-        let summary = json!({
-            "cycle": k, "time": time, "messages": messages,
-            "obs": {"station": batch.count(Modality::Station), "satellite": batch.count(Modality::Satellite), "withheld": verif.len()},
-            "truth": truth.is_some(),
-            "qc": {
-                "station": screened.counts.station, "satellite": screened.counts.satellite,
-                "stations_blacklisted": self.qc.blacklisted(),
-                "newly_blacklisted": screened.newly_blacklisted, "rehabilitated": screened.rehabilitated,
+        Ok(backgrounds)
+    }
+
+    /// Roll filter i back to the last analysis whose forecast passed the guard, if the store still
+    /// has it, or restart it from climatological draws; returns the failure to report.
+    fn recover(
+        &mut self,
+        i: usize,
+        k: u64,
+        w: &Window,
+        flag: assimd_filter::qc::Divergence,
+    ) -> Result<(&'static str, String)> {
+        let dynamics = self.testbed.dynamics.clone();
+        let slot = &mut self.filters[i];
+        let members = slot.ens.n_members();
+        let last_good = match slot.last_good.take() {
+            Some(j) if self.store.has_ensemble(slot.name, j)? => {
+                Some((j, self.store.load_ensemble(slot.name, j, members)?))
+            }
+            _ => None,
+        };
+        let seed = self.seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let testbed = &self.testbed;
+        let (ens, how) = self.qc.recover(
+            k,
+            last_good,
+            &|e| experiment::forecast(&*dynamics, e),
+            &w.all,
+            &w.origins,
+            || {
+                Ok(Ensemble::from_members(
+                    testbed.climatological_draws(members, seed),
+                )?)
             },
-            "filters": per_filter,
-        });
-        if self.stall_before_commit == Some(k) {
-            tracing::warn!(
-                "ASSIMD_TEST_STALL_BEFORE_COMMIT: stalling before the commit of cycle {k}"
-            );
-            loop {
-                std::thread::sleep(std::time::Duration::from_secs(1));
+        )?;
+        slot.ens = ens;
+        let g = &self.qc.settings.divergence;
+        let why = format!(
+            "divergence: {flag} (limits: qc.divergence.max_state_sigmas {}, max_ratio {}, max_climate_ratio {}); {how}",
+            g.max_state_sigmas, g.max_ratio, g.max_climate_ratio
+        );
+        tracing::error!(filter = slot.name, cycle = k, "{why}");
+        Ok(("divergence", why))
+    }
+
+    /// Analyse filter i's background with the accepted batch (an analysis that errs or is not
+    /// finite keeps the background), then verify it.
+    fn analyse(
+        &mut self,
+        i: usize,
+        k: u64,
+        bg: Background,
+        batch: &ObsBatch,
+        w: &Window,
+    ) -> FilterSummary {
+        let seed = self.seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i as u64) << 56;
+        let slot = &mut self.filters[i];
+        let name = slot.name;
+        let t1 = Instant::now();
+        let mut failed = bg.failed;
+        if !batch.is_empty() {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut trial = slot.ens.clone();
+            match slot.analysis.analyse(&mut trial, batch, &mut rng) {
+                Ok(()) if trial.as_flat().iter().all(|v| v.is_finite()) => slot.ens = trial,
+                Ok(()) => {
+                    failed = Some((
+                        "non_finite",
+                        "the analysis ensemble is not finite; the background was kept".to_string(),
+                    ))
+                }
+                Err(e) => failed = Some(("error", format!("{e}; the background was kept"))),
             }
         }
+        if let Some((reason, e)) = &failed {
+            metrics::counter!(tm::ANALYSIS_FAILURES, "filter" => name, "reason" => *reason)
+                .increment(1);
+            if *reason != "divergence" {
+                tracing::error!(filter = name, cycle = k, "analysis failed: {e}");
+            }
+        }
+        metrics::histogram!(tm::PHASE_SECONDS, "phase" => "analysis", "filter" => name)
+            .record(t1.elapsed().as_secs_f64());
+        let t2 = Instant::now();
+        let mut f = verify(&slot.ens, &bg.mean, batch, w);
+        (f.analysis_failed, f.failure_reason) = match failed {
+            Some((r, e)) => (Some(e), Some(r.to_string())),
+            None => (None, None),
+        };
+        record_scores(name, &f, batch);
+        metrics::histogram!(tm::PHASE_SECONDS, "phase" => "verify", "filter" => name)
+            .record(t2.elapsed().as_secs_f64());
+        f.seconds = bg.t0.elapsed().as_secs_f64();
+        f
+    }
+
+    /// Commit the cycle (analyses, summary, QC records, monitor state) and prune what is old.
+    fn commit(&mut self, w: &Window, summary: &CycleSummary, screened: &qc::Screened) -> Result<()> {
+        let k = w.cycle;
         let t3 = Instant::now();
         let ensembles = self.filters.iter().map(|s| (s.name, &s.ens)).collect();
         self.store.commit_cycle(&CycleCommit {
             cycle: k,
             ensembles,
-            summary: summary.clone(),
-            messages,
+            summary,
+            messages: w.messages,
             keep: self.keep,
             keep_summaries: self.keep_summaries,
             rejections: &screened.rejected,
@@ -369,55 +466,67 @@ impl Engine {
         if k > self.keep {
             self.store.prune_journal(k - self.keep)?;
         }
-        metrics::counter!(tm::OBS_ASSIMILATED).increment(messages);
+        metrics::counter!(tm::OBS_ASSIMILATED).increment(w.messages);
         metrics::gauge!(tm::LAST_CYCLE).set(k as f64);
-        metrics::gauge!(tm::LAST_CYCLE_TIME).set(time_ms as f64 / 1000.0);
+        metrics::gauge!(tm::LAST_CYCLE_TIME).set(w.time_ms as f64 / 1000.0);
         metrics::gauge!(tm::LAST_COMMIT_TIME)
             .set(chrono::Utc::now().timestamp_millis() as f64 / 1000.0);
         metrics::gauge!(tm::STORE_BYTES).set(self.store.size_on_disk() as f64);
-        self.publish(k, &summary);
-        self.publish_stations(k);
-        if let Some(w) = self.maps.as_ref().filter(|w| w.due(k)) {
-            let rejected_obs: Vec<_> = all
-                .obs
-                .iter()
-                .zip(&origins)
-                .filter(|(_, o)| {
-                    screened
-                        .rejected
-                        .iter()
-                        .any(|r| r.message == o.message && r.index == o.index)
-                })
-                .map(|(x, _)| x.clone())
-                .collect();
-            // After the commit: a picture that cannot be written costs a warning, never the cycle.
-            let t4 = Instant::now();
-            let input = crate::plot::maps::MapInput {
-                geometry: &space.geometry,
-                variables: &space.variables,
-                cycle: k,
-                time: &time,
-                truth: truth.as_deref(),
-                filters: self.filters.iter().map(|s| (s.name, &s.ens)).collect(),
-                assimilated: &batch.obs,
-                withheld: &verif.obs,
-                rejected: &rejected_obs,
-                field: 0,
-                field_title: "upper-layer streamfunction ψ1 (m²/s)",
-                field_limit: w.field_limit,
-            };
-            match w.write(&input) {
-                Ok(p) => tracing::debug!("cycle {k}: wrote {}", p.display()),
-                Err(e) => tracing::warn!("cycle {k}: the map was not written: {e:#}"),
-            }
-            metrics::histogram!(tm::PHASE_SECONDS, "phase" => "maps", "filter" => "all")
-                .record(t4.elapsed().as_secs_f64());
-        }
-        metrics::histogram!(tm::CYCLE_SECONDS).record(t_cycle.elapsed().as_secs_f64());
-        if let Some(r) = &self.reports {
-            let _ = r.send(CycleReport { cycle: k, summary });
-        }
         Ok(())
+    }
+
+    /// The cycle's picture, after the commit: one that cannot be written costs a warning, never
+    /// the cycle.
+    fn draw_map(&self, m: &crate::plot::maps::MapWriter, w: &Window, screened: &qc::Screened) {
+        let t4 = Instant::now();
+        let rejected_obs: Vec<_> = w
+            .all
+            .obs
+            .iter()
+            .zip(&w.origins)
+            .filter(|(_, o)| {
+                screened
+                    .rejected
+                    .iter()
+                    .any(|r| r.message == o.message && r.index == o.index)
+            })
+            .map(|(x, _)| x.clone())
+            .collect();
+        let space = self.space();
+        let input = crate::plot::maps::MapInput {
+            geometry: &space.geometry,
+            variables: &space.variables,
+            cycle: w.cycle,
+            time: &w.time,
+            truth: w.truth.as_deref(),
+            filters: self.filters.iter().map(|s| (s.name, &s.ens)).collect(),
+            assimilated: &screened.batch.obs,
+            withheld: &w.verif.obs,
+            rejected: &rejected_obs,
+            field: 0,
+            field_title: "upper-layer streamfunction ψ1 (m²/s)",
+            field_limit: m.field_limit,
+        };
+        match m.write(&input) {
+            Ok(p) => tracing::debug!("cycle {}: wrote {}", w.cycle, p.display()),
+            Err(e) => tracing::warn!("cycle {}: the map was not written: {e:#}", w.cycle),
+        }
+        metrics::histogram!(tm::PHASE_SECONDS, "phase" => "maps", "filter" => "all")
+            .record(t4.elapsed().as_secs_f64());
+    }
+
+    /// The crash tests' fault hook (`ASSIMD_TEST_STALL_BEFORE_COMMIT=k`, built only with the
+    /// `test-hooks` feature): stall forever after cycle k's analyses, before its commit, so that a
+    /// test can SIGKILL the daemon there.
+    #[cfg(feature = "test-hooks")]
+    fn stall_before_commit(&self, k: u64) {
+        let at = std::env::var("ASSIMD_TEST_STALL_BEFORE_COMMIT").ok();
+        if at.and_then(|v| v.parse::<u64>().ok()) == Some(k) {
+            tracing::warn!("ASSIMD_TEST_STALL_BEFORE_COMMIT: stalling before the commit of cycle {k}");
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+        }
     }
 
     /// Apply new `[qc]` settings sent by the SIGHUP handler, if any.
@@ -482,23 +591,22 @@ impl Engine {
 
     /// Publish a committed cycle's summaries and means (also used to republish the last committed
     /// cycle after a restart: a crash between commit and publication loses no summary).
-    pub fn publish(&self, k: u64, summary: &serde_json::Value) {
+    pub fn publish(&self, k: u64, summary: &CycleSummary) {
         let t = Instant::now();
         let time_ms = self.clock.time_of(k);
         for slot in &self.filters {
-            let mut s = json!({"cycle": k, "time": summary["time"], "filter": slot.name, "messages": summary["messages"], "obs": summary["obs"], "qc": summary["qc"], "truth": summary["truth"]});
-            if let (Some(obj), Some(f)) =
-                (s.as_object_mut(), summary["filters"][slot.name].as_object())
-            {
-                for (key, v) in f {
-                    obj.insert(key.clone(), v.clone());
+            if let Some(r) = summary.report(slot.name) {
+                match serde_json::to_vec(&r) {
+                    Ok(payload) => {
+                        let _ = self.out.send(Outgoing {
+                            topic: format!("{}/analysis/{}/summary", self.prefix, slot.name),
+                            payload,
+                            retain: false,
+                        });
+                    }
+                    Err(e) => tracing::warn!("the {} summary was not published: {e}", slot.name),
                 }
             }
-            let _ = self.out.send(Outgoing {
-                topic: format!("{}/analysis/{}/summary", self.prefix, slot.name),
-                payload: s.to_string().into_bytes(),
-                retain: false,
-            });
             let _ = self.out.send(Outgoing {
                 topic: format!("{}/analysis/{}/mean", self.prefix, slot.name),
                 payload: encode_mean(k, time_ms, &slot.ens.mean()),

@@ -1,11 +1,13 @@
 //! # The daemon (`assimd run`)
 //!
-//! Services, each a task that ends when told to:
+//! Services, each its own type and file, each a task that ends when told to (one
+//! [`CancellationToken`] tree, all spawned under one [`TaskTracker`]):
 //! - [`mqtt::Connection`]: the broker event loop (persistent session, reconnect with backoff);
 //! - [`ingest::Ingest`]: validate, de-duplicate, journal, acknowledge; it owns the cycle clock;
-//! - the cycle engine ([`engine::Engine`]): runs every closed window as one cycle;
-//! - the publisher: summaries, means and dead letters, QoS 1;
-//! - the systemd notifier (READY, STATUS, WATCHDOG).
+//! - [`cycles::Cycles`]: runs every closed window as one cycle of the [`engine::Engine`];
+//! - [`publisher::Publisher`]: summaries ([`summary::CycleSummary`]), means and dead letters, QoS 1;
+//! - [`notifier::Notifier`]: systemd READY, STATUS, WATCHDOG, STOPPING;
+//! - [`reload::Reload`]: SIGHUP re-reads `[qc]`.
 //!
 //! [`run`] wires them and waits for the shutdown future: [`Stop::Graceful`] (SIGTERM) stops
 //! ingestion, lets the running cycle finish and commit within `service.grace_seconds`, then
@@ -15,12 +17,17 @@
 pub mod broker;
 pub mod clock;
 pub mod config;
+pub mod cycles;
 pub mod demo;
 pub mod engine;
 pub mod ingest;
 pub mod mqtt;
+pub mod notifier;
+pub mod publisher;
+pub mod reload;
 pub mod simulator;
 pub mod store;
+pub mod summary;
 pub mod telemetry;
 
 use anyhow::{bail, Context, Result};
@@ -28,15 +35,14 @@ use assimd_models::testbed::Testbed;
 use clock::CycleClock;
 use config::Config;
 use engine::{CycleReport, Engine, FilterSlot};
-use rumqttc::{AsyncClient, QoS};
+use rumqttc::AsyncClient;
 use std::collections::HashSet;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 use store::Store;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// A message to publish.
 #[derive(Clone, Debug)]
@@ -71,33 +77,6 @@ pub struct RunOptions {
     pub config_hint: String,
     /// The config file, re-read on SIGHUP for its `[qc]` section (None: no reload).
     pub config_path: Option<std::path::PathBuf>,
-}
-
-/// On every SIGHUP (`systemctl reload assimd`), re-read the config file and hand its `[qc]`
-/// section (blacklist, clear list, thresholds) to the cycle engine, which applies it before its
-/// next cycle. A file that does not load is logged and the running settings stay; the other
-/// sections need a restart (they are logged as ignored when they changed).
-async fn reload_on_sighup(path: std::path::PathBuf, tx: watch::Sender<crate::qc::QcSettings>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::error!("cannot install the SIGHUP handler: `systemctl reload` will not work");
-        return;
-    };
-    while hup.recv().await.is_some() {
-        match Config::load(&path) {
-            Ok(cfg) => {
-                tracing::info!(
-                    "SIGHUP: re-read [qc] from {} (other sections need a restart)",
-                    path.display()
-                );
-                let _ = tx.send(cfg.qc);
-            }
-            Err(e) => tracing::error!(
-                "SIGHUP: {} does not load, keeping the running settings: {e:#}",
-                path.display()
-            ),
-        }
-    }
 }
 
 pub use crate::filters::bundle_hash;
@@ -141,13 +120,21 @@ pub fn build_filters(
     Ok((filters, bundle))
 }
 
-/// Run the daemon until `shutdown` resolves (or a service fails).
-pub async fn run(
-    cfg: Config,
-    opts: RunOptions,
-    shutdown: impl Future<Output = Stop>,
-) -> Result<()> {
-    let testbed = Testbed::new(cfg.testbed.name);
+/// The daemon's state when it starts: the filters with their ensembles, the store, the clock.
+struct Started {
+    testbed: Testbed,
+    network: assimd_models::testbed::Network,
+    clock: CycleClock,
+    store: Store,
+    filters: Vec<FilterSlot>,
+    committed: u64,
+    closed: u64,
+}
+
+/// Build the filters, open the store (checking that it belongs to this configuration) and load
+/// the last committed ensembles, or draw a fresh climatological ensemble.
+async fn start(cfg: &Config, opts: &RunOptions) -> Result<Started> {
+    let testbed = cfg.testbed.testbed()?;
     let network = testbed
         .network(cfg.testbed.network)
         .map_err(anyhow::Error::msg)?;
@@ -158,71 +145,172 @@ pub async fn run(
         cutoff_ms: cfg.cutoff_ms(cycle_ms),
     };
     if opts.install_metrics {
-        let listen = if cfg.metrics.listen.is_empty() {
-            None
-        } else {
-            Some(cfg.metrics.listen.parse()?)
+        let listen = match cfg.metrics.listen.as_str() {
+            "" => None,
+            l => Some(l.parse()?),
         };
         telemetry::install(listen)?;
     }
-    let (built, bundle_info) = {
+    let (built, bundle) = {
         let (cfg2, tb2) = (cfg.clone(), testbed.clone());
         tokio::task::spawn_blocking(move || build_filters(&cfg2, &tb2)).await??
     };
-    if let Some(b) = &bundle_info {
+    if let Some(b) = &bundle {
         metrics::gauge!(telemetry::ORT_PROVIDER, "provider" => b.provider.clone()).set(1.0);
         tracing::info!(hash = %b.hash, provider = %b.provider, "score filter: model bundle loaded");
     }
     let names: Vec<&str> = built.iter().map(|(n, _)| *n).collect();
-    telemetry::register_filters(&built.iter().map(|(n, _)| *n).collect::<Vec<_>>());
+    telemetry::register_filters(&names);
     metrics::gauge!(telemetry::CYCLE_LENGTH).set(cycle_ms as f64 / 1000.0);
     let store = Store::open(&cfg.store.path)?;
-    store.check_or_init(
-        &compat_key(&cfg, cycle_ms, &names),
-        bundle_info.as_ref().map(|b| b.hash.as_str()),
-        &opts.config_hint,
-    )?;
+    let hash = bundle.as_ref().map(|b| b.hash.as_str());
+    store.check_or_init(&compat_key(cfg, cycle_ms, &names), hash, &opts.config_hint)?;
     let committed = store.assimilated_up_to()?;
-    let mut filters = Vec::new();
     // Climatological draws are costly for qg2l (model integrations): only for a fresh state.
     let draws = if committed == 0 {
         testbed.climatological_draws(cfg.cycle.members, cfg.cycle.seed)
     } else {
         Vec::new()
     };
+    let mut filters = Vec::new();
     for (name, analysis) in built {
         let ens = if committed == 0 {
             assimd_filter::Ensemble::from_members(draws.clone())?
         } else {
             store.load_ensemble(name, committed, cfg.cycle.members)?
         };
-        filters.push(FilterSlot {
-            name,
-            analysis,
-            ens,
-            last_good: None,
-        });
+        let last_good = None;
+        filters.push(FilterSlot { name, analysis, ens, last_good });
     }
-    let closed0 = committed.max(store.obs_clock_ms()?.map_or(0, |c| clock.closed_by(c)));
+    let closed = committed.max(store.obs_clock_ms()?.map_or(0, |c| clock.closed_by(c)));
     tracing::info!(
         committed,
-        closed = closed0,
+        closed,
         journaled = store.journaled_total()?,
         "state loaded from {}",
         cfg.store.path.display()
     );
     metrics::gauge!(telemetry::LAST_CYCLE).set(committed as f64);
+    Ok(Started { testbed, network, clock, store, filters, committed, closed })
+}
 
-    // MQTT.
+/// The ingest service of a config.
+fn ingest_service(
+    cfg: &Config,
+    s: &Started,
+    client: AsyncClient,
+    closed: watch::Sender<u64>,
+    out: &mpsc::UnboundedSender<Outgoing>,
+) -> Result<ingest::Ingest> {
+    let space = s.testbed.space.clone();
+    let prefix = &cfg.mqtt.prefix;
+    Ok(ingest::Ingest {
+        store: s.store.clone(),
+        checks: cfg.ingest.checks(&space)?,
+        dim: space.dim(),
+        space,
+        reject_future: cfg.ingest.reject_future,
+        prefix: prefix.clone(),
+        truth_topic: cfg
+            .ingest
+            .truth
+            .then(|| format!("{prefix}/truth/{}", cfg.testbed.name)),
+        clock: s.clock,
+        closed,
+        client,
+        dead_letter: cfg.mqtt.dead_letter.then(|| out.clone()),
+        max_batch: cfg.ingest.max_batch,
+    })
+}
+
+/// The cycle engine of a config, with the station monitor's state from the store. Republishes the
+/// last committed cycle (at-least-once for summaries: a crash between commit and publication
+/// loses none).
+fn engine(
+    cfg: &Config,
+    s: Started,
+    out: mpsc::UnboundedSender<Outgoing>,
+    reports: Option<mpsc::UnboundedSender<CycleReport>>,
+    qc_reload: watch::Receiver<crate::qc::QcSettings>,
+) -> Result<Engine> {
+    let withheld: HashSet<String> = match &cfg.ingest.withheld_stations {
+        Some(v) => v.iter().cloned().collect(),
+        None => s.network.stations.iter().filter(|s| s.withheld).map(|s| s.id.clone()).collect(),
+    };
+    let (mut qc, cleared) =
+        crate::qc::Qc::new(cfg.qc.clone(), s.store.monitor_state()?.unwrap_or_default());
+    let clim = s.testbed.climatology();
+    // The maps' colour scale: ± three climatological standard deviations of the upper layer.
+    let field_limit = crate::plot::nice_ceil(3.0 * clim.std[0]);
+    qc.climatology = Some((clim.mean, clim.std));
+    if !cleared.is_empty() {
+        tracing::info!(?cleared, "qc.clear: automatic blacklisting lifted");
+    }
+    let last = s.store.summaries()?.pop();
+    let engine = Engine {
+        store: s.store,
+        testbed: s.testbed,
+        clock: s.clock,
+        filters: s.filters,
+        withheld,
+        seed: cfg.cycle.seed,
+        keep: cfg.cycle.keep,
+        keep_summaries: cfg.cycle.keep_summaries,
+        maps: cfg.maps.enabled.then(|| crate::plot::maps::MapWriter {
+            dir: cfg.maps.dir.clone(),
+            every: cfg.maps.every,
+            keep: cfg.maps.keep,
+            field_limit,
+        }),
+        max_gap: cfg.cycle.max_gap,
+        committed: s.committed,
+        prefix: cfg.mqtt.prefix.clone(),
+        out,
+        reports,
+        qc,
+        qc_reload: Some(qc_reload),
+    };
+    if let Some((k, summary)) = last {
+        engine.publish(k, &summary);
+        engine.publish_stations(k);
+    }
+    Ok(engine)
+}
+
+/// The cancellation tree of the services. `root` (the connection, the notifier, the reload
+/// handler) ⊃ `work` (the cycle service: cancelled, it abandons the cycles not yet run) ⊃ `ingest`
+/// (stop taking messages). A graceful stop cancels `ingest`, lets the cycles finish within the
+/// grace period, then cancels `work` and `root`; a fast stop cancels `work` at once.
+struct Tokens {
+    root: CancellationToken,
+    work: CancellationToken,
+    ingest: CancellationToken,
+}
+
+impl Tokens {
+    fn new() -> Tokens {
+        let root = CancellationToken::new();
+        let work = root.child_token();
+        let ingest = work.child_token();
+        Tokens { root, work, ingest }
+    }
+}
+
+/// Run the daemon until `shutdown` resolves (or a service fails): the wiring of the services,
+/// each spawned under one [`TaskTracker`].
+pub async fn run(
+    cfg: Config,
+    mut opts: RunOptions,
+    shutdown: impl Future<Output = Stop>,
+) -> Result<()> {
+    let started = start(&cfg, &opts).await?;
+    let (store, tokens, tracker) = (started.store.clone(), Tokens::new(), TaskTracker::new());
     let mut mo = mqtt::options(&cfg.mqtt, &cfg.mqtt.client_id, false)?;
     mo.set_manual_acks(true);
     let (client, eventloop) = AsyncClient::new(mo, 16_384);
     let (pub_tx, pub_rx) = mpsc::unbounded_channel();
-    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Outgoing>();
-    let (closed_tx, mut closed_rx) = watch::channel(closed0);
-    let connected_tx = opts.subscribed.unwrap_or_else(|| watch::channel(false).0);
-    let stop_ingest = CancellationToken::new();
-    let stop_conn = CancellationToken::new();
+    let (out_tx, out_rx) = mpsc::unbounded_channel::<Outgoing>();
+    let (closed_tx, closed_rx) = watch::channel(started.closed);
     let conn = mqtt::Connection {
         client: client.clone(),
         eventloop,
@@ -232,234 +320,95 @@ pub async fn run(
             Duration::from_millis(cfg.mqtt.reconnect_max_ms),
         ),
         publishes: pub_tx,
-        connected: connected_tx,
+        connected: opts.subscribed.take().unwrap_or_else(|| watch::channel(false).0),
     };
-    let conn_task = tokio::spawn(conn.run(stop_ingest.clone(), stop_conn.clone()));
-    let ingest = ingest::Ingest {
-        store: store.clone(),
-        space: testbed.space.clone(),
-        checks: cfg.ingest.checks(&testbed.space)?,
-        reject_future: cfg.ingest.reject_future,
-        prefix: cfg.mqtt.prefix.clone(),
-        truth_topic: cfg
-            .ingest
-            .truth
-            .then(|| format!("{}/truth/{}", cfg.mqtt.prefix, cfg.testbed.name)),
-        dim: testbed.space.dim(),
-        clock,
-        closed: closed_tx,
-        client: client.clone(),
-        dead_letter: cfg.mqtt.dead_letter.then(|| out_tx.clone()),
-        max_batch: cfg.ingest.max_batch,
-    };
-    let mut ingest_task = tokio::spawn(ingest.run(pub_rx));
-    let publisher = {
-        let client = client.clone();
-        tokio::spawn(async move {
-            while let Some(o) = out_rx.recv().await {
-                if client
-                    .publish(o.topic, QoS::AtLeastOnce, o.retain, o.payload)
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        })
-    };
-
-    // The cycle engine.
-    let withheld: HashSet<String> = match &cfg.ingest.withheld_stations {
-        Some(v) => v.iter().cloned().collect(),
-        None => network
-            .stations
-            .iter()
-            .filter(|s| s.withheld)
-            .map(|s| s.id.clone())
-            .collect(),
-    };
-    let (mut qc, cleared) =
-        crate::qc::Qc::new(cfg.qc.clone(), store.monitor_state()?.unwrap_or_default());
-    let clim = testbed.climatology();
-    qc.climatology = Some((clim.mean, clim.std));
-    if !cleared.is_empty() {
-        tracing::info!(?cleared, "qc.clear: automatic blacklisting lifted");
-    }
+    tracker.spawn(conn.run(tokens.ingest.clone(), tokens.root.clone()));
+    let ingest = ingest_service(&cfg, &started, client.clone(), closed_tx, &out_tx)?;
+    let mut ingest = tracker.spawn(ingest.run(pub_rx));
+    let publisher = tracker.spawn(publisher::Publisher { client, rx: out_rx }.run());
     let (qc_tx, qc_rx) = watch::channel(cfg.qc.clone());
-    let reload_task = opts
-        .config_path
-        .clone()
-        .map(|path| tokio::spawn(reload_on_sighup(path, qc_tx)));
-    let engine = Engine {
-        store: store.clone(),
-        testbed: testbed.clone(),
-        clock,
-        filters,
-        withheld,
-        seed: cfg.cycle.seed,
-        keep: cfg.cycle.keep,
-        keep_summaries: cfg.cycle.keep_summaries,
-        maps: cfg.maps.enabled.then(|| {
-            // ± three climatological standard deviations of the mapped field (the upper layer).
-            let clim = testbed.climatology();
-            crate::plot::maps::MapWriter {
-                dir: cfg.maps.dir.clone(),
-                every: cfg.maps.every,
-                keep: cfg.maps.keep,
-                field_limit: crate::plot::nice_ceil(3.0 * clim.std[0]),
-            }
-        }),
-        max_gap: cfg.cycle.max_gap,
-        committed,
-        prefix: cfg.mqtt.prefix.clone(),
-        out: out_tx,
-        reports: opts.reports,
-        qc,
-        qc_reload: Some(qc_rx),
-        stall_before_commit: std::env::var("ASSIMD_TEST_STALL_BEFORE_COMMIT")
-            .ok()
-            .and_then(|v| v.parse().ok()),
-    };
-    if let Some((k, s)) = store.summaries()?.pop() {
-        // At-least-once for summaries: a crash between commit and publication loses none.
-        engine.publish(k, &s);
-        engine.publish_stations(k);
+    if let Some(path) = opts.config_path.clone() {
+        tracker.spawn(reload::Reload { path, tx: qc_tx }.run(tokens.root.clone()));
     }
-    let engine_stop = Arc::new(AtomicBool::new(false));
-    let engine_stop_flag = engine_stop.clone();
-    let mut engine_task = tokio::spawn(async move {
-        let mut engine = engine;
-        loop {
-            let closed = *closed_rx.borrow_and_update();
-            if closed > engine.committed {
-                let flag = engine_stop_flag.clone();
-                let (e, r) = tokio::task::spawn_blocking(move || {
-                    let r = engine.catch_up(closed, &|| flag.load(Ordering::SeqCst));
-                    (engine, r)
-                })
-                .await?;
-                engine = e;
-                r?;
-            }
-            if engine_stop_flag.load(Ordering::SeqCst) || closed_rx.changed().await.is_err() {
-                // Ingestion ended: run what is closed, then stop.
-                let closed = *closed_rx.borrow();
-                if closed > engine.committed && !engine_stop_flag.load(Ordering::SeqCst) {
-                    continue;
-                }
-                return anyhow::Ok(engine.committed);
-            }
-        }
-    });
-
-    // systemd.
-    let status = |s: String| {
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&s)]);
-    };
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-    status(format!(
-        "cycle {committed} committed; connecting to {}:{}",
-        cfg.mqtt.host, cfg.mqtt.port
-    ));
-    tracing::info!(
-        "ready: cycle {committed} committed, subscribing on {}:{}",
-        cfg.mqtt.host,
-        cfg.mqtt.port
-    );
-    let watchdog = sd_notify::watchdog_enabled().map(|d| {
-        tokio::spawn(async move {
-            let mut t = tokio::time::interval(d / 2);
-            loop {
-                t.tick().await;
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
-            }
-        })
-    });
-    let status_task = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            let mut t = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                t.tick().await;
-                let s = format!(
-                    "cycle {} committed; {} messages journaled",
-                    store.assimilated_up_to().unwrap_or(0),
-                    store.journaled_total().unwrap_or(0)
-                );
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&s)]);
-            }
-        })
-    };
-
+    let engine = engine(&cfg, started, out_tx, opts.reports.take(), qc_rx)?;
+    let cycles = cycles::Cycles { engine, closed: closed_rx, stop: tokens.work.clone() };
+    let mut cycles = tracker.spawn(cycles.run());
+    let endpoint = format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port);
+    tracing::info!("ready: cycle {} committed, subscribing on {endpoint}", store.assimilated_up_to()?);
+    tracker.spawn(notifier::Notifier { store: store.clone(), endpoint }.run(tokens.root.clone()));
+    tracker.close();
     tokio::pin!(shutdown);
     let stop = tokio::select! {
         s = &mut shutdown => s,
-        r = &mut engine_task => {
-            stop_conn.cancel();
+        r = &mut cycles => {
+            tokens.root.cancel();
             return match r { Ok(Ok(_)) => bail!("the cycle engine stopped unexpectedly"), Ok(Err(e)) => Err(e.context("cycle engine")), Err(e) => Err(e.into()) };
         }
-        r = &mut ingest_task => {
-            stop_conn.cancel();
+        r = &mut ingest => {
+            tokens.root.cancel();
             return match r { Ok(Ok(())) => bail!("ingestion stopped unexpectedly"), Ok(Err(e)) => Err(e.context("journal writer")), Err(e) => Err(e.into()) };
         }
     };
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
-    status_task.abort();
-    if let Some(r) = reload_task {
-        r.abort();
-    }
-    if let Some(w) = watchdog {
-        w.abort();
-    }
     let grace = Duration::from_secs_f64(cfg.service.grace_seconds);
-    let deadline = tokio::time::Instant::now()
-        + if stop == Stop::Graceful {
-            grace
-        } else {
-            Duration::from_millis(500)
-        };
-    tracing::info!("stopping ({stop:?})");
-    if stop == Stop::Fast {
-        engine_stop.store(true, Ordering::SeqCst);
-    }
-    stop_ingest.cancel();
-    match tokio::time::timeout_at(deadline, &mut ingest_task).await {
-        Ok(Ok(Err(e))) => tracing::error!("journal writer: {e:#}"),
-        Err(_) => tracing::warn!("the journal writer did not finish in time; its batch is unacknowledged and will be redelivered"),
-        _ => {}
-    }
-    // The engine finishes the running cycle (and any closed ones) within the grace period.
-    engine_stop.store(true, Ordering::SeqCst);
-    let committed = match tokio::time::timeout_at(deadline, &mut engine_task).await {
-        Ok(Ok(Ok(k))) => Some(k),
-        Ok(Ok(Err(e))) => {
-            tracing::error!("cycle engine: {e:#}");
-            None
-        }
-        Ok(Err(e)) => {
-            tracing::error!("cycle engine: {e}");
-            None
-        }
-        Err(_) => {
-            let why = if stop == Stop::Fast {
-                "SIGINT".to_string()
-            } else {
-                format!("grace period of {grace:?} over")
-            };
-            tracing::warn!("the running cycle was abandoned ({why}); it is redone after restart");
-            None
-        }
-    };
-    // Let the last publications out, then disconnect.
-    let _ = tokio::time::timeout(Duration::from_secs(2), publisher).await;
-    stop_conn.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(3), conn_task).await;
+    let services = Running { tokens, tracker, ingest, cycles, publisher };
+    services.stop(stop, grace).await;
     store.flush()?;
-    tracing::info!(
-        "stopped; last committed cycle {}",
-        committed.map_or("unknown (abandoned)".into(), |k| k.to_string())
-    );
     Ok(())
+}
+
+/// The running services, as [`run`] stops them.
+struct Running {
+    tokens: Tokens,
+    tracker: TaskTracker,
+    ingest: tokio::task::JoinHandle<Result<()>>,
+    cycles: tokio::task::JoinHandle<Result<u64>>,
+    publisher: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Stop: ingest first (graceful) or all the work (fast), the running cycle within the grace
+    /// period (500 ms when fast), the last publications, then the connection and the rest.
+    async fn stop(mut self, stop: Stop, grace: Duration) {
+        tracing::info!("stopping ({stop:?})");
+        let fast = stop == Stop::Fast;
+        let deadline = tokio::time::Instant::now()
+            + if fast { Duration::from_millis(500) } else { grace };
+        if fast {
+            self.tokens.work.cancel();
+        } else {
+            self.tokens.ingest.cancel();
+        }
+        match tokio::time::timeout_at(deadline, &mut self.ingest).await {
+            Ok(Ok(Err(e))) => tracing::error!("journal writer: {e:#}"),
+            Err(_) => tracing::warn!("the journal writer did not finish in time; its batch is unacknowledged and will be redelivered"),
+            _ => {}
+        }
+        let committed = match tokio::time::timeout_at(deadline, &mut self.cycles).await {
+            Ok(Ok(Ok(k))) => Some(k),
+            Ok(Ok(Err(e))) => {
+                tracing::error!("cycle engine: {e:#}");
+                None
+            }
+            Ok(Err(e)) => {
+                tracing::error!("cycle engine: {e}");
+                None
+            }
+            Err(_) => {
+                self.tokens.work.cancel();
+                let why = if fast { "SIGINT".to_string() } else { format!("grace period of {grace:?} over") };
+                tracing::warn!("the running cycle was abandoned ({why}); it is redone after restart");
+                None
+            }
+        };
+        // Let the last publications out, then disconnect and stop the rest.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.publisher).await;
+        self.tokens.root.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.tracker.wait()).await;
+        tracing::info!(
+            "stopped; last committed cycle {}",
+            committed.map_or("unknown (abandoned)".into(), |k| k.to_string())
+        );
+    }
 }
 
 /// `assimd reset`: delete the state store of a config (refuses a path that is not a sled store).

@@ -23,6 +23,7 @@
 //! crash the store holds either the whole cycle or none of it, and the journal of every cycle after
 //! the marker is still there to be assimilated (exactly once).
 
+use super::summary::CycleSummary;
 use crate::qc::QcRejection;
 use anyhow::{bail, Context, Result};
 use assimd_filter::obs::Observation;
@@ -133,8 +134,8 @@ pub struct CycleCommit<'a> {
     pub cycle: u64,
     /// (filter name, analysis ensemble).
     pub ensembles: Vec<(&'a str, &'a Ensemble)>,
-    /// The JSON summary stored under `cycles`.
-    pub summary: serde_json::Value,
+    /// The summary stored (as JSON) under `cycles`.
+    pub summary: &'a CycleSummary,
     /// Messages of the journal assimilated (or used for verification) by this cycle.
     pub messages: u64,
     /// Cycles kept: the state of cycle - keep is deleted.
@@ -340,7 +341,7 @@ impl Store {
     /// transaction, then flush. Also deletes the state of cycle - keep and the summary of cycle -
     /// keep_summaries.
     pub fn commit_cycle(&self, c: &CycleCommit) -> Result<()> {
-        let summary = serde_json::to_vec(&c.summary)?;
+        let summary = serde_json::to_vec(c.summary)?;
         let monitor = serde_json::to_vec(c.monitor)?;
         let rejections: Vec<(Vec<u8>, Vec<u8>)> = c
             .rejections
@@ -445,7 +446,7 @@ impl Store {
     }
 
     /// Summaries of the committed cycles still kept, oldest first.
-    pub fn summaries(&self) -> Result<Vec<(u64, serde_json::Value)>> {
+    pub fn summaries(&self) -> Result<Vec<(u64, CycleSummary)>> {
         let mut out = Vec::new();
         for kv in self.cycles.iter() {
             let (k, v) = kv?;
@@ -560,7 +561,7 @@ mod tests {
             let bad = CycleCommit {
                 cycle: 2,
                 ensembles: vec![("letkf", &ens)],
-                summary: serde_json::json!({}),
+                summary: &Default::default(),
                 messages: 2,
                 keep: 4,
                 keep_summaries: 4,
