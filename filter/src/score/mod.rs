@@ -116,14 +116,12 @@
 //! - Song, Y. et al. (2021). Score-based generative modeling through stochastic differential
 //!   equations. ICLR.
 
-mod ensemble;
 mod filter;
 mod gaussian;
 mod sampler;
 
-pub use ensemble::{EnsembleGaussianPrior, SpectralGaussianDenoiser};
 pub use filter::{ScoreFilter, ScorePrior, Start};
-pub use gaussian::GaussianDenoiser;
+pub use gaussian::{EnsembleGaussianPrior, GaussianDenoiser, SpectralGaussianDenoiser, Spectrum};
 pub use sampler::{karras_schedule, Sampler, SamplerConfig};
 
 use crate::FilterError;
