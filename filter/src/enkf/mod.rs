@@ -10,7 +10,7 @@
 //!   x_k^a = x_k + K (y + ε_k - y_k),  K = X Yᵀ (Y Yᵀ + (N-1) R)⁻¹,  ε_k ~ N(0, R) centred.
 //!   With an explicit background covariance P = U diag(λ) Uᵀ ([`SpectralCovariance`]) in place of
 //!   the sample covariance: [`perturbed_obs_enkf`].
-//! - **EnSRF** ([`ensrf`], Whitaker & Hamill 2002), with an explicit P = U diag(λ) Uᵀ: the mean gets
+//! - **EnSRF** ([`ensrf()`], Whitaker & Hamill 2002), with an explicit P = U diag(λ) Uᵀ: the mean gets
 //!   the Kalman update, each anomaly x'_k ← x'_k - K̃ H x'_k with
 //!   K̃ = P Hᵀ S^{-1/2} (S^{1/2} + R^{1/2})⁻¹, S = H P Hᵀ + R; no perturbed observations.
 //! - **ETKF** ([`Etkf`], Bishop et al. 2001, in the form of Hunt et al. 2007): in ensemble space,
@@ -131,7 +131,7 @@ pub(crate) fn transform(
     w
 }
 
-/// Apply weights W (N × N) to the elements `idx` of the ensemble: x_k^a[i] = x̄[i] + Σ_j X[i, j] W[j, k].
+/// Apply weights W (N × N) to the elements `idx` of the ensemble: x_k^a\[i\] = x̄\[i\] + Σ_j X\[i, j\] W\[j, k\].
 pub(crate) fn apply_weights(ens: &Ensemble, idx: &[usize], w: &DMatrix<f64>, out: &mut [f64]) {
     let n = ens.n_members();
     for (r, &i) in idx.iter().enumerate() {

@@ -13,7 +13,7 @@ use nalgebra::{DMatrix, DVector};
 
 /// A background covariance P = U diag(λ) Uᵀ known in closed form rather than estimated from the
 /// members (for instance the localised ensemble Gaussian of the score filter's prior), for the
-/// explicit-covariance updates [`super::ensrf`] and [`super::perturbed_obs_enkf`].
+/// explicit-covariance updates [`super::ensrf()`] and [`super::perturbed_obs_enkf`].
 #[derive(Clone, Copy, Debug)]
 pub struct SpectralCovariance<'a> {
     /// U (n × k): orthonormal columns, the eigenvectors of P.

@@ -29,7 +29,7 @@ pub enum Start {
     /// own background without one. For a Gaussian prior these are draws from the exact posterior,
     /// so their noised versions are the noised posterior and a small σ_start loses nothing.
     Analysis,
-    /// As [`Start::Analysis`] with the deterministic EnSRF update ([`crate::enkf::ensrf`],
+    /// As [`Start::Analysis`] with the deterministic EnSRF update ([`crate::enkf::ensrf()`],
     /// Whitaker & Hamill 2002) instead of perturbed observations: the mean gets the Kalman update,
     /// each anomaly x'_k ← x'_k - K̃ H x'_k with K̃ = P Hᵀ S^{-1/2} (S^{1/2} + R^{1/2})⁻¹,
     /// S = H P Hᵀ + R. No sampling noise from perturbed observations.

@@ -35,7 +35,7 @@
 //! 2. **The start.** Reverse diffusion from σ_start reproduces the posterior only if it starts from
 //!    the posterior's noised marginal p_σ(z | y). [`Start::Analysis`] and [`Start::SquareRoot`]
 //!    start each member at its EnKF update under the prior's covariance (perturbed observations,
-//!    [`crate::enkf::perturbed_obs_enkf`]; or the EnSRF, [`crate::enkf::ensrf`]): for a Gaussian
+//!    [`crate::enkf::perturbed_obs_enkf`]; or the EnSRF, [`crate::enkf::ensrf()`]): for a Gaussian
 //!    prior these are posterior members, so their noised versions are the noised posterior, and the
 //!    diffusion only corrects what is not Gaussian, at scales below σ_start. Without a prior
 //!    covariance (latent bundles) the start is [`ScoreFilter::baseline`]'s analysis.

@@ -313,8 +313,8 @@ impl Sampler {
 
     /// Draw one posterior sample per starting point by predictor–corrector sampling: `z` (B × d)
     /// holds the encoded starting points on entry (noised here by σ_start) and the samples on exit.
-    /// At each level, one [reverse-SDE predictor](Self::reverse_sde_predictor) step from σ_i to
-    /// σ_{i+1}, then C [Langevin corrector](Self::langevin_corrector) steps at σ_{i+1}.
+    /// At each level, one reverse-SDE predictor step (`reverse_sde_predictor`) from σ_i to σ_{i+1},
+    /// then C Langevin corrector steps (`langevin_corrector`) at σ_{i+1}.
     pub fn sample(
         &self,
         den: &dyn Denoiser,
