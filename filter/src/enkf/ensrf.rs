@@ -12,9 +12,10 @@
 //! covariance, without the sampling noise of perturbed observations ([`super::perturbed_obs_enkf`]).
 //!
 //! This is the simultaneous form (all m observations at once, one m × m eigen-decomposition of S).
-//! Whitaker & Hamill's serial form assimilates independent observations one at a time, where
-//! K̃ = K / (1 + sqrt(R / (H P Hᵀ + R))) is a scalar multiple of K; for diagonal R and linear H
-//! both give the same analysis mean and covariance.
+//! Whitaker & Hamill's serial form assimilates independent observations one at a time, each with
+//! the covariance left by the previous one, where K̃ = K / (1 + sqrt(R / (H P Hᵀ + R))) is a scalar
+//! multiple of K; for diagonal R and linear H both end at the same Kalman analysis mean and
+//! covariance (the members' anomalies may differ by a rotation).
 //!
 //! ## References
 //! - Whitaker, J. S., Hamill, T. M. (2002). Ensemble data assimilation without perturbed
