@@ -15,6 +15,8 @@ pub mod obs;
 pub mod qc;
 pub mod score;
 pub mod stats;
+#[cfg(test)]
+mod testutil;
 
 pub use analysis::Analysis;
 pub use dynamics::Dynamics;

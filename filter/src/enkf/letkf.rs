@@ -58,7 +58,10 @@ impl Letkf {
     /// along each direction must be a multiple of it.
     pub fn with_stride(mut self, stride: usize) -> Result<Self, FilterError> {
         let dims = self.grid_dims();
-        if stride == 0 || dims.0 % stride != 0 || dims.1 % stride.min(dims.1) != 0 {
+        if stride == 0
+            || !dims.0.is_multiple_of(stride)
+            || !dims.1.is_multiple_of(stride.min(dims.1))
+        {
             return Err(FilterError::InvalidParameter(format!(
                 "weight interpolation stride must divide the grid size {dims:?} (1 = off), got {stride}"
             )));

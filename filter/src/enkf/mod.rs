@@ -1,4 +1,4 @@
-//! # EnKF family: stochastic EnKF, ETKF, LETKF
+//! # EnKF family: stochastic EnKF, EnSRF, ETKF, LETKF
 //!
 //! The baseline every score-based result is judged against (DESIGN §7). With background members
 //! x_k (k = 1..N), mean x̄, anomalies X = [x_k - x̄], observed members y_k = H(x_k) (H applied member
@@ -8,6 +8,11 @@
 //! - **Stochastic EnKF** ([`StochasticEnkf`], Burgers et al. 1998; Evensen 2003): each member is
 //!   updated with perturbed observations,
 //!   x_k^a = x_k + K (y + ε_k - y_k),  K = X Yᵀ (Y Yᵀ + (N-1) R)⁻¹,  ε_k ~ N(0, R) centred.
+//!   With an explicit background covariance P = U diag(λ) Uᵀ ([`SpectralCovariance`]) in place of
+//!   the sample covariance: [`perturbed_obs_enkf`].
+//! - **EnSRF** ([`ensrf()`], Whitaker & Hamill 2002), with an explicit P = U diag(λ) Uᵀ: the mean gets
+//!   the Kalman update, each anomaly x'_k ← x'_k - K̃ H x'_k with
+//!   K̃ = P Hᵀ S^{-1/2} (S^{1/2} + R^{1/2})⁻¹, S = H P Hᵀ + R; no perturbed observations.
 //! - **ETKF** ([`Etkf`], Bishop et al. 2001, in the form of Hunt et al. 2007): in ensemble space,
 //!   P̃a = [(N-1) I / ρ + Yᵀ R⁻¹ Y]⁻¹,  w̄ = P̃a Yᵀ R⁻¹ (y - ȳ),  Wa = [(N-1) P̃a]^{1/2} (symmetric),
 //!   x_k^a = x̄ + X (w̄ + Wa_k).
@@ -26,6 +31,8 @@
 //!
 //! ## References
 //! - Burgers, G., van Leeuwen, P. J., Evensen, G. (1998). Analysis scheme in the ensemble Kalman filter. MWR 126.
+//! - Whitaker, J. S., Hamill, T. M. (2002). Ensemble data assimilation without perturbed
+//!   observations. MWR 130.
 //! - Bishop, C. H., Etherton, B. J., Majumdar, S. J. (2001). Adaptive sampling with the ensemble
 //!   transform Kalman filter. MWR 129.
 //! - Hunt, B. R., Kostelich, E. J., Szunyogh, I. (2007). Efficient data assimilation for
@@ -39,17 +46,22 @@
 //! - Sakov, P., Oke, P. R. (2008). Implications of the form of the ensemble transformation in the
 //!   ensemble square root filters. MWR 136.
 
+mod ensrf;
 mod etkf;
 mod inflation;
 mod letkf;
 mod localization;
 mod senkf;
+mod spectral;
 
+pub use ensrf::ensrf;
 pub use etkf::Etkf;
 pub use inflation::Inflation;
 pub use letkf::Letkf;
 pub use localization::gaspari_cohn;
-pub use senkf::StochasticEnkf;
+pub use senkf::{perturbed_obs_enkf, StochasticEnkf};
+pub(crate) use spectral::tangent_basis;
+pub use spectral::SpectralCovariance;
 
 use crate::ensemble::Ensemble;
 use crate::obs::{ObsBatch, ObservationOperator};
@@ -119,7 +131,7 @@ pub(crate) fn transform(
     w
 }
 
-/// Apply weights W (N × N) to the elements `idx` of the ensemble: x_k^a[i] = x̄[i] + Σ_j X[i, j] W[j, k].
+/// Apply weights W (N × N) to the elements `idx` of the ensemble: x_k^a\[i\] = x̄\[i\] + Σ_j X\[i, j\] W\[j, k\].
 pub(crate) fn apply_weights(ens: &Ensemble, idx: &[usize], w: &DMatrix<f64>, out: &mut [f64]) {
     let n = ens.n_members();
     for (r, &i) in idx.iter().enumerate() {

@@ -4,6 +4,7 @@ use super::*;
 use crate::analysis::Analysis;
 use crate::geometry::{Geometry, StateSpace, Variable};
 use crate::obs::{Footprint, Modality, Observation, SparseOperator};
+use crate::testutil::{ensemble_with_moments, h_matrix, kalman, kalman_gain, moments, r_matrix};
 use nalgebra::{DMatrix, DVector};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -61,31 +62,6 @@ fn problem() -> (DVector<f64>, DMatrix<f64>, ObsBatch) {
     (m, p, batch)
 }
 
-fn h_matrix(batch: &ObsBatch) -> DMatrix<f64> {
-    let mut h = DMatrix::zeros(batch.len(), N_STATE);
-    for (j, row) in batch.op.rows().iter().enumerate() {
-        for &(i, w) in row {
-            h[(j, i)] = w;
-        }
-    }
-    h
-}
-
-/// The Kalman update of N(m, P).
-fn kalman(m: &DVector<f64>, p: &DMatrix<f64>, batch: &ObsBatch) -> (DVector<f64>, DMatrix<f64>) {
-    let h = h_matrix(batch);
-    let r = DMatrix::from_diagonal(&DVector::from_iterator(
-        batch.len(),
-        batch.sigma.iter().map(|s| s * s),
-    ));
-    let s = &h * p * h.transpose() + r;
-    let k = p * h.transpose() * s.try_inverse().unwrap();
-    let y = DVector::from_column_slice(&batch.y);
-    let ma = m + &k * (y - &h * m);
-    let pa = (DMatrix::identity(N_STATE, N_STATE) - &k * &h) * p;
-    (ma, pa)
-}
-
 fn sample(m: &DVector<f64>, p: &DMatrix<f64>, n: usize, seed: u64) -> Ensemble {
     let l = p.clone().cholesky().unwrap().l();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -96,18 +72,6 @@ fn sample(m: &DVector<f64>, p: &DMatrix<f64>, n: usize, seed: u64) -> Ensemble {
         })
         .collect();
     Ensemble::from_members(members).unwrap()
-}
-
-fn moments(e: &Ensemble) -> (DVector<f64>, DMatrix<f64>) {
-    let n = e.n_members();
-    let mean = DVector::from_vec(e.mean());
-    let mut x = DMatrix::zeros(N_STATE, n);
-    for (k, m) in e.members().enumerate() {
-        x.column_mut(k)
-            .copy_from(&(DVector::from_column_slice(m) - &mean));
-    }
-    let cov = &x * x.transpose() / (n - 1) as f64;
-    (mean, cov)
 }
 
 fn max_abs(a: &DMatrix<f64>) -> f64 {
@@ -121,7 +85,7 @@ fn etkf_is_the_kalman_update_of_its_own_sample_moments() {
     let (m, p, batch) = problem();
     let mut e = sample(&m, &p, 10, 1);
     let (mb, pb) = moments(&e);
-    let (ma, pa) = kalman(&mb, &pb, &batch);
+    let (ma, pa) = kalman(mb.as_slice(), &pb, &batch);
     let etkf = Etkf {
         inflation: Inflation::default(),
     };
@@ -139,7 +103,7 @@ fn large_ensembles_reproduce_the_kalman_filter() {
     // 4 standard errors); ETKF with N = 1,500 (its N × N eigen-decomposition bounds N; tolerance
     // 0.12, about 4 standard errors at that N).
     let (m, p, batch) = problem();
-    let (ma, pa) = kalman(&m, &p, &batch);
+    let (ma, pa) = kalman(m.as_slice(), &p, &batch);
     let filters: [(Box<dyn Analysis>, usize, f64); 2] = [
         (
             Box::new(StochasticEnkf {
@@ -315,4 +279,112 @@ fn weight_interpolation_stays_close_to_the_exact_letkf() {
         .unwrap()
         .with_stride(3)
         .is_err());
+}
+
+/// P of [`problem`] in the spectral form the explicit-covariance updates take.
+fn spectral(p: &DMatrix<f64>) -> (DMatrix<f64>, DVector<f64>) {
+    let eig = p.clone().symmetric_eigen();
+    (eig.eigenvectors, eig.eigenvalues)
+}
+
+#[test]
+fn ensrf_is_the_kalman_update_under_its_covariance() {
+    // Linear H: the EnSRF mean is x̄ + K (y - H x̄) with K from the given P whatever the members,
+    // and when the members' sample covariance is P, their analysis sample covariance is the
+    // Kalman (I - K H) P (Whitaker & Hamill 2002: (I - K̃H) P (I - K̃H)ᵀ = (I - KH) P). Both are
+    // identities, so the tolerance is round-off: 1e-12 on entries of order 1.
+    let (m, p, batch) = problem();
+    let (u, lam) = spectral(&p);
+    let cov = SpectralCovariance { u: &u, lam: &lam };
+    let e = ensemble_with_moments(m.as_slice(), &p, 10, 21);
+    let (mb, pb) = moments(&e);
+    assert!((&mb - &m).amax() < 1e-12 && max_abs(&(&pb - &p)) < 1e-12);
+    let (ma, pa) = kalman(m.as_slice(), &p, &batch);
+    assert!(
+        (&ma - &m).amax() > 0.1,
+        "the test needs a visible mean update"
+    );
+    let (ea, epa) = moments(&ensrf(&e, &batch, cov).unwrap());
+    assert!(
+        (&ea - &ma).amax() < 1e-12,
+        "mean error {}",
+        (&ea - &ma).amax()
+    );
+    assert!(
+        max_abs(&(&epa - &pa)) < 1e-12,
+        "covariance error {}",
+        max_abs(&(&epa - &pa))
+    );
+    // Members drawn from N(m, P) without exact moments: the mean is still the Kalman update of their
+    // mean under P (not under their sample covariance).
+    let e = sample(&m, &p, 8, 22);
+    let (mb, _) = moments(&e);
+    let (ma, _) = kalman(mb.as_slice(), &p, &batch);
+    let (ea, _) = moments(&ensrf(&e, &batch, cov).unwrap());
+    assert!(
+        (&ea - &ma).amax() < 1e-12,
+        "mean error {}",
+        (&ea - &ma).amax()
+    );
+}
+
+#[test]
+fn perturbed_obs_enkf_is_the_kalman_update_in_expectation() {
+    // Members with sample mean m and sample covariance P exactly, linear H, N = 20,000. With
+    // B = I - K H, anomalies u_k = B x'_k and perturbations v_k = K ε_k (ε_k ~ N(0, R) i.i.d.,
+    // Q = K R Kᵀ), the analysis members are x_k + K (y + ε_k - H x_k), so
+    // - the mean error against the Kalman mean is exactly K ε̄ ~ N(0, Q/N): sd_i = sqrt(Q_ii / N);
+    // - the sample covariance is B P Bᵀ + Σ_k (u_k v_kᵀ + v_k u_kᵀ)/(N-1) + K Ŵ Kᵀ, Ŵ the
+    //   perturbations' sample covariance (a Wishart(R, N-1)/(N-1) draw), with expectation
+    //   B P Bᵀ + Q = (I - K H) P, the Kalman covariance, and variance per entry
+    //   [Q_ii Q_ll + Q_il² + Pu_ii Q_ll + Pu_ll Q_ii + 2 Pu_il Q_il]/(N-1), Pu = B P Bᵀ.
+    // Tolerance: 5 of those standard deviations per entry (all 6 + 21 entries inside with
+    // probability > 1 - 3e-5 for Gaussian errors).
+    let n = 20_000;
+    let (m, p, batch) = problem();
+    let (u, lam) = spectral(&p);
+    let e = ensemble_with_moments(m.as_slice(), &p, n, 23);
+    let (ma, pa) = kalman(m.as_slice(), &p, &batch);
+    let k = kalman_gain(&p, &batch);
+    let b = DMatrix::identity(N_STATE, N_STATE) - &k * h_matrix(&batch, N_STATE);
+    let q = &k * r_matrix(&batch) * k.transpose();
+    let pu = &b * &p * b.transpose();
+    let nf = n as f64;
+    let mut rng = ChaCha8Rng::seed_from_u64(24);
+    let a = perturbed_obs_enkf(
+        &e,
+        &batch,
+        SpectralCovariance { u: &u, lam: &lam },
+        &mut rng,
+    )
+    .unwrap();
+    let (ea, epa) = moments(&a);
+    for i in 0..N_STATE {
+        let tol = 5.0 * (q[(i, i)] / nf).sqrt();
+        let err = (ea[i] - ma[i]).abs();
+        assert!(err < tol, "mean {i}: error {err}, tolerance {tol}");
+        for l in 0..N_STATE {
+            let var = (q[(i, i)] * q[(l, l)]
+                + q[(i, l)].powi(2)
+                + pu[(i, i)] * q[(l, l)]
+                + pu[(l, l)] * q[(i, i)]
+                + 2.0 * pu[(i, l)] * q[(i, l)])
+                / (nf - 1.0);
+            let tol = 5.0 * var.sqrt();
+            let err = (epa[(i, l)] - pa[(i, l)]).abs();
+            assert!(
+                err < tol,
+                "covariance ({i}, {l}): error {err}, tolerance {tol}"
+            );
+            // The band resolves the perturbations' contribution Q: without them (Pu alone) the
+            // diagonal would fail.
+            if i == l {
+                assert!(
+                    q[(i, i)] > 2.0 * tol,
+                    "Q_{i}{i} = {} vs tolerance {tol}",
+                    q[(i, i)]
+                );
+            }
+        }
+    }
 }

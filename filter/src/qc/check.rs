@@ -96,22 +96,13 @@ pub enum Verdict {
 }
 
 /// The background check, per modality.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BackgroundCheck {
     /// Station reports.
     pub station: Thresholds,
     /// Satellite footprints.
     pub satellite: Thresholds,
-}
-
-impl Default for BackgroundCheck {
-    fn default() -> Self {
-        BackgroundCheck {
-            station: Thresholds::default(),
-            satellite: Thresholds::default(),
-        }
-    }
 }
 
 impl BackgroundCheck {
@@ -148,7 +139,7 @@ impl BackgroundCheck {
     pub fn verdict(&self, m: Modality, dep: &Departure) -> Verdict {
         let t = self.thresholds(m);
         let z = dep.z().abs();
-        if !(z <= t.k) {
+        if z.partial_cmp(&t.k).is_none_or(|o| o.is_gt()) {
             // Also NaN: a departure that cannot be measured is not assimilated.
             return Verdict::Reject;
         }

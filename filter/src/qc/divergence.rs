@@ -183,7 +183,9 @@ impl DivergenceGuard {
         if !self.enabled {
             return None;
         }
-        let wild = !(state_sigmas <= self.max_state_sigmas);
+        // Past a threshold, or not comparable with it (NaN).
+        let exceeds = |v: f64, max: f64| v.partial_cmp(&max).is_none_or(|o| o.is_gt());
+        let wild = exceeds(state_sigmas, self.max_state_sigmas);
         let (ratio, climate_ratio) = if deps.len() >= self.min_obs {
             (
                 innovation_ratio(deps).unwrap_or(0.0),
@@ -192,7 +194,7 @@ impl DivergenceGuard {
         } else {
             (0.0, 0.0)
         };
-        (wild || !(ratio <= self.max_ratio) || !(climate_ratio <= self.max_climate_ratio))
+        (wild || exceeds(ratio, self.max_ratio) || exceeds(climate_ratio, self.max_climate_ratio))
             .then_some(Divergence {
                 state_sigmas,
                 ratio,

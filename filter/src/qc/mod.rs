@@ -32,7 +32,7 @@
 //! the operational blacklists of ECMWF and NCEP (Hollingsworth et al. 1986).
 //!
 //! **Divergence guard** ([`DivergenceGuard`]). For a sound filter the innovation statistics match
-//! their expectation, E[z²] = 1 (Desroziers et al. 2005). A wrecked or collapsed ensemble makes the
+//! their expectation, E\[z²\] = 1 (Desroziers et al. 2005). A wrecked or collapsed ensemble makes the
 //! departures many times larger than σ_d. The guard tests the robust ratio
 //!
 //!   r = median(zᵢ²) / m₁,   m₁ = 0.454936… (the median of χ²₁),

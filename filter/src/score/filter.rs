@@ -1,16 +1,13 @@
 //! The score-based analysis: condition the prior on the background ensemble, then draw one guided
 //! posterior sample per member.
 
-use super::sampler::tangent_basis;
 use super::{Denoiser, Sampler};
 use crate::analysis::Analysis;
-use crate::enkf::Inflation;
+use crate::enkf::{ensrf, perturbed_obs_enkf, Inflation, SpectralCovariance};
 use crate::ensemble::Ensemble;
-use crate::obs::{ObsBatch, ObservationOperator};
+use crate::obs::ObsBatch;
 use crate::FilterError;
-use nalgebra::{DMatrix, DVector};
 use rand::RngCore;
-use rand_distr::{Distribution, StandardNormal};
 use std::sync::Arc;
 
 /// A learned prior that, given a cycle's background ensemble, yields the conditioned denoiser.
@@ -26,14 +23,16 @@ pub enum Start {
     Member,
     /// The background ensemble mean (all members start alike; the noise makes them differ).
     Mean,
-    /// Each member's perturbed-observation Kalman update under the prior's covariance (when the
-    /// denoiser has one, see [`Denoiser::prior_covariance`]; else its own background): the exact
-    /// posterior's noised marginal for a Gaussian prior, so that a small σ_start loses nothing.
+    /// Each member's perturbed-observation EnKF update under the prior's covariance
+    /// ([`crate::enkf::perturbed_obs_enkf`], Burgers et al. 1998), when the denoiser has one (see
+    /// [`Denoiser::prior_covariance`]); else the [`ScoreFilter::baseline`] analysis, or the member's
+    /// own background without one. For a Gaussian prior these are draws from the exact posterior,
+    /// so their noised versions are the noised posterior and a small σ_start loses nothing.
     Analysis,
-    /// As [`Start::Analysis`] with the deterministic square-root update of Whitaker & Hamill (2002)
-    /// instead of perturbed observations: the mean gets the Kalman update, each anomaly
-    /// x'_k ← x'_k - K̃ H x'_k with K̃ = P Hᵀ S^{-1/2} (S^{1/2} + R^{1/2})⁻¹, S = H P Hᵀ + R (symmetric
-    /// square roots). No sampling noise from perturbed observations.
+    /// As [`Start::Analysis`] with the deterministic EnSRF update ([`crate::enkf::ensrf()`],
+    /// Whitaker & Hamill 2002) instead of perturbed observations: the mean gets the Kalman update,
+    /// each anomaly x'_k ← x'_k - K̃ H x'_k with K̃ = P Hᵀ S^{-1/2} (S^{1/2} + R^{1/2})⁻¹,
+    /// S = H P Hᵀ + R. No sampling noise from perturbed observations.
     SquareRoot,
 }
 
@@ -68,11 +67,14 @@ impl Analysis for ScoreFilter {
         let mean = ens.mean();
         let mut z = Vec::with_capacity(ens.as_flat().len());
         let updated = match (self.start, den.prior_covariance()) {
-            (Start::Analysis, Some((u, lam))) if !batch.is_empty() => {
-                Some(perturbed_obs_update(ens, batch, u, lam, rng)?)
-            }
+            (Start::Analysis, Some((u, lam))) if !batch.is_empty() => Some(perturbed_obs_enkf(
+                ens,
+                batch,
+                SpectralCovariance { u, lam },
+                rng,
+            )?),
             (Start::SquareRoot, Some((u, lam))) if !batch.is_empty() => {
-                Some(square_root_update(ens, batch, u, lam)?)
+                Some(ensrf(ens, batch, SpectralCovariance { u, lam })?)
             }
             (Start::Analysis | Start::SquareRoot, None) if !batch.is_empty() => {
                 match &self.baseline {
@@ -123,109 +125,4 @@ impl Analysis for ScoreFilter {
         self.spread.relax(ens, &background_std);
         Ok(())
     }
-}
-
-/// The prior P = U diag(λ) Uᵀ seen from the observations, H linearised at `x`: (H U) diag(λ) and
-/// S = H P Hᵀ + R; then P Hᵀ = U ((H U) diag(λ))ᵀ.
-struct ObsSpacePrior {
-    hul: DMatrix<f64>,
-    s: DMatrix<f64>,
-}
-
-impl ObsSpacePrior {
-    fn new(x: &[f64], batch: &ObsBatch, u: &DMatrix<f64>, lam: &DVector<f64>) -> Self {
-        let hu = tangent_basis(batch, x, u);
-        let mut hul = hu.clone();
-        for (k, l) in lam.iter().enumerate() {
-            hul.column_mut(k).scale_mut(*l);
-        }
-        let mut s = &hul * hu.transpose();
-        for (j, sj) in batch.sigma.iter().enumerate() {
-            s[(j, j)] += sj * sj;
-        }
-        ObsSpacePrior { hul, s }
-    }
-}
-
-/// x_k + K (y + ε_k - H x_k), K = P Hᵀ (H P Hᵀ + R)⁻¹, ε_k ~ N(0, R), for P = U diag(λ) Uᵀ; H is
-/// linearised at the ensemble mean.
-fn perturbed_obs_update(
-    ens: &Ensemble,
-    batch: &ObsBatch,
-    u: &DMatrix<f64>,
-    lam: &DVector<f64>,
-    rng: &mut dyn RngCore,
-) -> Result<Ensemble, FilterError> {
-    let m = batch.len();
-    let ObsSpacePrior { hul, s, .. } = ObsSpacePrior::new(&ens.mean(), batch, u, lam);
-    let chol = s
-        .cholesky()
-        .ok_or_else(|| FilterError::Numerical("H P Hᵀ + R is not positive definite".into()))?;
-    let mut out = ens.clone();
-    let mut hx = vec![0.0; m];
-    for x in out.members_mut() {
-        batch.op.apply(x, &mut hx);
-        let d = DVector::from_iterator(
-            m,
-            (0..m).map(|j| {
-                let e: f64 = <StandardNormal as Distribution<f64>>::sample(&StandardNormal, rng);
-                batch.y[j] + batch.sigma[j] * e - hx[j]
-            }),
-        );
-        let w = chol.solve(&d);
-        let inc = u * (hul.transpose() * w);
-        for (xi, di) in x.iter_mut().zip(inc.iter()) {
-            *xi += di;
-        }
-    }
-    Ok(out)
-}
-
-/// The deterministic square-root update of [`Start::SquareRoot`], for P = U diag(λ) Uᵀ; H is
-/// linearised at the ensemble mean.
-fn square_root_update(
-    ens: &Ensemble,
-    batch: &ObsBatch,
-    u: &DMatrix<f64>,
-    lam: &DVector<f64>,
-) -> Result<Ensemble, FilterError> {
-    let m = batch.len();
-    let mean = ens.mean();
-    let ObsSpacePrior { hul, s: smat } = ObsSpacePrior::new(&mean, batch, u, lam);
-    // P Hᵀ = U (H U diag λ)ᵀ; S = H P Hᵀ + R = V diag(s) Vᵀ.
-    let pht = u * hul.transpose();
-    let eig = smat.symmetric_eigen();
-    if eig.eigenvalues.iter().any(|&v| !(v > 0.0)) {
-        return Err(FilterError::Numerical(
-            "H P Hᵀ + R is not positive definite".into(),
-        ));
-    }
-    let v = &eig.eigenvectors;
-    let s_inv = v * DMatrix::from_diagonal(&eig.eigenvalues.map(|x| 1.0 / x)) * v.transpose();
-    let s_inv_half =
-        v * DMatrix::from_diagonal(&eig.eigenvalues.map(|x| 1.0 / x.sqrt())) * v.transpose();
-    let mut s_half_r = v * DMatrix::from_diagonal(&eig.eigenvalues.map(f64::sqrt)) * v.transpose();
-    for j in 0..m {
-        s_half_r[(j, j)] += batch.sigma[j];
-    }
-    let inner = s_half_r
-        .try_inverse()
-        .ok_or_else(|| FilterError::Numerical("S^1/2 + R^1/2 is singular".into()))?;
-    let k_mean = &pht * s_inv;
-    let k_tilde = &pht * (s_inv_half * inner);
-    let mut hm = vec![0.0; m];
-    batch.op.apply(&mean, &mut hm);
-    let innov = DVector::from_iterator(m, (0..m).map(|j| batch.y[j] - hm[j]));
-    let mean_a = DVector::from_column_slice(&mean) + &k_mean * innov;
-    let mut out = ens.clone();
-    let mut ha = vec![0.0; m];
-    for x in out.members_mut() {
-        let a: Vec<f64> = x.iter().zip(&mean).map(|(xi, mi)| xi - mi).collect();
-        batch.op.tangent(&mean, &a, &mut ha);
-        let corr = &k_tilde * DVector::from_column_slice(&ha);
-        for (i, xi) in x.iter_mut().enumerate() {
-            *xi = mean_a[i] + a[i] - corr[i];
-        }
-    }
-    Ok(out)
 }

@@ -1,6 +1,7 @@
-//! The guided predictor–corrector sampler.
+//! The guided predictor–corrector sampler (module docs of `score` for the equations).
 
 use super::Denoiser;
+use crate::enkf::tangent_basis;
 use crate::obs::{ObsBatch, ObservationOperator};
 use crate::FilterError;
 use nalgebra::{DMatrix, DVector};
@@ -12,7 +13,7 @@ use rand_distr::{Distribution, StandardNormal};
 pub struct SamplerConfig {
     /// Number of noise levels S.
     pub steps: usize,
-    /// Langevin corrections C per level.
+    /// Langevin corrector steps C per noise level (the corrector of predictor–corrector sampling).
     pub corrections: usize,
     /// Langevin step-size factor τ.
     pub tau: f64,
@@ -71,7 +72,7 @@ impl SamplerConfig {
                 self.gamma
             ));
         }
-        if !(self.rho > 0.0) {
+        if self.rho.is_nan() || self.rho <= 0.0 {
             return bad(format!("rho must be > 0 (7 is EDM's), got {}", self.rho));
         }
         Ok(self)
@@ -84,18 +85,6 @@ pub fn karras_schedule(sigma_max: f64, sigma_min: f64, steps: usize, rho: f64) -
     (0..steps)
         .map(|i| (a + i as f64 / (steps - 1) as f64 * (b - a)).powf(rho))
         .collect()
-}
-
-/// H U: the observation operator linearised at `x` applied to every column of `u` (m × k).
-pub(crate) fn tangent_basis(batch: &ObsBatch, x: &[f64], u: &DMatrix<f64>) -> DMatrix<f64> {
-    let m = batch.len();
-    let mut hu = DMatrix::zeros(m, u.ncols());
-    let mut col = vec![0.0; m];
-    for k in 0..u.ncols() {
-        batch.op.tangent(x, u.column(k).as_slice(), &mut col);
-        hu.column_mut(k).copy_from_slice(&col);
-    }
-    hu
 }
 
 /// H Cov[x₀ | z_σ] Hᵀ in observation space, for the likelihood's covariance.
@@ -322,8 +311,10 @@ impl Sampler {
         Ok(())
     }
 
-    /// Draw one posterior sample per starting point: `z` (B × d) holds the encoded backgrounds on
-    /// entry and the samples on exit.
+    /// Draw one posterior sample per starting point by predictor–corrector sampling: `z` (B × d)
+    /// holds the encoded starting points on entry (noised here by σ_start) and the samples on exit.
+    /// At each level, one reverse-SDE predictor step (`reverse_sde_predictor`) from σ_i to σ_{i+1},
+    /// then C Langevin corrector steps (`langevin_corrector`) at σ_{i+1}.
     pub fn sample(
         &self,
         den: &dyn Denoiser,
@@ -333,7 +324,7 @@ impl Sampler {
     ) -> Result<(), FilterError> {
         let c = &self.config;
         let d = den.dim();
-        if z.len() % d != 0 {
+        if !z.len().is_multiple_of(d) {
             return Err(FilterError::Dimension(format!(
                 "{} values are not a batch of states of length {d}",
                 z.len()
@@ -347,21 +338,66 @@ impl Sampler {
         let mut s = vec![0.0; z.len()];
         for i in 0..sigmas.len() - 1 {
             let (si, sn) = (sigmas[i], sigmas[i + 1]);
-            let dv = si * si - sn * sn;
-            self.score(den, z, si, batch, cov.as_ref(), &mut s)?;
-            for (zv, sv) in z.iter_mut().zip(&s) {
-                *zv += dv * sv + dv.sqrt() * normal(rng);
-            }
+            self.reverse_sde_predictor(den, z, (si, sn), batch, cov.as_ref(), &mut s, rng)?;
             for _ in 0..c.corrections {
-                self.score(den, z, sn, batch, cov.as_ref(), &mut s)?;
-                // One step size for the whole batch: a step that depended on each member's own
-                // score would break the chain's detailed balance and bias the samples.
-                let mean_sq = s.iter().map(|v| v * v).sum::<f64>() / s.len() as f64;
-                let delta = c.tau / mean_sq.max(f64::MIN_POSITIVE);
-                for (zv, sv) in z.iter_mut().zip(&s) {
-                    *zv += delta * sv + (2.0 * delta).sqrt() * normal(rng);
-                }
+                self.langevin_corrector(den, z, sn, batch, cov.as_ref(), &mut s, rng)?;
             }
+        }
+        Ok(())
+    }
+
+    /// The predictor of predictor–corrector sampling (Song et al. 2021): one Euler–Maruyama step of
+    /// the reverse variance-exploding SDE from σ_i to σ_{i+1},
+    ///
+    ///   z ← z + (σ_i² - σ_{i+1}²) s(z; σ_i) + sqrt(σ_i² - σ_{i+1}²) ξ,   ξ ~ N(0, I).
+    ///
+    /// `s` is scratch space for the scores (B × d).
+    #[allow(clippy::too_many_arguments)]
+    fn reverse_sde_predictor(
+        &self,
+        den: &dyn Denoiser,
+        z: &mut [f64],
+        (si, sn): (f64, f64),
+        batch: &ObsBatch,
+        cov: Option<&ObsCovariance>,
+        s: &mut [f64],
+        rng: &mut dyn RngCore,
+    ) -> Result<(), FilterError> {
+        let dv = si * si - sn * sn;
+        self.score(den, z, si, batch, cov, s)?;
+        for (zv, sv) in z.iter_mut().zip(s.iter()) {
+            *zv += dv * sv + dv.sqrt() * normal(rng);
+        }
+        Ok(())
+    }
+
+    /// The Langevin corrector of predictor–corrector sampling (Song et al. 2021, §4.2; the
+    /// corrector algorithm for the VE SDE of their App. G): one step of unadjusted Langevin dynamics at fixed noise level σ, whose
+    /// stationary law (as δ → 0) is the noised posterior p_σ(z | y),
+    ///
+    ///   z ← z + δ s(z; σ) + sqrt(2δ) ξ,   ξ ~ N(0, I),
+    ///
+    /// with the step-size rule of SDA (Rozet & Louppe 2023): δ = τ / mean(s²), the mean over every
+    /// coordinate of every member of the batch. (Song et al. set δ = 2 (r ‖ξ‖ / ‖s‖)² instead.)
+    /// `s` is scratch space for the scores (B × d).
+    #[allow(clippy::too_many_arguments)]
+    fn langevin_corrector(
+        &self,
+        den: &dyn Denoiser,
+        z: &mut [f64],
+        sigma: f64,
+        batch: &ObsBatch,
+        cov: Option<&ObsCovariance>,
+        s: &mut [f64],
+        rng: &mut dyn RngCore,
+    ) -> Result<(), FilterError> {
+        self.score(den, z, sigma, batch, cov, s)?;
+        // One step size for the whole batch: a step that depended on each member's own score
+        // would break the chain's detailed balance and bias the samples.
+        let mean_sq = s.iter().map(|v| v * v).sum::<f64>() / s.len() as f64;
+        let delta = self.config.tau / mean_sq.max(f64::MIN_POSITIVE);
+        for (zv, sv) in z.iter_mut().zip(s.iter()) {
+            *zv += delta * sv + (2.0 * delta).sqrt() * normal(rng);
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 use super::*;
 use crate::geometry::{Geometry, StateSpace, Variable};
 use crate::obs::{Footprint, Modality, ObsBatch, Observation, SparseOperator};
+use crate::testutil::{kalman, moments as ensemble_moments};
 use nalgebra::{DMatrix, DVector};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -59,24 +60,6 @@ fn problem() -> (Vec<f64>, DMatrix<f64>, ObsBatch) {
             op,
         },
     )
-}
-
-fn kalman(m: &[f64], p: &DMatrix<f64>, batch: &ObsBatch) -> (DVector<f64>, DMatrix<f64>) {
-    let mut h = DMatrix::zeros(batch.len(), N);
-    for (j, row) in batch.op.rows().iter().enumerate() {
-        for &(i, w) in row {
-            h[(j, i)] = w;
-        }
-    }
-    let r = DMatrix::from_diagonal(&DVector::from_iterator(
-        batch.len(),
-        batch.sigma.iter().map(|s| s * s),
-    ));
-    let k = p * h.transpose() * (&h * p * h.transpose() + r).try_inverse().unwrap();
-    let m = DVector::from_column_slice(m);
-    let ma = &m + &k * (DVector::from_column_slice(&batch.y) - &h * &m);
-    let pa = (DMatrix::identity(N, N) - &k * &h) * p;
-    (ma, pa)
 }
 
 fn moments(z: &[f64]) -> (DVector<f64>, DMatrix<f64>) {
@@ -357,39 +340,13 @@ fn l96_like_with(
     )
 }
 
-fn kalman_d(m: &[f64], p: &DMatrix<f64>, batch: &ObsBatch) -> (DVector<f64>, DMatrix<f64>) {
-    let d = m.len();
-    let mut h = DMatrix::zeros(batch.len(), d);
-    for (j, row) in batch.op.rows().iter().enumerate() {
-        for &(i, w) in row {
-            h[(j, i)] = w;
-        }
-    }
-    let r = DMatrix::from_diagonal(&DVector::from_iterator(
-        batch.len(),
-        batch.sigma.iter().map(|s| s * s),
-    ));
-    let k = p * h.transpose() * (&h * p * h.transpose() + r).try_inverse().unwrap();
-    let mv = DVector::from_column_slice(m);
-    let ma = &mv + &k * (DVector::from_column_slice(&batch.y) - &h * &mv);
-    let pa = (DMatrix::identity(d, d) - &k * &h) * p;
-    (ma, pa)
-}
-
-fn moments_d(ens: &crate::Ensemble) -> (DVector<f64>, DMatrix<f64>) {
-    let (n, d) = (ens.n_members(), ens.dim());
-    let mean = DVector::from_vec(ens.mean());
-    let a = DMatrix::from_fn(d, n, |i, k| ens.member(k)[i] - mean[i]);
-    (mean, &a * a.transpose() / (n as f64 - 1.0))
-}
-
 /// One analysis of the 3,000-member `l96_like` problem with the ensemble Gaussian prior (no
 /// localisation, no floor: P is the background's sample covariance) and the given start and sampler.
 fn l96_like_analysis(start: Start, cfg: SamplerConfig) -> (f64, f64, f64) {
     use crate::Analysis;
     let (space, mut ens, batch) = l96_like(3000, 11);
-    let (bm, bp) = moments_d(&ens);
-    let (ma, pa) = kalman_d(bm.as_slice(), &bp, &batch);
+    let (bm, bp) = ensemble_moments(&ens);
+    let (ma, pa) = kalman(bm.as_slice(), &bp, &batch);
     let prior = EnsembleGaussianPrior::new(&space, f64::INFINITY, 1.0, 0.0).unwrap();
     let f = ScoreFilter {
         prior: std::sync::Arc::new(prior),
@@ -400,7 +357,7 @@ fn l96_like_analysis(start: Start, cfg: SamplerConfig) -> (f64, f64, f64) {
     };
     f.analyse(&mut ens, &batch, &mut ChaCha8Rng::seed_from_u64(3))
         .unwrap();
-    let (am, ap) = moments_d(&ens);
+    let (am, ap) = ensemble_moments(&ens);
     let (mean_err, cov_err, shift) = ((&am - &ma).amax(), (&ap - &pa).amax(), (&ma - &bm).amax());
     eprintln!("{start:?}: mean error {mean_err:.4} (Kalman shift {shift:.4}), covariance error {cov_err:.4}");
     (mean_err, cov_err, shift)
@@ -522,8 +479,8 @@ fn precise_obs_analysis(jacobian_cov: bool) -> (f64, f64, f64) {
         *s = 0.005;
         o.sigma = 0.005;
     }
-    let (bm, bp) = moments_d(&ens);
-    let (ma, pa) = kalman_d(bm.as_slice(), &bp, &batch);
+    let (bm, bp) = ensemble_moments(&ens);
+    let (ma, pa) = kalman(bm.as_slice(), &bp, &batch);
     let prior = Opaque(EnsembleGaussianPrior::new(&space, f64::INFINITY, 1.0, 0.0).unwrap());
     let cfg = SamplerConfig {
         steps: 4,
@@ -544,7 +501,7 @@ fn precise_obs_analysis(jacobian_cov: bool) -> (f64, f64, f64) {
     };
     f.analyse(&mut ens, &batch, &mut ChaCha8Rng::seed_from_u64(3))
         .unwrap();
-    let (am, ap) = moments_d(&ens);
+    let (am, ap) = ensemble_moments(&ens);
     let (mean_err, cov_err, sd) = (
         (&am - &ma).amax(),
         (&ap - &pa).amax(),
