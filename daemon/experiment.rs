@@ -107,8 +107,11 @@ impl ExperimentFile {
         settings::reject_moved_keys(&file, origin)?;
         let mut user = file;
         settings::merge(&mut user, flags);
-        let tb = settings::testbed_of(&user, Some("--testbed and --network (or [testbed] name and network in --config)"))
-            .with_context(|| origin.to_string())?;
+        let tb = settings::testbed_of(
+            &user,
+            Some("--testbed and --network (or [testbed] name and network in --config)"),
+        )
+        .with_context(|| origin.to_string())?;
         let mut layered = settings::tuned(tb.name, tb.network);
         settings::merge(&mut layered, user);
         settings::from_table(layered, origin)
@@ -234,7 +237,6 @@ impl ExperimentSpec {
         }
     }
 }
-
 
 /// The JSON summary of DESIGN §10 (time means after burn-in, against the truth).
 #[derive(Clone, Debug, Serialize)]
@@ -363,8 +365,8 @@ pub fn run_with(
     };
     let checks = wire::Checks::defaults(&space);
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x616e_616c);
-    let analysis = crate::filters::build_filter(spec.filter, &spec.filters, &testbed)?
-        .map(|b| b.analysis);
+    let analysis =
+        crate::filters::build_filter(spec.filter, &spec.filters, &testbed)?.map(|b| b.analysis);
     let assimilated_ids: Vec<String> = sim
         .network
         .stations
@@ -723,7 +725,10 @@ mod tests {
                 "{f} is not deterministic"
             );
             assert!(a.rmse_a < 1.0, "{f}: rmse_a {} >= sigma_o", a.rmse_a);
-            assert!(a.rmse_a < a.rmse_f, "{f}: the analysis does not improve on the background");
+            assert!(
+                a.rmse_a < a.rmse_f,
+                "{f}: the analysis does not improve on the background"
+            );
         }
     }
 
@@ -746,6 +751,10 @@ mod tests {
         let tb = assimd_models::testbed::Testbed::new(assimd_models::testbed::TestbedKind::L96);
         let n = tb.space.geometry.n_points();
         let want = assimd_filter::stats::rms(&tb.climatology().std_state(n));
-        assert!((clim.spread_a - want).abs() < 1e-12, "{} vs {want}", clim.spread_a);
+        assert!(
+            (clim.spread_a - want).abs() < 1e-12,
+            "{} vs {want}",
+            clim.spread_a
+        );
     }
 }

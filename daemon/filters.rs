@@ -56,7 +56,12 @@ pub fn build_filter(
     settings: &FilterSettings,
     testbed: &Testbed,
 ) -> Result<Option<Built>> {
-    let plain = |analysis: Box<dyn Analysis>| Ok(Some(Built { analysis, bundle: None }));
+    let plain = |analysis: Box<dyn Analysis>| {
+        Ok(Some(Built {
+            analysis,
+            bundle: None,
+        }))
+    };
     match kind {
         FilterKind::Free | FilterKind::Climatology => Ok(None),
         FilterKind::Enkf => {

@@ -7,8 +7,8 @@
 //! skill histories) and the progress bars of long offline work ([`progress`]).
 
 pub mod experiment;
-pub mod filters;
 pub mod faults;
+pub mod filters;
 pub mod plot;
 pub mod progress;
 pub mod qc;

@@ -377,20 +377,44 @@ impl ExperimentArgs {
             _ => "letkf",
         };
         let mut t = toml::Table::new();
-        put(&mut t, &["testbed", "name"], string(self.testbed.map(|v| v.to_string())));
-        put(&mut t, &["testbed", "network"], string(self.network.map(|v| v.to_string())));
-        put(&mut t, &["filter"], string(self.filter.map(|v| v.to_string())));
+        put(
+            &mut t,
+            &["testbed", "name"],
+            string(self.testbed.map(|v| v.to_string())),
+        );
+        put(
+            &mut t,
+            &["testbed", "network"],
+            string(self.network.map(|v| v.to_string())),
+        );
+        put(
+            &mut t,
+            &["filter"],
+            string(self.filter.map(|v| v.to_string())),
+        );
         put(&mut t, &["members"], int(self.members));
         put(&mut t, &["cycles"], int(self.cycles));
-        put(&mut t, &["seed"], self.seed.map(|v| Value::Integer(v as i64)));
+        put(
+            &mut t,
+            &["seed"],
+            self.seed.map(|v| Value::Integer(v as i64)),
+        );
         put(&mut t, &["burn_in"], int(self.burn_in));
         put(&mut t, &["initial_spread"], float(self.initial_spread));
         put(&mut t, &[family, "inflation"], float(self.inflation));
         put(&mut t, &[family, "rtps"], float(self.rtps));
-        put(&mut t, &["letkf", "localization_km"], float(self.localization_km));
+        put(
+            &mut t,
+            &["letkf", "localization_km"],
+            float(self.localization_km),
+        );
         put(&mut t, &["letkf", "weight_stride"], int(self.weight_stride));
         put(&mut t, &["score", "rtps"], float(self.score_rtps));
-        put(&mut t, &["score", "bundle"], string(self.bundle.as_ref().map(|b| b.display().to_string())));
+        put(
+            &mut t,
+            &["score", "bundle"],
+            string(self.bundle.as_ref().map(|b| b.display().to_string())),
+        );
         let sampler = ["score", "sampler"];
         let at = |k: &'static str| [sampler[0], sampler[1], k];
         put(&mut t, &at("steps"), int(self.steps));
@@ -399,12 +423,24 @@ impl ExperimentArgs {
         put(&mut t, &at("gamma"), float(self.gamma));
         put(&mut t, &at("sigma_start"), float(self.sigma_start));
         put(&mut t, &at("lo_steps"), int(self.lo_steps));
-        put(&mut t, &at("jacobian_cov"), self.jacobian_cov.map(Value::Boolean));
-        put(&mut t, &at("start"), string(self.start.map(|s| format!("{s:?}").to_lowercase())));
+        put(
+            &mut t,
+            &at("jacobian_cov"),
+            self.jacobian_cov.map(Value::Boolean),
+        );
+        put(
+            &mut t,
+            &at("start"),
+            string(self.start.map(|s| format!("{s:?}").to_lowercase())),
+        );
         put(&mut t, &["gross_errors"], float(self.gross_errors));
         put(&mut t, &["bias"], string(self.bias.clone()));
         put(&mut t, &["corrupt_at"], int(self.corrupt_at));
-        put(&mut t, &["qc", "enabled"], self.qc.as_ref().map(|q| Value::Boolean(q == "on")));
+        put(
+            &mut t,
+            &["qc", "enabled"],
+            self.qc.as_ref().map(|q| Value::Boolean(q == "on")),
+        );
         t
     }
 
@@ -414,8 +450,8 @@ impl ExperimentArgs {
         let (file, origin) = match &self.config {
             Some(p) => {
                 let origin = format!("experiment file {}", p.display());
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("reading {origin}"))?;
+                let text =
+                    std::fs::read_to_string(p).with_context(|| format!("reading {origin}"))?;
                 (assimd::settings::parse_table(&text, &origin)?, origin)
             }
             None => (toml::Table::new(), "the flags".to_string()),
@@ -451,7 +487,10 @@ fn run_experiment(
     };
     let bar = assimd::progress::bar(
         spec.cycles as u64,
-        &format!("{} {} {}", spec.testbed.name, spec.filter, spec.testbed.network),
+        &format!(
+            "{} {} {}",
+            spec.testbed.name, spec.filter, spec.testbed.network
+        ),
     );
     let filter = spec.filter.to_string();
     let (mut sum, mut n, mut write_err) = (0.0, 0usize, None);

@@ -418,8 +418,16 @@ pub fn testbed_of(t: &Table, required: Option<&str>) -> Result<TestbedSettings> 
     for (key, v) in tb {
         let text = v.as_str().map(str::to_string);
         match (key.as_str(), text) {
-            ("name", Some(t)) => s.name = t.parse().map_err(|e: String| anyhow::anyhow!("testbed.name: {e}"))?,
-            ("network", Some(t)) => s.network = t.parse().map_err(|e: String| anyhow::anyhow!("testbed.network: {e}"))?,
+            ("name", Some(t)) => {
+                s.name = t
+                    .parse()
+                    .map_err(|e: String| anyhow::anyhow!("testbed.name: {e}"))?
+            }
+            ("network", Some(t)) => {
+                s.network = t
+                    .parse()
+                    .map_err(|e: String| anyhow::anyhow!("testbed.network: {e}"))?
+            }
             ("name" | "network", None) => bail!("testbed.{key} must be a string, got {v}"),
             _ => bail!("unknown key testbed.{key}: [testbed] takes name and network"),
         }
@@ -431,8 +439,14 @@ pub fn testbed_of(t: &Table, required: Option<&str>) -> Result<TestbedSettings> 
 /// Keys that were renamed when the settings were unified, and where they went.
 const MOVED: [(&str, &str); 8] = [
     ("network", "[testbed] network"),
-    ("inflation", "[letkf] inflation (or [enkf]/[etkf] for those filters)"),
-    ("rtps", "[letkf] rtps (or [enkf]/[etkf]; for the score filter's RTPS after sampling [score] rtps)"),
+    (
+        "inflation",
+        "[letkf] inflation (or [enkf]/[etkf] for those filters)",
+    ),
+    (
+        "rtps",
+        "[letkf] rtps (or [enkf]/[etkf]; for the score filter's RTPS after sampling [score] rtps)",
+    ),
     ("score_rtps", "[score] rtps"),
     ("localization_km", "[letkf] localization_km"),
     ("weight_stride", "[letkf] weight_stride"),
@@ -483,7 +497,10 @@ mod tests {
                 t2.remove("members");
                 let s: FilterSettings = from_table(t2, "tuned").unwrap();
                 s.validate().unwrap();
-                assert!(s.letkf.localization_km.is_finite(), "{tb} {net}: untuned LETKF");
+                assert!(
+                    s.letkf.localization_km.is_finite(),
+                    "{tb} {net}: untuned LETKF"
+                );
             }
         }
         // Only testbeds, their networks and the known keys.
@@ -506,7 +523,9 @@ mod tests {
         merge(&mut a, b);
         assert_eq!(
             a,
-            "x = 1\ny = 3\n[t]\na = 1\nb = 5\n".parse::<Table>().unwrap()
+            "x = 1\ny = 3\n[t]\na = 1\nb = 5\n"
+                .parse::<Table>()
+                .unwrap()
         );
     }
 

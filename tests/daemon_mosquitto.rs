@@ -226,6 +226,10 @@ fn malformed_and_duplicate_burst_is_counted_while_cycling_goes_on() {
 /// restart while the simulator keeps publishing: the state resumes from cycle 3 and every
 /// acknowledged observation is assimilated exactly once.
 #[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs the crash-test fault hook: cargo test --features assimd/test-hooks (scripts/test does)"
+)]
 fn sigkill_mid_cycle_then_restart_assimilates_everything_exactly_once() {
     let tmp = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(&tmp.path().join("broker"));
@@ -325,6 +329,10 @@ fn broker_restart_daemon_reconnects_and_loses_nothing() {
 /// SIGINT abandons a running cycle at once; SIGTERM lets it run for the grace period, then
 /// abandons it. Either way the cycle is redone, from the journal, after the restart.
 #[test]
+#[cfg_attr(
+    not(feature = "test-hooks"),
+    ignore = "needs the crash-test fault hook: cargo test --features assimd/test-hooks (scripts/test does)"
+)]
 fn sigint_and_sigterm_abandon_a_stuck_cycle_which_the_restart_redoes() {
     let tmp = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(&tmp.path().join("broker"));

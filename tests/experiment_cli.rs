@@ -117,11 +117,30 @@ fn experiment_files_are_read_and_flags_override_them() {
 /// runs are the same run.
 #[test]
 fn flags_alone_get_the_tuned_settings() {
-    let common = ["--cycles", "300", "--burn-in", "50", "--seed", "1", "--json"];
-    let mut flags = vec!["experiment", "--testbed", "l96", "--network", "full", "--filter", "letkf"];
+    let common = [
+        "--cycles",
+        "300",
+        "--burn-in",
+        "50",
+        "--seed",
+        "1",
+        "--json",
+    ];
+    let mut flags = vec![
+        "experiment",
+        "--testbed",
+        "l96",
+        "--network",
+        "full",
+        "--filter",
+        "letkf",
+    ];
     flags.extend(common);
     let mut file = vec!["experiment", "--config"];
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/experiments/l96-full-letkf.toml");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/configs/experiments/l96-full-letkf.toml"
+    );
     file.push(path);
     file.extend(common);
     let (a, b) = (assimd(&flags), assimd(&file));
@@ -140,7 +159,15 @@ fn help_lists_every_accepted_value() {
     for v in ["free", "climatology", "enkf", "etkf", "letkf", "score"] {
         assert!(help.contains(v), "--filter: {v} missing from\n{help}");
     }
-    for v in ["l96", "qg2l", "full", "sparse", "stations", "satellite", "stations+satellite"] {
+    for v in [
+        "l96",
+        "qg2l",
+        "full",
+        "sparse",
+        "stations",
+        "satellite",
+        "stations+satellite",
+    ] {
         assert!(help.contains(v), "{v} missing from\n{help}");
     }
     for v in ["member", "mean", "analysis", "sqrt"] {

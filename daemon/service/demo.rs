@@ -54,7 +54,8 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     let store = std::env::temp_dir().join(format!("assimd-demo-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&store);
     // The embedded defaults with the tuned settings of this testbed and network.
-    let mut file = crate::settings::parse_table(super::config::DEFAULT_CONFIG, "the embedded config")?;
+    let mut file =
+        crate::settings::parse_table(super::config::DEFAULT_CONFIG, "the embedded config")?;
     let mut testbed = toml::Table::new();
     testbed.insert("name".into(), tb.to_string().into());
     testbed.insert("network".into(), network.to_string().into());

@@ -20,6 +20,9 @@
 
 use super::clock::CycleClock;
 use super::store::{CycleCommit, Store};
+use super::summary::{
+    finite, CycleSummary, FilterSummary, Innovations, ObsCounts, ObsUsed, QcSummary,
+};
 use super::telemetry as tm;
 use super::Outgoing;
 use crate::experiment;
@@ -30,9 +33,6 @@ use assimd_filter::{stats, Analysis, Ensemble, StateSpace};
 use assimd_models::testbed::Testbed;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use super::summary::{
-    finite, CycleSummary, FilterSummary, Innovations, ObsCounts, ObsUsed, QcSummary,
-};
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 use tokio::sync::{mpsc, watch};
@@ -194,8 +194,7 @@ fn record_scores(name: &'static str, f: &FilterSummary, batch: &ObsBatch) {
     }
     if let (Some(r), Some(s)) = (f.rmse_a_withheld, f.spread_a_withheld) {
         if r > 0.0 {
-            metrics::gauge!(tm::SPREAD_SKILL, "filter" => name, "against" => "withheld")
-                .set(s / r);
+            metrics::gauge!(tm::SPREAD_SKILL, "filter" => name, "against" => "withheld").set(s / r);
         }
     }
 }
@@ -446,7 +445,12 @@ impl Engine {
     }
 
     /// Commit the cycle (analyses, summary, QC records, monitor state) and prune what is old.
-    fn commit(&mut self, w: &Window, summary: &CycleSummary, screened: &qc::Screened) -> Result<()> {
+    fn commit(
+        &mut self,
+        w: &Window,
+        summary: &CycleSummary,
+        screened: &qc::Screened,
+    ) -> Result<()> {
         let k = w.cycle;
         let t3 = Instant::now();
         let ensembles = self.filters.iter().map(|s| (s.name, &s.ens)).collect();
@@ -522,7 +526,9 @@ impl Engine {
     fn stall_before_commit(&self, k: u64) {
         let at = std::env::var("ASSIMD_TEST_STALL_BEFORE_COMMIT").ok();
         if at.and_then(|v| v.parse::<u64>().ok()) == Some(k) {
-            tracing::warn!("ASSIMD_TEST_STALL_BEFORE_COMMIT: stalling before the commit of cycle {k}");
+            tracing::warn!(
+                "ASSIMD_TEST_STALL_BEFORE_COMMIT: stalling before the commit of cycle {k}"
+            );
             loop {
                 std::thread::sleep(std::time::Duration::from_secs(1));
             }

@@ -180,7 +180,12 @@ async fn start(cfg: &Config, opts: &RunOptions) -> Result<Started> {
             store.load_ensemble(name, committed, cfg.cycle.members)?
         };
         let last_good = None;
-        filters.push(FilterSlot { name, analysis, ens, last_good });
+        filters.push(FilterSlot {
+            name,
+            analysis,
+            ens,
+            last_good,
+        });
     }
     let closed = committed.max(store.obs_clock_ms()?.map_or(0, |c| clock.closed_by(c)));
     tracing::info!(
@@ -191,7 +196,15 @@ async fn start(cfg: &Config, opts: &RunOptions) -> Result<Started> {
         cfg.store.path.display()
     );
     metrics::gauge!(telemetry::LAST_CYCLE).set(committed as f64);
-    Ok(Started { testbed, network, clock, store, filters, committed, closed })
+    Ok(Started {
+        testbed,
+        network,
+        clock,
+        store,
+        filters,
+        committed,
+        closed,
+    })
 }
 
 /// The ingest service of a config.
@@ -235,7 +248,13 @@ fn engine(
 ) -> Result<Engine> {
     let withheld: HashSet<String> = match &cfg.ingest.withheld_stations {
         Some(v) => v.iter().cloned().collect(),
-        None => s.network.stations.iter().filter(|s| s.withheld).map(|s| s.id.clone()).collect(),
+        None => s
+            .network
+            .stations
+            .iter()
+            .filter(|s| s.withheld)
+            .map(|s| s.id.clone())
+            .collect(),
     };
     let (mut qc, cleared) =
         crate::qc::Qc::new(cfg.qc.clone(), s.store.monitor_state()?.unwrap_or_default());
@@ -314,13 +333,20 @@ pub async fn run(
     let conn = mqtt::Connection {
         client: client.clone(),
         eventloop,
-        topics: mqtt::subscriptions(&cfg.mqtt.prefix, &cfg.testbed.name.to_string(), cfg.ingest.truth),
+        topics: mqtt::subscriptions(
+            &cfg.mqtt.prefix,
+            &cfg.testbed.name.to_string(),
+            cfg.ingest.truth,
+        ),
         backoff: (
             Duration::from_millis(cfg.mqtt.reconnect_min_ms),
             Duration::from_millis(cfg.mqtt.reconnect_max_ms),
         ),
         publishes: pub_tx,
-        connected: opts.subscribed.take().unwrap_or_else(|| watch::channel(false).0),
+        connected: opts
+            .subscribed
+            .take()
+            .unwrap_or_else(|| watch::channel(false).0),
     };
     tracker.spawn(conn.run(tokens.ingest.clone(), tokens.root.clone()));
     let ingest = ingest_service(&cfg, &started, client.clone(), closed_tx, &out_tx)?;
@@ -331,11 +357,24 @@ pub async fn run(
         tracker.spawn(reload::Reload { path, tx: qc_tx }.run(tokens.root.clone()));
     }
     let engine = engine(&cfg, started, out_tx, opts.reports.take(), qc_rx)?;
-    let cycles = cycles::Cycles { engine, closed: closed_rx, stop: tokens.work.clone() };
+    let cycles = cycles::Cycles {
+        engine,
+        closed: closed_rx,
+        stop: tokens.work.clone(),
+    };
     let mut cycles = tracker.spawn(cycles.run());
     let endpoint = format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port);
-    tracing::info!("ready: cycle {} committed, subscribing on {endpoint}", store.assimilated_up_to()?);
-    tracker.spawn(notifier::Notifier { store: store.clone(), endpoint }.run(tokens.root.clone()));
+    tracing::info!(
+        "ready: cycle {} committed, subscribing on {endpoint}",
+        store.assimilated_up_to()?
+    );
+    tracker.spawn(
+        notifier::Notifier {
+            store: store.clone(),
+            endpoint,
+        }
+        .run(tokens.root.clone()),
+    );
     tracker.close();
     tokio::pin!(shutdown);
     let stop = tokio::select! {
@@ -350,7 +389,13 @@ pub async fn run(
         }
     };
     let grace = Duration::from_secs_f64(cfg.service.grace_seconds);
-    let services = Running { tokens, tracker, ingest, cycles, publisher };
+    let services = Running {
+        tokens,
+        tracker,
+        ingest,
+        cycles,
+        publisher,
+    };
     services.stop(stop, grace).await;
     store.flush()?;
     Ok(())
@@ -372,7 +417,11 @@ impl Running {
         tracing::info!("stopping ({stop:?})");
         let fast = stop == Stop::Fast;
         let deadline = tokio::time::Instant::now()
-            + if fast { Duration::from_millis(500) } else { grace };
+            + if fast {
+                Duration::from_millis(500)
+            } else {
+                grace
+            };
         if fast {
             self.tokens.work.cancel();
         } else {
@@ -395,8 +444,14 @@ impl Running {
             }
             Err(_) => {
                 self.tokens.work.cancel();
-                let why = if fast { "SIGINT".to_string() } else { format!("grace period of {grace:?} over") };
-                tracing::warn!("the running cycle was abandoned ({why}); it is redone after restart");
+                let why = if fast {
+                    "SIGINT".to_string()
+                } else {
+                    format!("grace period of {grace:?} over")
+                };
+                tracing::warn!(
+                    "the running cycle was abandoned ({why}); it is redone after restart"
+                );
                 None
             }
         };

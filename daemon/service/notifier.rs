@@ -22,7 +22,10 @@ impl Notifier {
     pub async fn run(self, stop: CancellationToken) {
         let committed = self.store.assimilated_up_to().unwrap_or(0);
         let _ = sd_notify::notify(&[NotifyState::Ready]);
-        let first = format!("cycle {committed} committed; connecting to {}", self.endpoint);
+        let first = format!(
+            "cycle {committed} committed; connecting to {}",
+            self.endpoint
+        );
         let _ = sd_notify::notify(&[NotifyState::Status(&first)]);
         let mut status = tokio::time::interval(Duration::from_secs(5));
         // Without a watchdog the second timer never fires (an hour, re-armed).
