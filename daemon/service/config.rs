@@ -375,6 +375,14 @@ impl Config {
         let tb = self.testbed.name;
         self.testbed.testbed()?;
         self.start_time()?;
+        self.check_mqtt()?;
+        self.check_ingest(tb)?;
+        self.check_rest(tb)?;
+        Ok(self)
+    }
+
+    /// `[mqtt]`.
+    fn check_mqtt(&self) -> Result<()> {
         let m = &self.mqtt;
         if m.host.is_empty() {
             bail!("mqtt.host is empty: give the broker's host name or address");
@@ -437,6 +445,11 @@ impl Config {
                 self.ingest.limits.max_bytes
             );
         }
+        Ok(())
+    }
+
+    /// `[ingest]` and `[qc]`.
+    fn check_ingest(&self, tb: TestbedKind) -> Result<()> {
         if let Some(c) = self.ingest.cutoff_seconds {
             if c < 0 {
                 bail!("ingest.cutoff_seconds must be >= 0, got {c}");
@@ -456,6 +469,11 @@ impl Config {
         self.ingest.checks(&Testbed::new(tb).space)?;
         self.qc.validate()?;
         self.simulate.faults.validate().context("simulate.faults")?;
+        Ok(())
+    }
+
+    /// `[cycle]`, `[maps]`, the filters, `[metrics]`, `[service]`, `[store]`.
+    fn check_rest(&self, tb: TestbedKind) -> Result<()> {
         if self.cycle.members < 2 {
             bail!(
                 "cycle.members must be >= 2 (an ensemble), got {}",
@@ -498,7 +516,7 @@ impl Config {
         if self.store.path.as_os_str().is_empty() {
             bail!("store.path is empty: give the directory of the state database");
         }
-        Ok(self)
+        Ok(())
     }
 
     /// The cutoff in milliseconds (default one cycle).

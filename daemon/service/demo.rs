@@ -42,17 +42,16 @@ fn fmt(v: Option<f64>) -> String {
     })
 }
 
-/// Run the demo.
-pub async fn demo(args: DemoArgs) -> Result<()> {
+/// The demo's configuration: the embedded defaults with the tuned settings of the testbed and
+/// network, the embedded broker, a temporary store; the score filter when its bundle loads.
+async fn demo_config(
+    args: &DemoArgs,
+    network: NetworkKind,
+    port: u16,
+    metrics_port: u16,
+    store: &std::path::Path,
+) -> Result<Config> {
     let tb = args.testbed;
-    let network = args.network.unwrap_or(match tb {
-        TestbedKind::L96 => NetworkKind::Full,
-        TestbedKind::Qg2l => NetworkKind::StationsSatellite,
-    });
-    let port = broker::free_port()?;
-    broker::start_embedded(port)?;
-    let store = std::env::temp_dir().join(format!("assimd-demo-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&store);
     // The embedded defaults with the tuned settings of this testbed and network.
     let mut file =
         crate::settings::parse_table(super::config::DEFAULT_CONFIG, "the embedded config")?;
@@ -64,8 +63,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     cfg.mqtt.port = port;
     cfg.mqtt.client_id = format!("assimd-demo-{}", std::process::id());
     cfg.ingest.reject_future = false;
-    cfg.store.path = store.clone();
-    let metrics_port = broker::free_port()?;
+    cfg.store.path = store.to_path_buf();
     cfg.metrics.listen = format!("127.0.0.1:{metrics_port}");
     cfg.simulate.cycles = args.cycles + 2; // two more: observation time closes the last windows
     cfg.simulate.interval_ms = args.interval_ms;
@@ -92,36 +90,66 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         cfg.maps.dir = dir.clone();
         cfg.maps.keep = 0;
     }
-    let cfg = cfg.validate()?;
-    let score_on = cfg.score.bundle.is_some();
-    println!(
-        "assimd demo: {tb} {network}, N={}, embedded broker on 127.0.0.1:{port}, metrics on http://127.0.0.1:{metrics_port}/metrics, store {}",
-        cfg.cycle.members,
-        store.display()
+    Ok(cfg)
+}
+
+/// The table's header.
+fn print_header(score_on: bool) {
+    let mut header = format!(
+        "{:>5}  {:<20} {:>5} {:>4} | {:>8} {:>8} {:>8} {:>7}",
+        "cycle", "valid time", "stn", "sat", "letkf-a", "letkf-f", "withheld", "spread"
     );
-    if cfg.maps.enabled {
-        println!(
-            "maps: {}/cycle-NNNNNN.png, one per cycle",
-            cfg.maps.dir.display()
+    if score_on {
+        header += &format!(
+            " | {:>8} {:>8} {:>8} {:>7}",
+            "score-a", "score-f", "withheld", "spread"
         );
     }
-    println!(
-        "filters: letkf{}",
-        if score_on {
-            format!(
-                " and score ({})",
-                cfg.score
-                    .bundle
-                    .as_ref()
-                    .map(|b| b.display().to_string())
-                    .unwrap_or_default()
-            )
-        } else {
-            String::new()
-        }
-    );
+    println!("RMSE of the ensemble mean against the truth (analysis -a, background -f) and the withheld stations:");
+    println!("{header}");
+}
 
-    let (rep_tx, mut rep_rx) = mpsc::unbounded_channel();
+/// One row of the table.
+fn table_row(
+    cycle: u64,
+    s: &super::summary::CycleSummary,
+    l: &super::summary::FilterSummary,
+    sc: &super::summary::FilterSummary,
+    score_on: bool,
+) -> String {
+    let mut row = format!(
+        "{:>5}  {:<20} {:>5} {:>4} | {:>8} {:>8} {:>8} {:>7}",
+        cycle,
+        s.time,
+        s.obs.station,
+        s.obs.satellite,
+        fmt(l.rmse_a_truth),
+        fmt(l.rmse_f_truth),
+        fmt(l.rmse_a_withheld),
+        fmt(l.spread_a)
+    );
+    if score_on {
+        row += &format!(
+            " | {:>8} {:>8} {:>8} {:>7}",
+            fmt(sc.rmse_a_truth),
+            fmt(sc.rmse_f_truth),
+            fmt(sc.rmse_a_withheld),
+            fmt(sc.spread_a)
+        );
+    }
+    row
+}
+
+/// The daemon in this process, once it is subscribed: its stop switch, its cycle reports, and
+/// its task.
+async fn start_daemon(
+    cfg: &Config,
+) -> Result<(
+    oneshot::Sender<Stop>,
+    mpsc::UnboundedReceiver<super::engine::CycleReport>,
+    tokio::task::JoinHandle<Result<()>>,
+)> {
+    let (rep_tx, rep_rx) = mpsc::unbounded_channel();
     let (sub_tx, mut sub_rx) = watch::channel(false);
     let (stop_tx, stop_rx) = oneshot::channel::<Stop>();
     let daemon_cfg = cfg.clone();
@@ -143,21 +171,46 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     tokio::time::timeout(std::time::Duration::from_secs(120), sub_rx.wait_for(|s| *s))
         .await
         .context("the daemon did not subscribe within 120 s")??;
+    Ok((stop_tx, rep_rx, daemon))
+}
+
+/// Run the demo.
+pub async fn demo(args: DemoArgs) -> Result<()> {
+    let tb = args.testbed;
+    let network = args.network.unwrap_or(match tb {
+        TestbedKind::L96 => NetworkKind::Full,
+        TestbedKind::Qg2l => NetworkKind::StationsSatellite,
+    });
+    let port = broker::free_port()?;
+    broker::start_embedded(port)?;
+    let store = std::env::temp_dir().join(format!("assimd-demo-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&store);
+    let metrics_port = broker::free_port()?;
+    let cfg = demo_config(&args, network, port, metrics_port, &store).await?;
+    let cfg = cfg.validate()?;
+    let score_on = cfg.score.bundle.is_some();
+    println!(
+        "assimd demo: {tb} {network}, N={}, embedded broker on 127.0.0.1:{port}, metrics on http://127.0.0.1:{metrics_port}/metrics, store {}",
+        cfg.cycle.members,
+        store.display()
+    );
+    if cfg.maps.enabled {
+        println!(
+            "maps: {}/cycle-NNNNNN.png, one per cycle",
+            cfg.maps.dir.display()
+        );
+    }
+    let bundle = cfg.score.bundle.as_ref().map(|b| b.display().to_string());
+    println!(
+        "filters: letkf{}",
+        bundle.map_or(String::new(), |b| format!(" and score ({b})"))
+    );
+
+    let (stop_tx, mut rep_rx, daemon) = start_daemon(&cfg).await?;
     let sim_cfg = cfg.clone();
     let sim = tokio::spawn(async move { simulator::simulate(&sim_cfg, |_| {}).await });
 
-    let mut header = format!(
-        "{:>5}  {:<20} {:>5} {:>4} | {:>8} {:>8} {:>8} {:>7}",
-        "cycle", "valid time", "stn", "sat", "letkf-a", "letkf-f", "withheld", "spread"
-    );
-    if score_on {
-        header += &format!(
-            " | {:>8} {:>8} {:>8} {:>7}",
-            "score-a", "score-f", "withheld", "spread"
-        );
-    }
-    println!("RMSE of the ensemble mean against the truth (analysis -a, background -f) and the withheld stations:");
-    println!("{header}");
+    print_header(score_on);
     let t0 = Instant::now();
     let mut sums = [0.0f64; 2];
     let mut n = 0u64;
@@ -165,26 +218,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         let s = &r.summary;
         let f = |name: &str| s.filters.get(name).cloned().unwrap_or_default();
         let (l, sc) = (f("letkf"), f("score"));
-        let mut row = format!(
-            "{:>5}  {:<20} {:>5} {:>4} | {:>8} {:>8} {:>8} {:>7}",
-            r.cycle,
-            s.time,
-            s.obs.station,
-            s.obs.satellite,
-            fmt(l.rmse_a_truth),
-            fmt(l.rmse_f_truth),
-            fmt(l.rmse_a_withheld),
-            fmt(l.spread_a)
-        );
-        if score_on {
-            row += &format!(
-                " | {:>8} {:>8} {:>8} {:>7}",
-                fmt(sc.rmse_a_truth),
-                fmt(sc.rmse_f_truth),
-                fmt(sc.rmse_a_withheld),
-                fmt(sc.spread_a)
-            );
-        }
+        let row = table_row(r.cycle, s, &l, &sc, score_on);
         println!("{row}");
         if r.cycle > args.cycles / 2 {
             sums[0] += l.rmse_a_truth.unwrap_or(f64::NAN);
@@ -199,14 +233,12 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     daemon.await??;
     let sim_stats = sim.await??;
     if n > 0 {
-        print!(
-            "mean analysis RMSE over the last {n} cycles: letkf {:.3}",
-            sums[0] / n as f64
+        let score = format!(", score {:.3}", sums[1] / n as f64);
+        println!(
+            "mean analysis RMSE over the last {n} cycles: letkf {:.3}{}",
+            sums[0] / n as f64,
+            if score_on { score.as_str() } else { "" }
         );
-        if score_on {
-            print!(", score {:.3}", sums[1] / n as f64);
-        }
-        println!();
     }
     println!(
         "{} cycles in {:.1} s; the simulator published {} messages",

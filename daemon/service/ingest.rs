@@ -115,23 +115,7 @@ impl Ingest {
                         metrics::counter!(tm::OBS_LATE).increment(1);
                     }
                     Parsed::Rejected(reason, detail) => {
-                        metrics::counter!(tm::OBS_RECEIVED, "modality" => modality_of(&p.topic, &self.prefix)).increment(1);
-                        metrics::counter!(tm::OBS_REJECTED, "reason" => reason.as_str())
-                            .increment(1);
-                        let due = last_log
-                            .get(&reason)
-                            .is_none_or(|t| t.elapsed() >= LOG_EVERY);
-                        if due {
-                            last_log.insert(reason, Instant::now());
-                            tracing::warn!(topic = %p.topic, "rejected message ({}): {detail} (logged once per {}s per reason)", reason.as_str(), LOG_EVERY.as_secs());
-                        }
-                        if let Some(dl) = &self.dead_letter {
-                            let _ = dl.send(Outgoing {
-                                topic: format!("{}/deadletter/{}", self.prefix, reason.as_str()),
-                                payload: p.payload.to_vec(),
-                                retain: false,
-                            });
-                        }
+                        self.reject(p, reason, &detail, &mut last_log)
                     }
                 }
             }
@@ -160,6 +144,33 @@ impl Ingest {
                     let _ = self.closed.send(closed);
                 }
             }
+        }
+    }
+
+    /// Count a rejected message, log it (once per [`LOG_EVERY`] per reason) and dead-letter it.
+    fn reject(
+        &self,
+        p: &Publish,
+        reason: RejectReason,
+        detail: &str,
+        last_log: &mut HashMap<RejectReason, Instant>,
+    ) {
+        metrics::counter!(tm::OBS_RECEIVED, "modality" => modality_of(&p.topic, &self.prefix))
+            .increment(1);
+        metrics::counter!(tm::OBS_REJECTED, "reason" => reason.as_str()).increment(1);
+        if last_log
+            .get(&reason)
+            .is_none_or(|t| t.elapsed() >= LOG_EVERY)
+        {
+            last_log.insert(reason, Instant::now());
+            tracing::warn!(topic = %p.topic, "rejected message ({}): {detail} (logged once per {}s per reason)", reason.as_str(), LOG_EVERY.as_secs());
+        }
+        if let Some(dl) = &self.dead_letter {
+            let _ = dl.send(Outgoing {
+                topic: format!("{}/deadletter/{}", self.prefix, reason.as_str()),
+                payload: p.payload.to_vec(),
+                retain: false,
+            });
         }
     }
 

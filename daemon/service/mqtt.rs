@@ -156,17 +156,21 @@ impl Connection {
                 }
             }
         }
-        // Say goodbye so that the broker keeps the session without waiting for keep-alive.
-        let _ = client.try_disconnect();
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await;
+        disconnect(&client, &mut eventloop).await;
         metrics::gauge!(tm::MQTT_CONNECTED).set(0.0);
     }
+}
+
+/// Say goodbye so that the broker keeps the session without waiting for keep-alive.
+async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop) {
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
 }

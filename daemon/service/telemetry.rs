@@ -179,108 +179,63 @@ pub fn install(listen: Option<SocketAddr>) -> Result<()> {
     Ok(())
 }
 
+/// Every metric: its kind and help text (`# HELP`).
+const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
+    (OBS_RECEIVED, Kind::Counter, "Observation messages received, by modality"),
+    (OBS_REJECTED, Kind::Counter, "Messages rejected, by reason"),
+    (OBS_DUPLICATES, Kind::Counter, "Redelivered messages dropped by id"),
+    (OBS_LATE, Kind::Counter, "Messages for an already closed window, dropped"),
+    (OBS_JOURNALED, Kind::Counter, "Messages written to the observation journal"),
+    (OBS_ASSIMILATED, Kind::Counter, "Journaled messages consumed by committed cycles"),
+    (OBS_USED, Kind::Gauge, "Scalar observations used by the last cycle, by filter and modality"),
+    (ANALYSIS_RMSE, Kind::Gauge, "Analysis RMSE of the ensemble mean, by filter and reference"),
+    (BACKGROUND_RMSE, Kind::Gauge, "Background RMSE of the ensemble mean, by filter and reference"),
+    (SPREAD, Kind::Gauge, "Analysis ensemble spread"),
+    (SPREAD_SKILL, Kind::Gauge, "Analysis spread over analysis RMSE, against truth or withheld stations"),
+    (OBS_WITHHELD, Kind::Gauge, "Scalar observations of withheld verification stations in the last cycle"),
+    (CYCLES_PENDING, Kind::Gauge, "Closed observation windows not yet analysed and committed"),
+    (CYCLE_LENGTH, Kind::Gauge, "Cycle length in model time"),
+    (CRPS, Kind::Gauge, "Analysis CRPS against truth"),
+    (OMB_MEAN, Kind::Gauge, "Mean observation minus background, by filter and modality"),
+    (OMB_RMS, Kind::Gauge, "RMS observation minus background, by filter and modality"),
+    (OMA_MEAN, Kind::Gauge, "Mean observation minus analysis, by filter and modality"),
+    (OMA_RMS, Kind::Gauge, "RMS observation minus analysis, by filter and modality"),
+    (CYCLE_SECONDS, Kind::Seconds, "Wall time of a whole cycle"),
+    (PHASE_SECONDS, Kind::Seconds, "Wall time of a cycle phase, by phase and filter"),
+    (JOURNAL_SECONDS, Kind::Seconds, "Wall time of a journal batch (insert and flush)"),
+    (LAST_CYCLE, Kind::Gauge, "Last committed cycle number"),
+    (LAST_CYCLE_TIME, Kind::Gauge, "Valid time of the last committed cycle"),
+    (LAST_COMMIT_TIME, Kind::Gauge, "Wall time of the last commit"),
+    (MQTT_CONNECTED, Kind::Gauge, "1 while connected to the broker"),
+    (MQTT_SUBSCRIBED, Kind::Gauge, "1 once subscribed on the current broker connection"),
+    (MQTT_ERRORS, Kind::Counter, "Broker connection losses and failed attempts"),
+    (STORE_BYTES, Kind::Gauge, "State store size on disk"),
+    (ORT_PROVIDER, Kind::Gauge, "ONNX Runtime execution provider in use (value 1)"),
+    (ANALYSIS_FAILURES, Kind::Counter, "Analyses that failed (background kept) or diverged (restarted from climatology), by filter and reason"),
+    (QC_REJECTED, Kind::Counter, "Observations left out by quality control, by modality and reason"),
+    (QC_DOWNWEIGHTED, Kind::Counter, "Observations assimilated with a Huber-inflated error, by modality"),
+    (STATIONS_BLACKLISTED, Kind::Gauge, "Stations whose reports are left out now (operator and monitor)"),
+    (STATION_BLACKLISTINGS, Kind::Counter, "Automatic blacklistings by the station monitor"),
+    (INNOVATION_RATIO, Kind::Gauge, "median(z^2)/median(chi2_1) of each filter's background in the last cycle"),
+];
+
+/// A metric's kind.
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+    /// A histogram of seconds.
+    Seconds,
+}
+
 fn describe() {
-    describe_counter!(OBS_RECEIVED, "Observation messages received, by modality");
-    describe_counter!(OBS_REJECTED, "Messages rejected, by reason");
-    describe_counter!(OBS_DUPLICATES, "Redelivered messages dropped by id");
-    describe_counter!(OBS_LATE, "Messages for an already closed window, dropped");
-    describe_counter!(OBS_JOURNALED, "Messages written to the observation journal");
-    describe_counter!(
-        OBS_ASSIMILATED,
-        "Journaled messages consumed by committed cycles"
-    );
-    describe_gauge!(
-        OBS_USED,
-        "Scalar observations used by the last cycle, by filter and modality"
-    );
-    describe_gauge!(
-        ANALYSIS_RMSE,
-        "Analysis RMSE of the ensemble mean, by filter and reference"
-    );
-    describe_gauge!(
-        BACKGROUND_RMSE,
-        "Background RMSE of the ensemble mean, by filter and reference"
-    );
-    describe_gauge!(SPREAD, "Analysis ensemble spread");
-    describe_gauge!(
-        SPREAD_SKILL,
-        "Analysis spread over analysis RMSE, against truth or withheld stations"
-    );
-    describe_gauge!(
-        OBS_WITHHELD,
-        "Scalar observations of withheld verification stations in the last cycle"
-    );
-    describe_gauge!(
-        CYCLES_PENDING,
-        "Closed observation windows not yet analysed and committed"
-    );
-    describe_gauge!(CYCLE_LENGTH, "Cycle length in model time");
-    describe_gauge!(CRPS, "Analysis CRPS against truth");
-    describe_gauge!(
-        OMB_MEAN,
-        "Mean observation minus background, by filter and modality"
-    );
-    describe_gauge!(
-        OMB_RMS,
-        "RMS observation minus background, by filter and modality"
-    );
-    describe_gauge!(
-        OMA_MEAN,
-        "Mean observation minus analysis, by filter and modality"
-    );
-    describe_gauge!(
-        OMA_RMS,
-        "RMS observation minus analysis, by filter and modality"
-    );
-    describe_histogram!(CYCLE_SECONDS, Unit::Seconds, "Wall time of a whole cycle");
-    describe_histogram!(
-        PHASE_SECONDS,
-        Unit::Seconds,
-        "Wall time of a cycle phase, by phase and filter"
-    );
-    describe_histogram!(
-        JOURNAL_SECONDS,
-        Unit::Seconds,
-        "Wall time of a journal batch (insert and flush)"
-    );
-    describe_gauge!(LAST_CYCLE, "Last committed cycle number");
-    describe_gauge!(LAST_CYCLE_TIME, "Valid time of the last committed cycle");
-    describe_gauge!(LAST_COMMIT_TIME, "Wall time of the last commit");
-    describe_gauge!(MQTT_CONNECTED, "1 while connected to the broker");
-    describe_gauge!(
-        MQTT_SUBSCRIBED,
-        "1 once subscribed on the current broker connection"
-    );
-    describe_counter!(MQTT_ERRORS, "Broker connection losses and failed attempts");
-    describe_gauge!(STORE_BYTES, "State store size on disk");
-    describe_gauge!(
-        ORT_PROVIDER,
-        "ONNX Runtime execution provider in use (value 1)"
-    );
-    describe_counter!(
-        ANALYSIS_FAILURES,
-        "Analyses that failed (background kept) or diverged (restarted from climatology), by filter and reason"
-    );
-    describe_counter!(
-        QC_REJECTED,
-        "Observations left out by quality control, by modality and reason"
-    );
-    describe_counter!(
-        QC_DOWNWEIGHTED,
-        "Observations assimilated with a Huber-inflated error, by modality"
-    );
-    describe_gauge!(
-        STATIONS_BLACKLISTED,
-        "Stations whose reports are left out now (operator and monitor)"
-    );
-    describe_counter!(
-        STATION_BLACKLISTINGS,
-        "Automatic blacklistings by the station monitor"
-    );
-    describe_gauge!(
-        INNOVATION_RATIO,
-        "median(z^2)/median(chi2_1) of each filter's background in the last cycle"
-    );
+    for &(name, kind, help) in DESCRIPTIONS {
+        match kind {
+            Kind::Counter => describe_counter!(name, help),
+            Kind::Gauge => describe_gauge!(name, help),
+            Kind::Seconds => describe_histogram!(name, Unit::Seconds, help),
+        }
+    }
     for m in ["station", "satellite"] {
         for r in crate::qc::QcReason::ALL {
             metrics::counter!(QC_REJECTED, "modality" => m, "reason" => r.as_str()).absolute(0);
