@@ -20,6 +20,7 @@
 //!   stratification Γ = 0.01 K/m, i.e. proportional to the layer thickness anomaly ψ1 - ψ2;
 //! - `brightness_temperature` (K): the satellite's view of the same temperature anomaly, averaged over
 //!   a footprint (60 km disc).
+//!
 //! Networks: `stations` (60 stations at fixed random sites, reporting pressure and temperature),
 //! `satellite` (one polar-orbiting swath per cycle: a north–south band 250 km wide of 4 × 16
 //! footprints 62.5 km apart, whose centre moves 375 km east each cycle), `stations+satellite`.
