@@ -59,8 +59,9 @@ fn inviscid_conserves_energy_and_enstrophy() {
 }
 
 /// With the default forcing and drag, the committed spun-up state is in statistical equilibrium:
-/// the mean energy over days 0-180 and 180-360 agree within 25 % (in a 20-year equilibrium run the
-/// 180-day means stay within -6 %..+7 % of their mean and successive ones differ by at most 10.5 %),
+/// the mean energy over days 0-180 and 180-360 agree within 25 % (in the 20-year equilibrium run of
+/// `qg2l-tools equilibrium`, models/data/README.md, the 180-day means stay within -6 %..+7 % of their
+/// mean and successive ones differ by at most 10.5 %: 25 % is more than twice the largest change),
 /// and the daily energy stays finite and within a factor 2 of the initial value throughout.
 #[test]
 fn statistically_steady_from_spinup() {
@@ -123,7 +124,10 @@ fn tendency_matches_pyqg() {
 
 /// pyqg's first three steps (forward Euler, AB2, AB3, each followed by the exponential filter),
 /// replayed with our tendency and filter, equal pyqg's q to round-off (relative max error < 1e-10).
-/// Our own RK4 step differs from pyqg's AB3 only by the time-stepping error (reported; < 1e-2).
+/// Our own RK4 steps differ from pyqg's by the time-stepping error, which pyqg's first step, forward
+/// Euler, dominates: its local error ½ dt² |q̈| with |q̈| ≈ |q|/τ², τ = max|q| / max|dq/dt| of the
+/// fixture, is ½ (dt/τ)² relative (AB2, AB3 and RK4 add O((dt/τ)³)). The max-norm estimate of |q̈|
+/// is crude, so the check allows a factor 10 either way.
 #[test]
 fn ab3_steps_match_pyqg() {
     let f = pyqg_fixture();
@@ -159,8 +163,17 @@ fn ab3_steps_match_pyqg() {
     m.advance(&mut psi, 3);
     let q3_rk4 = m.psi_to_q(&psi);
     let e_rk4 = rel_err(&q3_rk4, &f[3]);
+    let tau = max_abs(&f[0]) / max_abs(&f[1]);
+    let euler = 0.5 * (dt / tau).powi(2);
     eprintln!("pyqg steps: Euler step rel err {e1:.2e}, 3 AB steps rel err {e3:.2e}; our RK4 vs pyqg AB3 {e_rk4:.2e}");
     assert!(e1 < 1e-10, "Euler step {e1}");
     assert!(e3 < 1e-10, "AB3 steps {e3}");
-    assert!(e_rk4 < 1e-2, "RK4 vs AB3 {e_rk4}");
+    eprintln!(
+        "dt/τ = {:.3e}: Euler's local error estimate {euler:.2e}",
+        dt / tau
+    );
+    assert!(
+        e_rk4 < 10.0 * euler && e_rk4 > euler / 10.0,
+        "RK4 vs AB3 {e_rk4}, Euler estimate {euler}"
+    );
 }
