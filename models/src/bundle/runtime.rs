@@ -126,7 +126,7 @@ impl Default for BundleOptions {
     }
 }
 
-/// A dense float32 tensor in C order, the unit of [`Bundle::run`].
+/// A dense float32 tensor in C order, the unit of [`super::Bundle::run`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct TensorF32 {
     pub shape: Vec<usize>,
