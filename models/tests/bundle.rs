@@ -159,7 +159,12 @@ fn qg2l_latent_chain_and_vjp_match_finite_differences() {
         / ens.member(0).iter().map(|a| a * a).sum::<f64>())
     .sqrt();
     println!("qg2l: relative round-trip error of a member {rel:.3}");
-    assert!(rel < 0.2, "encode/decode round trip {rel}");
+    // The member is a state plus white noise of std 0.3 s/√12 ≈ 0.087 s per point (s the layer's
+    // climatological std, about the state's RMS). An autoencoder of model states cannot represent
+    // grid-scale white noise, so the round trip loses up to that 0.087 relative, on top of its own
+    // error on states (manifest: 1.3 % at export, target < 5 %): at most √(0.087² + 0.05²) ≈ 0.10.
+    // 0.15 allows the one state's RMS to be 30 % below the climatological std.
+    assert!(rel < 0.15, "encode/decode round trip {rel}");
     let sigma = [0.3];
     let v: Vec<f64> = (0..n)
         .map(|i| if i < n / 2 { 1e-3 } else { 5e-3 } * noise())
@@ -174,6 +179,8 @@ fn qg2l_latent_chain_and_vjp_match_finite_differences() {
         .zip(&x0b)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0, f64::max);
+    // The bundle's parity tolerance for outputs in m²/s (fixtures/index.json: float32 spacing is
+    // 4.9e-4 at |x| ~ 6e3; 1e-2 m²/s is 1e-5 hPa).
     assert!(
         e < 1e-2,
         "x0_hat of the VJP graph vs decode(denoise) {e} m²/s"
@@ -202,6 +209,9 @@ fn qg2l_latent_chain_and_vjp_match_finite_differences() {
         worst = worst.max((fd - an).abs() / an.abs().max(fd.abs()));
     }
     println!("qg2l: VJP vs central differences, worst relative error {worst:.2e}");
+    // A consistency band, not a measured value: a wrong or missing term of the VJP (e.g. without the
+    // decoder's Jacobian) is off by O(1) relative, while float32 rounding and the O(h²) curvature
+    // error of the central difference stay at the percent level or below.
     assert!(worst < 5e-2, "{worst}");
 }
 
@@ -254,11 +264,13 @@ fn conditioned_denoiser_reproduces_the_fixture_chain() {
     let e_vjp_x0 = max_abs(&x0, &fixture("l96", "denoiser_out_x0_hat.npy").data);
     let e_vjp = max_abs(&jtv, &fixture("l96", "denoiser_vjp_out_vjp.npy").data);
     println!("chain: mean {e_mean:.2e} spread {e_spread:.2e} features {e_feat:.2e} x0_hat {e_x0:.2e} vjp.x0_hat {e_vjp_x0:.2e} vjp {e_vjp:.2e}");
+    // The export's parity tolerance (fixtures/index.json tolerance_max_abs).
     for e in [e_mean, e_spread, e_feat, e_x0, e_vjp_x0, e_vjp] {
         assert!(e <= 1e-4, "{e}");
     }
 
-    // Dynamic batch: one row alone gives the same as in the batch of five.
+    // Dynamic batch: one row alone gives the same as in the batch of five, up to float32 reordering
+    // of sums: a few ulps of |x̂₀| ≲ 16 (ulp 1.9e-6), so 1e-5.
     let mut one = vec![0.0; 40];
     den.denoise(&x[40..80], &sigma[1..2], &mut one).unwrap();
     assert!(one
@@ -330,6 +342,9 @@ fn vjp_against_finite_differences(name: &str) {
         }
     }
     println!("{name}: VJP vs central differences (h = {h}, f32 forward): max rel err {worst:.2e}");
+    // float32 rounding of the forward outputs (ε₃₂ = 6e-8 relative, |D(x)| ≈ |x| ≈ 23 for 40 values of
+    // std 3.6) gives a central-difference error of about ε₃₂ |D| / h ≈ 1.4e-4 relative to |Jᵀv|; the
+    // band 1e-2 is 70 times that, while a wrong VJP is off by O(1).
     assert!(
         worst < 1e-2,
         "{name}: VJP disagrees with finite differences: rel err {worst}"

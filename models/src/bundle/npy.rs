@@ -1,3 +1,5 @@
+//! # NumPy `.npy` reader
+//!
 //! A minimal reader of `.npy` files holding little-endian float32 arrays in C order (the format of the
 //! bundles' fixtures), so that parity checks need no extra dependency.
 
