@@ -296,6 +296,28 @@ fn engine(
     Ok(engine)
 }
 
+/// The connection service of a config.
+fn connection(
+    cfg: &Config,
+    client: AsyncClient,
+    eventloop: rumqttc::EventLoop,
+    publishes: mpsc::UnboundedSender<rumqttc::Publish>,
+    connected: Option<watch::Sender<bool>>,
+) -> mqtt::Connection {
+    let prefix = &cfg.mqtt.prefix;
+    mqtt::Connection {
+        client,
+        eventloop,
+        topics: mqtt::subscriptions(prefix, &cfg.testbed.name.to_string(), cfg.ingest.truth),
+        backoff: (
+            Duration::from_millis(cfg.mqtt.reconnect_min_ms),
+            Duration::from_millis(cfg.mqtt.reconnect_max_ms),
+        ),
+        publishes,
+        connected: connected.unwrap_or_else(|| watch::channel(false).0),
+    }
+}
+
 /// The cancellation tree of the services. `root` (the connection, the notifier, the reload
 /// handler) ⊃ `work` (the cycle service: cancelled, it abandons the cycles not yet run) ⊃ `ingest`
 /// (stop taking messages). A graceful stop cancels `ingest`, lets the cycles finish within the
@@ -330,24 +352,8 @@ pub async fn run(
     let (pub_tx, pub_rx) = mpsc::unbounded_channel();
     let (out_tx, out_rx) = mpsc::unbounded_channel::<Outgoing>();
     let (closed_tx, closed_rx) = watch::channel(started.closed);
-    let conn = mqtt::Connection {
-        client: client.clone(),
-        eventloop,
-        topics: mqtt::subscriptions(
-            &cfg.mqtt.prefix,
-            &cfg.testbed.name.to_string(),
-            cfg.ingest.truth,
-        ),
-        backoff: (
-            Duration::from_millis(cfg.mqtt.reconnect_min_ms),
-            Duration::from_millis(cfg.mqtt.reconnect_max_ms),
-        ),
-        publishes: pub_tx,
-        connected: opts
-            .subscribed
-            .take()
-            .unwrap_or_else(|| watch::channel(false).0),
-    };
+    let connected = opts.subscribed.take();
+    let conn = connection(&cfg, client.clone(), eventloop, pub_tx, connected);
     tracker.spawn(conn.run(tokens.ingest.clone(), tokens.root.clone()));
     let ingest = ingest_service(&cfg, &started, client.clone(), closed_tx, &out_tx)?;
     let mut ingest = tracker.spawn(ingest.run(pub_rx));

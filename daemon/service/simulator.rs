@@ -42,30 +42,10 @@ pub async fn simulate(cfg: &Config, mut on_cycle: impl FnMut(u64)) -> Result<Sim
     let client_id = format!("{}-sim-{}", cfg.mqtt.client_id, std::process::id());
     let mut opts = mqtt::options(&cfg.mqtt, &client_id, true)?;
     opts.set_inflight(1000);
-    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
+    let (client, eventloop) = AsyncClient::new(opts, 1024);
     let acked = Arc::new(AtomicU64::new(0));
-    let acked2 = acked.clone();
     let (err_tx, mut err_rx) = tokio::sync::watch::channel(None::<String>);
-    let driver = tokio::spawn(async move {
-        let mut failures = 0;
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    acked2.fetch_add(1, Ordering::SeqCst);
-                }
-                Ok(Event::Incoming(Packet::ConnAck(_))) => failures = 0,
-                Ok(_) => {}
-                Err(e) => {
-                    failures += 1;
-                    if failures >= 20 {
-                        let _ = err_tx.send(Some(e.to_string()));
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-            }
-        }
-    });
+    let driver = tokio::spawn(drive(eventloop, acked.clone(), err_tx));
     let assimilated: Vec<String> = network
         .stations
         .iter()
@@ -122,9 +102,48 @@ pub async fn simulate(cfg: &Config, mut on_cycle: impl FnMut(u64)) -> Result<Sim
         }
         on_cycle(k);
     }
-    // Wait for the broker's acknowledgement of every message (the failure guard is generous).
+    wait_for_acks(cfg, &acked, stats.messages, &mut err_rx).await?;
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
+    Ok(stats)
+}
+
+/// Drive the simulator's event loop, counting the broker's acknowledgements; after 20 failures
+/// in a row report the error and stop.
+async fn drive(
+    mut eventloop: rumqttc::EventLoop,
+    acked2: Arc<AtomicU64>,
+    err_tx: tokio::sync::watch::Sender<Option<String>>,
+) {
+    let mut failures = 0;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::PubAck(_))) => {
+                acked2.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(Event::Incoming(Packet::ConnAck(_))) => failures = 0,
+            Ok(_) => {}
+            Err(e) => {
+                failures += 1;
+                if failures >= 20 {
+                    let _ = err_tx.send(Some(e.to_string()));
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
+}
+
+/// Wait for the broker's acknowledgement of every message (the failure guard is generous).
+async fn wait_for_acks(
+    cfg: &Config,
+    acked: &AtomicU64,
+    messages: u64,
+    err_rx: &mut tokio::sync::watch::Receiver<Option<String>>,
+) -> Result<()> {
     let wait = async {
-        while acked.load(Ordering::SeqCst) < stats.messages {
+        while acked.load(Ordering::SeqCst) < messages {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {}
                 _ = err_rx.changed() => {
@@ -138,12 +157,8 @@ pub async fn simulate(cfg: &Config, mut on_cycle: impl FnMut(u64)) -> Result<Sim
         .await
         .with_context(|| {
             format!(
-                "the broker acknowledged {} of {} messages",
-                acked.load(Ordering::SeqCst),
-                stats.messages
+                "the broker acknowledged {} of {messages} messages",
+                acked.load(Ordering::SeqCst)
             )
-        })??;
-    let _ = client.disconnect().await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
-    Ok(stats)
+        })?
 }

@@ -512,6 +512,29 @@ mod tests {
         }
     }
 
+    /// One QC rejection (message "b", z = 8.5) and a monitor that has seen station S01 once.
+    fn qc_fixture() -> ([QcRejection; 1], MonitorState) {
+        let rejected = [QcRejection {
+            message: "b".into(),
+            index: 0,
+            modality: Modality::Station,
+            reason: crate::qc::QcReason::BackgroundCheck,
+            d: 9.0,
+            z: 8.5,
+        }];
+        let mut monitor = MonitorState::default();
+        assimd_filter::qc::StationMonitor::default().update(
+            &mut monitor,
+            1,
+            &[assimd_filter::qc::StationReport {
+                station: "S01".into(),
+                obs: vec![(8.5, true)],
+                values: vec![9.5],
+            }],
+        );
+        (rejected, monitor)
+    }
+
     #[test]
     fn journal_dedups_and_commit_is_ordered_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -540,24 +563,7 @@ mod tests {
             assert_eq!(s.journal_cycle(1).unwrap().len(), 2);
             assert_eq!(s.obs_clock_ms().unwrap(), Some(20));
             let ens = Ensemble::from_members(vec![vec![1.0, 2.0], vec![3.0, 4.0]]).unwrap();
-            let rejected = [QcRejection {
-                message: "b".into(),
-                index: 0,
-                modality: Modality::Station,
-                reason: crate::qc::QcReason::BackgroundCheck,
-                d: 9.0,
-                z: 8.5,
-            }];
-            let mut monitor = MonitorState::default();
-            assimd_filter::qc::StationMonitor::default().update(
-                &mut monitor,
-                1,
-                &[assimd_filter::qc::StationReport {
-                    station: "S01".into(),
-                    obs: vec![(8.5, true)],
-                    values: vec![9.5],
-                }],
-            );
+            let (rejected, monitor) = qc_fixture();
             let bad = CycleCommit {
                 cycle: 2,
                 ensembles: vec![("letkf", &ens)],
