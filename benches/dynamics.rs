@@ -1,6 +1,5 @@
 //! One model step of each testbed's dynamics.
 
-use assimd_filter::Dynamics;
 use assimd_models::testbed::{Testbed, TestbedKind};
 use criterion::{criterion_group, criterion_main, Criterion};
 use std::hint::black_box;

@@ -105,7 +105,7 @@ fn time_to_ready(s: &Setup, sock_path: &std::path::Path) -> (f64, std::process::
     let sock = UnixDatagram::bind(sock_path).unwrap();
     sock.set_read_timeout(Some(GUARD)).unwrap();
     let t0 = Instant::now();
-    let child = Command::new(ASSIMD)
+    let mut child = Command::new(ASSIMD)
         .arg("run")
         .arg("--config")
         .arg(&s.config)
@@ -115,7 +115,14 @@ fn time_to_ready(s: &Setup, sock_path: &std::path::Path) -> (f64, std::process::
         .unwrap();
     let mut buf = [0u8; 4096];
     loop {
-        let n = sock.recv(&mut buf).expect("READY=1");
+        let n = match sock.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no READY=1 from the daemon: {e}");
+            }
+        };
         if String::from_utf8_lossy(&buf[..n]).contains("READY=1") {
             return (t0.elapsed().as_secs_f64(), child);
         }

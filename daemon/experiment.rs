@@ -440,7 +440,7 @@ pub fn run_with(
         let truth = sim.truth();
         let scored = k > burn_in;
         if let Some(r) = &mut recorder {
-            if scored && (k - burn_in) % r.every == 0 {
+            if scored && (k - burn_in).is_multiple_of(r.every) {
                 r.push(truth, &ens)?;
             }
         }
@@ -578,6 +578,9 @@ fn withheld(sim: &Simulator, station: &str) -> bool {
         .any(|s| s.withheld && s.id == station)
 }
 
+/// A validated message: its id, its station (None for a granule) and its observations.
+type Decoded = (String, Option<String>, Vec<Observation>);
+
 /// The cycle's messages through the daemon's validation: (id, station, observations) of each valid
 /// one; rejections are counted by reason. Without injected faults a rejection is the simulator's
 /// bug, and an error.
@@ -587,7 +590,7 @@ fn decode_cycle(
     checks: &wire::Checks,
     rejected: &mut BTreeMap<String, u64>,
     faults: bool,
-) -> Result<Vec<(String, Option<String>, Vec<Observation>)>> {
+) -> Result<Vec<Decoded>> {
     let mut out = Vec::with_capacity(messages.len());
     for m in messages {
         match checks.validate(&m.feature, Some(&m.topic), space, None) {

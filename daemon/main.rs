@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a cycled OSSE offline and print its skill.
-    Experiment(ExperimentArgs),
+    Experiment(Box<ExperimentArgs>),
     /// Run the daemon (systemd Type=notify; SIGTERM graceful, SIGINT fast).
     Run {
         /// Config file (TOML); absent = the embedded default (configs/assimd.toml).

@@ -377,7 +377,9 @@ impl Qc {
         counts.station.scale = scales[0];
         counts.satellite.scale = scales[1];
         let (mut accepted, mut rejected) = (Vec::with_capacity(all.len()), Vec::new());
-        let mut reports: BTreeMap<&str, (Vec<(f64, bool)>, Vec<f64>)> = BTreeMap::new();
+        // Per station: (z, accepted) of each report, and the reported values.
+        type Reports = (Vec<(f64, bool)>, Vec<f64>);
+        let mut reports: BTreeMap<&str, Reports> = BTreeMap::new();
         for ((((o, dep), v), origin), raw) in all
             .obs
             .iter()

@@ -326,7 +326,7 @@ impl FilterSettings {
         }
         let l = &self.letkf;
         check_inflation("letkf", l.inflation, l.rtps)?;
-        if !(l.localization_km > 0.0) {
+        if l.localization_km.is_nan() || l.localization_km <= 0.0 {
             bail!(
                 "letkf.localization_km must be > 0 (inf = no localisation), got {}",
                 l.localization_km
@@ -352,7 +352,7 @@ impl FilterSettings {
 }
 
 fn check_inflation(table: &str, inflation: f64, rtps: f64) -> Result<()> {
-    if !(inflation >= 1.0) {
+    if inflation.is_nan() || inflation < 1.0 {
         bail!("{table}.inflation must be >= 1.0 (1.0 = none, 1.01-1.1 typical), got {inflation}");
     }
     assimd_filter::enkf::Inflation::new(inflation, rtps)

@@ -130,7 +130,7 @@ fn ingest_binds_topics_and_rejects_missing_codes_and_out_of_range_values() {
             && sample(&text, "assimd_last_cycle")? >= 4.0)
             .then_some(())
     });
-    let expected = (mismatches.len() + DEFAULT_MISSING_VALUES.len() + 1 + 4) as usize;
+    let expected = mismatches.len() + DEFAULT_MISSING_VALUES.len() + 1 + 4;
     wait_for("every rejection dead-lettered", || {
         (dead.count_prefix("test/deadletter/") >= expected).then_some(())
     });

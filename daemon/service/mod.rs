@@ -30,6 +30,7 @@ pub mod store;
 pub mod summary;
 pub mod telemetry;
 
+use crate::filters::LoadedBundle;
 use anyhow::{bail, Context, Result};
 use assimd_models::testbed::Testbed;
 use clock::CycleClock;
@@ -92,15 +93,12 @@ pub fn compat_key(cfg: &Config, cycle_ms: i64, filters: &[&str]) -> serde_json::
     })
 }
 
+/// Named analysis steps, in the order the engine runs them (the LETKF first).
+pub type Filters = Vec<(&'static str, Box<dyn assimd_filter::Analysis>)>;
+
 /// The filters of a config, built by [`crate::filters::build_filter`]: the LETKF always, the score
 /// filter when a bundle is configured. Returns them with the bundle that was loaded.
-pub fn build_filters(
-    cfg: &Config,
-    testbed: &Testbed,
-) -> Result<(
-    Vec<(&'static str, Box<dyn assimd_filter::Analysis>)>,
-    Option<crate::filters::LoadedBundle>,
-)> {
+pub fn build_filters(cfg: &Config, testbed: &Testbed) -> Result<(Filters, Option<LoadedBundle>)> {
     use crate::filters::build_filter;
     use crate::settings::FilterKind;
     let settings = cfg.filters();

@@ -317,9 +317,12 @@ pub fn messages_per_cycle(testbed: &str, network: &str) -> u64 {
     sim.messages().len() as u64
 }
 
+/// A received message: topic and payload.
+pub type Message = (String, Vec<u8>);
+
 /// A subscriber that collects (topic, payload) of everything matching `filter`.
 pub struct Collector {
-    pub got: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    pub got: Arc<Mutex<Vec<Message>>>,
     client: Client,
 }
 
