@@ -90,8 +90,10 @@ pub struct Expected {
     /// Published value it is compared with.
     pub reference: String,
     /// The run `tests/tuned_skill.rs` repeats when the file's own is too slow for CI: this many
-    /// cycles (the file's burn-in kept), expected to reach `short_rmse_a`.
+    /// cycles, with `short_burn_in` (default: the file's), expected to reach `short_rmse_a`.
     pub short_cycles: Option<usize>,
+    /// Burn-in of the short run.
+    pub short_burn_in: Option<usize>,
     /// Time-mean analysis RMSE of the short run.
     pub short_rmse_a: Option<f64>,
 }

@@ -48,7 +48,9 @@ fn json_summary_has_the_documented_keys_and_climatology_skill() {
     // Published climatological RMSE of Lorenz-96 (F = 8): 3.6 (the climatological standard deviation).
     let rmse = v["rmse_a"].as_f64().unwrap();
     assert!((rmse - 3.6).abs() < 0.15, "climatology RMSE {rmse}");
-    // The Gaussian CRPS of a calibrated climatology is σ/√π·(√2 - 1)·... ≈ 0.57 σ: well below the RMSE.
+    // A calibrated Gaussian forecast N(μ, σ²) of truths drawn from it has E[CRPS] = σ/√π ≈ 0.564 σ
+    // (Gneiting & Raftery 2007) while its RMSE is σ; the band leaves room for the climatology's
+    // departures from a Gaussian and for the finite run.
     let crps = v["crps_a"].as_f64().unwrap();
     assert!(crps > 0.45 * rmse && crps < 0.65 * rmse, "CRPS {crps}");
 }
