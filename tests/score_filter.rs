@@ -30,17 +30,28 @@ fn score_filter_cycles_and_tracks_the_truth() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    // Started from truth + N(0, I) with all 40 points observed (R = I): a working filter keeps the
-    // analysis error well below the observation error (1) and the climatology (3.6); a filter that
-    // ignored the observations or the prior would drift towards either.
+    let letkf = experiment_json(
+        root,
+        "configs/experiments/l96-full-letkf.toml",
+        &["--cycles", "60", "--burn-in", "20", "--initial-spread", "1.0"],
+    );
+    // Started from truth + N(0, I) with all 40 points observed (R = I). Measured over these 60
+    // cycles on seeds 1-5: score 0.198 / 0.199 / 0.209 / 0.266 / 0.216, the tuned LETKF on the same
+    // cycles 0.160 / 0.179 / 0.191 / 0.241 / 0.209, a ratio of 1.03-1.24 (mean 1.12, sd 0.08);
+    // spread/skill 1.03-1.31. The bands: at most 1.4 times the LETKF (the mean ratio plus 3.5 sd),
+    // below issue 5's bound of 0.30 for the cycled filter, spread/skill 0.8-1.6. A filter that
+    // ignored the observations would drift towards the climatology (3.6); one that ignored the
+    // prior would sit near the observation error (1).
     let rmse = v["rmse_a"].as_f64().unwrap();
+    let rl = letkf["rmse_a"].as_f64().unwrap();
     let ss = v["spread_skill"].as_f64().unwrap();
-    assert!(rmse < 0.6, "score filter analysis RMSE {rmse}");
+    assert!(rmse < 0.30, "score filter analysis RMSE {rmse}");
+    assert!(rmse <= 1.4 * rl, "score filter RMSE {rmse} against the LETKF's {rl}");
     assert!(
         v["rmse_f"].as_f64().unwrap() > rmse,
         "the analysis must improve on the background"
     );
-    assert!((0.5..2.0).contains(&ss), "spread/skill {ss}");
+    assert!((0.8..1.6).contains(&ss), "spread/skill {ss}");
 }
 
 #[test]
