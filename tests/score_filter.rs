@@ -33,7 +33,14 @@ fn score_filter_cycles_and_tracks_the_truth() {
     let letkf = experiment_json(
         root,
         "configs/experiments/l96-full-letkf.toml",
-        &["--cycles", "60", "--burn-in", "20", "--initial-spread", "1.0"],
+        &[
+            "--cycles",
+            "60",
+            "--burn-in",
+            "20",
+            "--initial-spread",
+            "1.0",
+        ],
     );
     // Started from truth + N(0, I) with all 40 points observed (R = I). Measured over these 60
     // cycles on seeds 1-5: score 0.198 / 0.199 / 0.209 / 0.266 / 0.216, the tuned LETKF on the same
@@ -46,7 +53,10 @@ fn score_filter_cycles_and_tracks_the_truth() {
     let rl = letkf["rmse_a"].as_f64().unwrap();
     let ss = v["spread_skill"].as_f64().unwrap();
     assert!(rmse < 0.30, "score filter analysis RMSE {rmse}");
-    assert!(rmse <= 1.4 * rl, "score filter RMSE {rmse} against the LETKF's {rl}");
+    assert!(
+        rmse <= 1.4 * rl,
+        "score filter RMSE {rmse} against the LETKF's {rl}"
+    );
     assert!(
         v["rmse_f"].as_f64().unwrap() > rmse,
         "the analysis must improve on the background"

@@ -576,6 +576,15 @@ mod tests {
         assert!(format!("{e:#}").contains("ingest.ranges.humidity"), "{e:#}");
         let e = Config::parse("[ingest]\nnetworks = []\n", Path::new("t")).unwrap_err();
         assert!(format!("{e:#}").contains("ingest.networks"), "{e:#}");
+        // The sampler is validated as `run` builds it.
+        let e = Config::parse("[score.sampler]\nsteps = 0\n", Path::new("t")).unwrap_err();
+        assert!(format!("{e:#}").contains("score.sampler"), "{e:#}");
+        // A qg2l config that names nothing else gets the qg2l tuning, not the l96 one.
+        let c = Config::parse("[testbed]\nname = \"qg2l\"\n", Path::new("t")).unwrap();
+        assert_eq!(
+            (c.letkf.localization_km, c.letkf.rtps, c.cycle.members),
+            (100.0, 0.5, 32)
+        );
         let e = Config::parse("[qc.station]\nk = -1.0\n", Path::new("t")).unwrap_err();
         assert!(format!("{e:#}").contains("qc.station.k"), "{e:#}");
         assert!(Config::parse(
