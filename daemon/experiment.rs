@@ -328,9 +328,7 @@ pub fn run_with(
         );
     }
     let testbed = spec.testbed.testbed()?;
-    let network = testbed
-        .network(spec.testbed.network)
-        .map_err(anyhow::Error::msg)?;
+    let network = spec.testbed.network(&testbed)?;
     let space = testbed.space.clone();
     let np = space.geometry.n_points();
     let clim = testbed.climatology();
@@ -692,6 +690,7 @@ mod tests {
         let testbed = TestbedSettings {
             name: assimd_models::testbed::TestbedKind::L96,
             network: assimd_models::testbed::NetworkKind::Full,
+            ..Default::default()
         };
         ExperimentSpec {
             members,

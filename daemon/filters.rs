@@ -90,7 +90,8 @@ fn letkf(settings: &FilterSettings, testbed: &Testbed) -> Result<Box<dyn Analysi
             l.localization_km,
             Inflation::new(l.inflation, l.rtps)?,
         )?
-        .with_stride(l.weight_stride)?,
+        .with_stride(l.weight_stride)?
+        .with_adaptive(l.adaptive())?,
     ))
 }
 

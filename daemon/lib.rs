@@ -9,6 +9,7 @@
 pub mod experiment;
 pub mod faults;
 pub mod filters;
+pub mod paired;
 pub mod plot;
 pub mod progress;
 pub mod qc;

@@ -1,6 +1,6 @@
 //! The `assimd` command line.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use assimd::experiment::{self, ExperimentFile, ExperimentSpec, FilterKind};
 use assimd::service::{self, config::Config, RunOptions, Stop};
 use assimd_models::testbed::{NetworkKind, TestbedKind};
@@ -260,6 +260,12 @@ struct ExperimentArgs {
     /// Observing network (`[testbed] network`; sparse is l96 only).
     #[arg(long, value_parser = network_parser())]
     network: Option<NetworkKind>,
+    /// l96: model steps of Δt 0.05 per cycle (`[testbed] steps_per_cycle`; 8 = the 48-hour window) [default: 1].
+    #[arg(long)]
+    steps_per_cycle: Option<usize>,
+    /// l96: observation error variance σ² of every assimilated observation (`[testbed] obs_error_variance`) [default: the network's].
+    #[arg(long)]
+    obs_error_variance: Option<f64>,
     /// Ensemble size N [default: the tuned table's: l96 20, qg2l 32].
     #[arg(long)]
     members: Option<usize>,
@@ -284,6 +290,12 @@ struct ExperimentArgs {
     /// LETKF Gaspari–Cohn half-width in km (`[letkf] localization_km`; inf = none) [default: tuned].
     #[arg(long)]
     localization_km: Option<f64>,
+    /// LETKF adaptive inflation (`[letkf] adaptive`): off, or enkf-n (the finite-size EnKF-N at every grid point, on top of --inflation) [default: tuned].
+    #[arg(long)]
+    adaptive: Option<assimd::settings::AdaptiveName>,
+    /// With --adaptive enkf-n: the hyperprior confidence ξ_N (`[letkf] adaptive_xn`; 1 = agnostic).
+    #[arg(long)]
+    adaptive_xn: Option<f64>,
     /// Start from the truth plus noise of this σ instead of climatological draws.
     #[arg(long)]
     initial_spread: Option<f64>,
@@ -339,6 +351,15 @@ struct ExperimentArgs {
     /// Wreck the analysis at this cycle (a −9999 station value that bypasses every check is assimilated), to watch the divergence guard.
     #[arg(long)]
     corrupt_at: Option<usize>,
+    /// Run these seeds (`1-5`, `1,3,7`; in parallel, as many as there are cores) and report each
+    /// score's mean over them with its 95% interval; replaces --seed.
+    #[arg(long, conflicts_with = "seed")]
+    seeds: Option<String>,
+    /// Also run this experiment file on the same truths and observations (same seeds; --cycles,
+    /// --burn-in, --qc and the [testbed] flags apply to both) and report the mean paired
+    /// difference of the analysis RMSE, this minus FILE, with its 95% interval.
+    #[arg(long, value_name = "FILE")]
+    compare: Option<PathBuf>,
     /// Print one JSON line instead of a table.
     #[arg(long)]
     json: bool,
@@ -389,6 +410,16 @@ impl ExperimentArgs {
         );
         put(
             &mut t,
+            &["testbed", "steps_per_cycle"],
+            int(self.steps_per_cycle),
+        );
+        put(
+            &mut t,
+            &["testbed", "obs_error_variance"],
+            float(self.obs_error_variance),
+        );
+        put(
+            &mut t,
             &["filter"],
             string(self.filter.map(|v| v.to_string())),
         );
@@ -409,6 +440,12 @@ impl ExperimentArgs {
             float(self.localization_km),
         );
         put(&mut t, &["letkf", "weight_stride"], int(self.weight_stride));
+        put(
+            &mut t,
+            &["letkf", "adaptive"],
+            string(self.adaptive.map(|a| a.to_string())),
+        );
+        put(&mut t, &["letkf", "adaptive_xn"], float(self.adaptive_xn));
         put(&mut t, &["score", "rtps"], float(self.score_rtps));
         put(
             &mut t,
@@ -446,29 +483,120 @@ impl ExperimentArgs {
 
     /// Defaults, then the tuned table of the testbed and network, then the experiment file, then
     /// the flags ([`assimd::settings`]), turned into a spec.
-    fn spec(self) -> Result<ExperimentSpec> {
-        let (file, origin) = match &self.config {
-            Some(p) => {
-                let origin = format!("experiment file {}", p.display());
-                let text =
-                    std::fs::read_to_string(p).with_context(|| format!("reading {origin}"))?;
-                (assimd::settings::parse_table(&text, &origin)?, origin)
-            }
-            None => (toml::Table::new(), "the flags".to_string()),
-        };
+    fn spec(&self) -> Result<ExperimentSpec> {
+        let (file, origin) = read_experiment_file(self.config.as_deref())?;
         let file_filter = file
             .get("filter")
             .and_then(|v| v.as_str())
             .and_then(|s| s.parse().ok());
         let flags = self.flags(file_filter);
         let mut spec = ExperimentFile::resolve(file, flags, &origin)?.spec()?;
-        spec.record = self.record.map(|dir| experiment::RecordSpec {
+        spec.record = self.record.clone().map(|dir| experiment::RecordSpec {
             dir,
             every: self.record_every,
             members: self.record_members,
         });
         Ok(spec)
     }
+
+    /// The spec of `--compare FILE`: that file with the flags that shape the truths and the
+    /// scoring (`[testbed]`, --cycles, --burn-in, --qc), none of this experiment's filter settings.
+    fn compare_spec(&self, path: &std::path::Path) -> Result<ExperimentSpec> {
+        let (file, origin) = read_experiment_file(Some(path))?;
+        let all = self.flags(None);
+        let mut shared = toml::Table::new();
+        for key in ["testbed", "cycles", "burn_in", "qc"] {
+            if let Some(v) = all.get(key) {
+                shared.insert(key.to_string(), v.clone());
+            }
+        }
+        ExperimentFile::resolve(file, shared, &origin)?.spec()
+    }
+}
+
+/// An experiment file as a table with its name for errors (no file: an empty table).
+fn read_experiment_file(path: Option<&std::path::Path>) -> Result<(toml::Table, String)> {
+    match path {
+        Some(p) => {
+            let origin = format!("experiment file {}", p.display());
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {origin}"))?;
+            Ok((assimd::settings::parse_table(&text, &origin)?, origin))
+        }
+        None => Ok((toml::Table::new(), "the flags".to_string())),
+    }
+}
+
+/// `assimd experiment --seeds` / `--compare`: the experiment (and the compared one) over the seeds,
+/// with intervals and the paired difference.
+fn run_paired(args: &ExperimentArgs) -> Result<()> {
+    use assimd::paired;
+    let spec = args.spec()?;
+    if args.history.is_some() || spec.record.is_some() {
+        bail!("--history and --record take a single --seed, not --seeds or --compare");
+    }
+    let seeds = match &args.seeds {
+        Some(text) => paired::parse_seeds(text)?,
+        None => vec![spec.seed],
+    };
+    let other = match &args.compare {
+        Some(p) => {
+            let o = args.compare_spec(p)?;
+            paired::check_pairable(&spec, &o)?;
+            Some((p.display().to_string(), o))
+        }
+        None => None,
+    };
+    let runs_total = (seeds.len() * (1 + other.is_some() as usize) * spec.cycles) as u64;
+    let bar = assimd::progress::bar(
+        runs_total,
+        &format!(
+            "{} {} {} ×{} seeds",
+            spec.testbed.name,
+            spec.filter,
+            spec.testbed.network,
+            seeds.len()
+        ),
+    );
+    let tick = || bar.inc(1);
+    let this = paired::run_seeds(&spec, &seeds, &tick)?;
+    let compared = match &other {
+        Some((name, o)) => {
+            let runs = paired::run_seeds(o, &seeds, &tick)?;
+            let diff = paired::paired_difference(&this, &runs)?;
+            Some((name.clone(), runs, diff))
+        }
+        None => None,
+    };
+    bar.finish_and_clear();
+    if args.json {
+        let c = compared.as_ref().map(|(n, r, d)| (n.as_str(), r, *d));
+        println!("{}", paired::json(&this, c));
+        return Ok(());
+    }
+    let s = &this.per_seed[0];
+    println!(
+        "{} on {} network, {} cycles (burn-in {}), seeds {:?}; means with 95% intervals",
+        s.testbed, s.network, s.cycles, s.burn_in, seeds
+    );
+    let row = |name: &str, r: &paired::SeedRuns| {
+        println!(
+            "  {name:<28} N={:<3} RMSE {}  spread/skill {}  CRPS {}",
+            r.per_seed[0].members,
+            r.rmse_a.show(4),
+            r.spread_skill.show(2),
+            r.crps_a.show(4)
+        )
+    };
+    let this_name = args
+        .config
+        .as_ref()
+        .map_or(spec.filter.to_string(), |p| p.display().to_string());
+    row(&this_name, &this);
+    if let Some((name, runs, diff)) = &compared {
+        row(name, runs);
+        println!("  paired difference (this − {name}): {}", diff.show(4));
+    }
+    Ok(())
 }
 
 /// `assimd experiment`: the run, with a progress bar on a terminal and the per-cycle history.
@@ -656,6 +784,9 @@ fn main() -> Result<()> {
             config,
             json,
         } => stations(&store, config.as_deref(), json)?,
+        Command::Experiment(args) if args.seeds.is_some() || args.compare.is_some() => {
+            run_paired(&args)?
+        }
         Command::Experiment(args) => {
             let json = args.json;
             let history = args.history.clone();

@@ -18,7 +18,7 @@
 use anyhow::{bail, Context, Result};
 use assimd_filter::score::{SamplerConfig, Start};
 use assimd_models::bundle::Device;
-use assimd_models::testbed::{NetworkKind, Testbed, TestbedKind};
+use assimd_models::testbed::{Network, NetworkKind, Testbed, TestbedKind};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::path::PathBuf;
@@ -122,6 +122,14 @@ pub struct TestbedSettings {
     /// `stations+satellite`.
     #[serde(with = "as_str")]
     pub network: NetworkKind,
+    /// l96: model steps of Δt = 0.05 per cycle (default 1; 8 is the 48-hour window of Spantini et
+    /// al. 2019). The cycle's length in seconds, and so the daemon's window, scales with it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps_per_cycle: Option<usize>,
+    /// l96: the observation error variance σ² of every assimilated station and footprint
+    /// (default: the network's, 1 or 1.5 on `sparse`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub obs_error_variance: Option<f64>,
 }
 
 impl Default for TestbedSettings {
@@ -129,17 +137,62 @@ impl Default for TestbedSettings {
         TestbedSettings {
             name: TestbedKind::L96,
             network: NetworkKind::StationsSatellite,
+            steps_per_cycle: None,
+            obs_error_variance: None,
         }
     }
 }
 
 impl TestbedSettings {
-    /// The testbed, with the network checked against it.
+    /// The testbed, with the network and the l96 options checked against it.
     pub fn testbed(&self) -> Result<Testbed> {
-        let t = Testbed::new(self.name);
+        let mut t = Testbed::new(self.name);
         t.network(self.network)
             .map_err(|e| anyhow::anyhow!("testbed.network: {e}"))?;
+        let l96_only = |key: &str| {
+            anyhow::anyhow!("testbed.{key} exists for l96 only: remove it from [testbed]")
+        };
+        if let Some(steps) = self.steps_per_cycle {
+            if self.name != TestbedKind::L96 {
+                return Err(l96_only("steps_per_cycle"));
+            }
+            if !(1..=1000).contains(&steps) {
+                bail!("testbed.steps_per_cycle must be in 1..=1000 (1 = Δt 0.05, 8 = Δt 0.4), got {steps}");
+            }
+            t.dynamics = std::sync::Arc::new(assimd_models::l96::Lorenz96 {
+                steps_per_cycle: steps,
+                ..Default::default()
+            });
+        }
+        if let Some(v) = self.obs_error_variance {
+            if self.name != TestbedKind::L96 {
+                return Err(l96_only("obs_error_variance"));
+            }
+            if !(v.is_finite() && v > 0.0) {
+                bail!("testbed.obs_error_variance must be a finite number > 0 (σ², e.g. 0.5), got {v}");
+            }
+        }
         Ok(t)
+    }
+
+    /// The observing network of `testbed` (from [`Self::testbed`]), with `obs_error_variance`
+    /// applied to every assimilated station and footprint (withheld stations keep theirs).
+    pub fn network(&self, testbed: &Testbed) -> Result<Network> {
+        let mut net = testbed
+            .network(self.network)
+            .map_err(|e| anyhow::anyhow!("testbed.network: {e}"))?;
+        if let Some(v) = self.obs_error_variance {
+            let sigma = v.sqrt();
+            for s in net.stations.iter_mut().filter(|s| !s.withheld) {
+                for (_, sg) in s.vars.iter_mut() {
+                    *sg = sigma;
+                }
+            }
+            if let Some(sat) = net.satellite.as_mut() {
+                sat.sigma = sigma;
+            }
+        }
+        Ok(net)
     }
 }
 
@@ -175,6 +228,11 @@ pub struct LetkfSettings {
     pub localization_km: f64,
     /// Weights computed every `weight_stride` grid points and interpolated (1 = exact).
     pub weight_stride: usize,
+    /// Adaptive prior inflation at each grid point, on top of `inflation`: `off` or `enkf-n`
+    /// (the finite-size EnKF-N, [`assimd_filter::enkf::Adaptive`]).
+    pub adaptive: AdaptiveName,
+    /// The EnKF-N's hyperprior confidence ξ_N (1 = agnostic; only with `adaptive = "enkf-n"`).
+    pub adaptive_xn: f64,
 }
 
 impl Default for LetkfSettings {
@@ -184,7 +242,43 @@ impl Default for LetkfSettings {
             rtps: 0.0,
             localization_km: f64::INFINITY,
             weight_stride: 1,
+            adaptive: AdaptiveName::Off,
+            adaptive_xn: 1.0,
         }
+    }
+}
+
+impl LetkfSettings {
+    /// The adaptive inflation these settings choose.
+    pub fn adaptive(&self) -> assimd_filter::enkf::Adaptive {
+        match self.adaptive {
+            AdaptiveName::Off => assimd_filter::enkf::Adaptive::Off,
+            AdaptiveName::EnkfN => assimd_filter::enkf::Adaptive::FiniteSize {
+                xn: self.adaptive_xn,
+            },
+        }
+    }
+}
+
+/// Adaptive inflation of the LETKF, by name (`[letkf] adaptive`, `--adaptive`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+pub enum AdaptiveName {
+    /// Fixed inflation and RTPS only.
+    #[serde(rename = "off")]
+    #[value(name = "off")]
+    Off,
+    /// The finite-size EnKF-N (Bocquet 2011), estimated at every grid point.
+    #[serde(rename = "enkf-n")]
+    #[value(name = "enkf-n")]
+    EnkfN,
+}
+
+impl fmt::Display for AdaptiveName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            AdaptiveName::Off => "off",
+            AdaptiveName::EnkfN => "enkf-n",
+        })
     }
 }
 
@@ -335,6 +429,12 @@ impl FilterSettings {
         if l.weight_stride == 0 {
             bail!("letkf.weight_stride must be >= 1 (1 = exact)");
         }
+        if !(l.adaptive_xn.is_finite() && l.adaptive_xn > 0.0) {
+            bail!(
+                "letkf.adaptive_xn must be > 0 (1 = agnostic, 2-3 with localisation), got {}",
+                l.adaptive_xn
+            );
+        }
         let s = &self.score;
         assimd_filter::enkf::Inflation::new(1.0, s.rtps)
             .map_err(|e| anyhow::anyhow!("score.rtps: {e}"))?;
@@ -429,7 +529,9 @@ pub fn testbed_of(t: &Table, required: Option<&str>) -> Result<TestbedSettings> 
                     .map_err(|e: String| anyhow::anyhow!("testbed.network: {e}"))?
             }
             ("name" | "network", None) => bail!("testbed.{key} must be a string, got {v}"),
-            _ => bail!("unknown key testbed.{key}: [testbed] takes name and network"),
+            // Read with the rest of the file; they do not choose the tuned layer.
+            ("steps_per_cycle" | "obs_error_variance", _) => {}
+            _ => bail!("unknown key testbed.{key}: [testbed] takes name, network, steps_per_cycle and obs_error_variance"),
         }
     }
     s.testbed()?;

@@ -133,9 +133,7 @@ struct Started {
 /// the last committed ensembles, or draw a fresh climatological ensemble.
 async fn start(cfg: &Config, opts: &RunOptions) -> Result<Started> {
     let testbed = cfg.testbed.testbed()?;
-    let network = testbed
-        .network(cfg.testbed.network)
-        .map_err(anyhow::Error::msg)?;
+    let network = cfg.testbed.network(&testbed)?;
     let cycle_ms = (testbed.dynamics.cycle_seconds() * 1000.0).round() as i64;
     let clock = CycleClock {
         start_ms: cfg.start_time()?.timestamp_millis(),

@@ -11,7 +11,6 @@ use super::config::Config;
 use super::mqtt;
 use crate::simulate::{epoch, Simulator};
 use anyhow::{bail, Context, Result};
-use assimd_models::testbed::Testbed;
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -30,10 +29,8 @@ pub struct SimStats {
 
 /// Publish the configured cycles; `on_cycle` is called after each cycle's messages are queued.
 pub async fn simulate(cfg: &Config, mut on_cycle: impl FnMut(u64)) -> Result<SimStats> {
-    let testbed = Testbed::new(cfg.testbed.name);
-    let network = testbed
-        .network(cfg.testbed.network)
-        .map_err(anyhow::Error::msg)?;
+    let testbed = cfg.testbed.testbed()?;
+    let network = cfg.testbed.network(&testbed)?;
     if cfg.start_time()? != epoch() {
         tracing::warn!("cycle.start {} differs from the simulator's epoch {}: the daemon's windows will not line up with the simulated cycles", cfg.cycle.start, epoch());
     }

@@ -1,6 +1,9 @@
 //! Local ensemble transform Kalman filter with Gaspari–Cohn R-localisation.
 
-use super::{apply_weights, gaspari_cohn, transform, Inflation, ObservedEnsemble};
+use super::{
+    apply_weights, finite_size_inflation, gaspari_cohn, transform, Adaptive, Inflation,
+    ObservedEnsemble,
+};
 use crate::analysis::Analysis;
 use crate::ensemble::Ensemble;
 use crate::geometry::{Geometry, StateSpace};
@@ -22,6 +25,8 @@ pub struct Letkf {
     /// grid point in each direction and interpolated (linearly on a ring, bilinearly in a box) in
     /// between; 1 = computed at every point (exact LETKF).
     pub stride: usize,
+    /// Adaptive prior inflation at each grid point ([`Adaptive`]), on top of `inflation.rho`.
+    pub adaptive: Adaptive,
     space: StateSpace,
     points_xy: Vec<(f64, f64)>,
 }
@@ -49,6 +54,7 @@ impl Letkf {
             inflation,
             half_width_km,
             stride: 1,
+            adaptive: Adaptive::Off,
             space: space.clone(),
             points_xy,
         })
@@ -67,6 +73,19 @@ impl Letkf {
             )));
         }
         self.stride = stride;
+        Ok(self)
+    }
+
+    /// With adaptive inflation (see [`Letkf::adaptive`]).
+    pub fn with_adaptive(mut self, adaptive: Adaptive) -> Result<Self, FilterError> {
+        if let Adaptive::FiniteSize { xn } = adaptive {
+            if !(xn.is_finite() && xn > 0.0) {
+                return Err(FilterError::InvalidParameter(format!(
+                    "the EnKF-N's hyperprior confidence xn must be > 0 (1 = agnostic), got {xn}"
+                )));
+            }
+        }
+        self.adaptive = adaptive;
         Ok(self)
     }
 
@@ -106,7 +125,15 @@ impl Letkf {
         } else {
             let y = oe.y_anom.select_rows(local.iter());
             let d = DVector::from_iterator(local.len(), local.iter().map(|&j| oe.innovation[j]));
-            transform(&y, &d, &rinv, self.inflation.rho)
+            let rho = match self.adaptive {
+                Adaptive::Off => self.inflation.rho,
+                Adaptive::FiniteSize { xn } => {
+                    let raw: Vec<f64> =
+                        local.iter().map(|&j| 1.0 / (sigma[j] * sigma[j])).collect();
+                    self.inflation.rho * finite_size_inflation(&y, &d, &raw, xn)
+                }
+            };
+            transform(&y, &d, &rinv, rho)
         }
     }
 

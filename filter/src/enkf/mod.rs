@@ -27,7 +27,9 @@
 //!
 //! Inflation ([`Inflation`]): multiplicative ρ on the background anomalies (inside the ETKF/LETKF
 //! weights as (N-1)/ρ, explicitly for the stochastic EnKF), then optionally relaxation to prior
-//! spread (RTPS, Whitaker & Hamill 2012): σ_a ← α σ_b + (1 - α) σ_a per state element.
+//! spread (RTPS, Whitaker & Hamill 2012): σ_a ← α σ_b + (1 - α) σ_a per state element. The LETKF
+//! can instead estimate its prior inflation at every grid point from the cycle's local innovations
+//! ([`Adaptive`]: the finite-size EnKF-N of Bocquet 2011 in its dual form, [`finite_size_inflation`]).
 //!
 //! ## References
 //! - Burgers, G., van Leeuwen, P. J., Evensen, G. (1998). Analysis scheme in the ensemble Kalman filter. MWR 126.
@@ -46,6 +48,7 @@
 //! - Sakov, P., Oke, P. R. (2008). Implications of the form of the ensemble transformation in the
 //!   ensemble square root filters. MWR 136.
 
+mod adaptive;
 mod ensrf;
 mod etkf;
 mod inflation;
@@ -54,6 +57,7 @@ mod localization;
 mod senkf;
 mod spectral;
 
+pub use adaptive::{finite_size_inflation, Adaptive};
 pub use ensrf::ensrf;
 pub use etkf::Etkf;
 pub use inflation::Inflation;

@@ -96,6 +96,12 @@ impl Analysis for ScoreFilter {
             };
             z.extend_from_slice(start);
         }
+        if self.sampler.config.diffusion_off() {
+            // The start alone: the control that shows what the diffusion adds.
+            ens.as_flat_mut().copy_from_slice(&z);
+            self.spread.relax(ens, &background_std);
+            return Ok(());
+        }
         // The diffusion's result enters as an increment on the starting members, x_start +
         // decode(z) - decode(encode(x_start)), so the codec's reconstruction error never enters the
         // cycled state (for pixel-space models decode ∘ encode is the identity and this is decode(z)).

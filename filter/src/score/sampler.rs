@@ -11,7 +11,8 @@ use rand_distr::{Distribution, StandardNormal};
 /// Sampler settings (see the module docs for the symbols).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplerConfig {
-    /// Number of noise levels S.
+    /// Number of noise levels S; 0 switches the diffusion off (with `lo_steps = 0`): the analysis
+    /// is then the start alone ([`super::Start`]), the control that isolates the learned prior.
     pub steps: usize,
     /// Langevin corrector steps C per noise level (the corrector of predictor–corrector sampling).
     pub corrections: usize,
@@ -51,11 +52,19 @@ impl Default for SamplerConfig {
 }
 
 impl SamplerConfig {
+    /// True when the diffusion is switched off (`steps = 0`): the analysis is the start alone.
+    pub fn diffusion_off(&self) -> bool {
+        self.steps == 0
+    }
+
     /// Check ranges; errors name the fix.
     pub fn validate(self) -> Result<Self, FilterError> {
         let bad = |m: String| Err(FilterError::InvalidParameter(m));
-        if self.steps < 2 {
-            return bad(format!("steps must be >= 2, got {}", self.steps));
+        if self.steps == 1 {
+            return bad("steps must be >= 2 (0 = no diffusion, the start alone), got 1".into());
+        }
+        if self.steps == 0 && self.lo_steps > 0 {
+            return bad("steps = 0 (no diffusion) leaves nothing for lo_steps to optimise: set lo_steps = 0 or steps >= 2".into());
         }
         if !(self.sigma_min > 0.0 && self.sigma_start > self.sigma_min) {
             return bad(format!(
@@ -329,6 +338,9 @@ impl Sampler {
                 "{} values are not a batch of states of length {d}",
                 z.len()
             )));
+        }
+        if c.diffusion_off() {
+            return Ok(());
         }
         let sigmas = karras_schedule(c.sigma_start, c.sigma_min, c.steps, c.rho);
         for v in z.iter_mut() {

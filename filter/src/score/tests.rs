@@ -188,7 +188,17 @@ fn invalid_sampler_settings_name_the_fix() {
     })
     .err()
     .unwrap();
-    assert!(e.to_string().contains("steps must be >= 2"));
+    assert!(e
+        .to_string()
+        .contains("steps must be >= 2 (0 = no diffusion"));
+    let e = Sampler::new(SamplerConfig {
+        steps: 0,
+        lo_steps: 3,
+        ..SamplerConfig::default()
+    })
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("set lo_steps = 0"));
     let e = Sampler::new(SamplerConfig {
         sigma_min: 3.0,
         ..SamplerConfig::default()
@@ -263,6 +273,52 @@ fn score_filter_with_the_sample_gaussian_prior_is_a_kalman_filter() {
         "covariance error {}",
         (&ap - &pa).amax()
     );
+}
+
+#[test]
+fn without_diffusion_the_analysis_is_the_start() {
+    // steps = 0: each member is exactly where it starts (the start-only control), here its own
+    // background (Start::Member) or the background mean (Start::Mean), whatever the observations.
+    use crate::Analysis;
+    let (m, p, batch) = problem();
+    let l = p.clone().cholesky().unwrap().l();
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let members: Vec<Vec<f64>> = (0..10)
+        .map(|_| {
+            let e = DVector::from_fn(N, |_, _| {
+                rand_distr::Distribution::<f64>::sample(&rand_distr::StandardNormal, &mut rng)
+            });
+            (DVector::from_column_slice(&m) + &l * e)
+                .iter()
+                .copied()
+                .collect()
+        })
+        .collect();
+    let bg = crate::Ensemble::from_members(members).unwrap();
+    for start in [Start::Member, Start::Mean] {
+        let f = ScoreFilter {
+            prior: std::sync::Arc::new(SampleGaussian),
+            sampler: Sampler::new(SamplerConfig {
+                steps: 0,
+                ..SamplerConfig::default()
+            })
+            .unwrap(),
+            start,
+            spread: crate::enkf::Inflation::default(),
+            baseline: None,
+        };
+        let mut ens = bg.clone();
+        f.analyse(&mut ens, &batch, &mut rng).unwrap();
+        let mean = bg.mean();
+        for (k, x) in ens.members().enumerate() {
+            let want = if start == Start::Member {
+                bg.member(k)
+            } else {
+                &mean[..]
+            };
+            assert_eq!(x, want, "{start:?} member {k}");
+        }
+    }
 }
 
 /// A 40-point ring observed everywhere with R = I and a prior of variance ~0.05 (the regime of
