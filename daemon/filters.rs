@@ -114,8 +114,9 @@ fn score(settings: &FilterSettings, testbed: &Testbed) -> Result<Built> {
                 .fold(f64::INFINITY, f64::min);
         let prior = EnsembleGaussianPrior::new(
             &testbed.space,
-            settings.letkf.localization_km,
-            settings.letkf.inflation,
+            s.prior_localization_km
+                .unwrap_or(settings.letkf.localization_km),
+            s.prior_inflation.unwrap_or(settings.letkf.inflation),
             floor,
         )?;
         return Ok(Built {
@@ -133,6 +134,8 @@ fn score(settings: &FilterSettings, testbed: &Testbed) -> Result<Built> {
     let options = BundleOptions {
         device: s.device,
         threads: s.threads,
+        prior_localization_km: s.prior_localization_km,
+        prior_inflation: s.prior_inflation,
         ..BundleOptions::default()
     };
     let bundle = Bundle::load(dir, &options)

@@ -311,6 +311,12 @@ struct ExperimentArgs {
     /// With --record: also record the background members (for the set encoder).
     #[arg(long)]
     record_members: bool,
+    /// Score filter: localisation half-width (km) of the ensemble Gaussian the members start from (`[score] prior_localization_km`) [default: the bundle's].
+    #[arg(long)]
+    prior_localization_km: Option<f64>,
+    /// Score filter: inflation of that Gaussian (`[score] prior_inflation`) [default: the bundle's].
+    #[arg(long)]
+    prior_inflation: Option<f64>,
     /// Score filter: model bundle directory, or "ensemble-gaussian" for the analytic prior [default: models/zoo/{testbed} when it exists].
     #[arg(long)]
     bundle: Option<PathBuf>,
@@ -447,6 +453,16 @@ impl ExperimentArgs {
         );
         put(&mut t, &["letkf", "adaptive_xn"], float(self.adaptive_xn));
         put(&mut t, &["score", "rtps"], float(self.score_rtps));
+        put(
+            &mut t,
+            &["score", "prior_localization_km"],
+            float(self.prior_localization_km),
+        );
+        put(
+            &mut t,
+            &["score", "prior_inflation"],
+            float(self.prior_inflation),
+        );
         put(
             &mut t,
             &["score", "bundle"],

@@ -379,6 +379,16 @@ pub struct ScoreSettings {
     pub device: Device,
     /// Intra-op threads per ONNX Runtime session (0 = all cores).
     pub threads: usize,
+    /// Localisation half-width (km) of the localised ensemble Gaussian the members start from
+    /// (and the denoiser's skip connection), overriding the bundle's
+    /// `[conditioning.ensemble_gaussian] half_width_km`; for `ensemble-gaussian`, default
+    /// `letkf.localization_km`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prior_localization_km: Option<f64>,
+    /// Its multiplicative inflation, overriding the bundle's `inflation`; for
+    /// `ensemble-gaussian`, default `letkf.inflation`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prior_inflation: Option<f64>,
     /// The guided sampler.
     pub sampler: SamplerSettings,
 }
@@ -390,6 +400,8 @@ impl Default for ScoreSettings {
             rtps: 0.0,
             device: Device::Cpu,
             threads: 1,
+            prior_localization_km: None,
+            prior_inflation: None,
             sampler: SamplerSettings::default(),
         }
     }
@@ -436,6 +448,16 @@ impl FilterSettings {
             );
         }
         let s = &self.score;
+        if let Some(v) = s.prior_localization_km {
+            if v.is_nan() || v <= 0.0 {
+                bail!("score.prior_localization_km must be > 0 km (inf = none), got {v}");
+            }
+        }
+        if let Some(v) = s.prior_inflation {
+            if !(v.is_finite() && v >= 1.0) {
+                bail!("score.prior_inflation must be >= 1.0 (1.0 = none), got {v}");
+            }
+        }
         assimd_filter::enkf::Inflation::new(1.0, s.rtps)
             .map_err(|e| anyhow::anyhow!("score.rtps: {e}"))?;
         assimd_filter::score::Sampler::new(s.sampler.config())

@@ -224,3 +224,184 @@ fn bad_arguments_fail_with_a_message_that_names_the_fix() {
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("possible values: free, climatology, enkf, etkf, letkf, score"));
 }
+
+fn json_of(args: &[&str]) -> serde_json::Value {
+    let out = assimd(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("one JSON line")
+}
+
+const SHORT: [&str; 10] = [
+    "experiment",
+    "--testbed",
+    "l96",
+    "--network",
+    "full",
+    "--cycles",
+    "60",
+    "--burn-in",
+    "10",
+    "--json",
+];
+
+#[test]
+fn seeds_run_each_seed_as_alone_and_report_the_mean_with_its_interval() {
+    let mut args = SHORT.to_vec();
+    args.extend(["--filter", "letkf", "--seeds", "3-5"]);
+    let v = json_of(&args);
+    let per: Vec<f64> = v["per_seed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["rmse_a"].as_f64().unwrap())
+        .collect();
+    assert_eq!(v["seeds"], serde_json::json!([3, 4, 5]));
+    // Each seed's run is the single run of that seed, bit for bit (seeds run in parallel).
+    for (k, seed) in ["3", "4", "5"].iter().enumerate() {
+        let mut one = SHORT.to_vec();
+        one.extend(["--filter", "letkf", "--seed", seed]);
+        assert_eq!(
+            json_of(&one)["rmse_a"].as_f64().unwrap(),
+            per[k],
+            "seed {seed}"
+        );
+    }
+    let mean = per.iter().sum::<f64>() / 3.0;
+    let sd = (per.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / 2.0).sqrt();
+    // Student's t, 2 degrees of freedom: 4.303.
+    let half = 4.303 * sd / 3f64.sqrt();
+    let rmse = v["rmse_a"].as_f64().unwrap();
+    assert!((rmse - mean).abs() < 1e-12);
+    assert!((v["rmse_a_lo"].as_f64().unwrap() - (mean - half)).abs() < 1e-9);
+    assert!((v["rmse_a_hi"].as_f64().unwrap() - (mean + half)).abs() < 1e-9);
+    for key in ["spread_skill_lo", "crps_a_hi"] {
+        assert!(v[key].is_f64(), "missing {key}");
+    }
+}
+
+#[test]
+fn compare_reports_the_paired_difference_on_the_same_truths() {
+    let dir = std::env::temp_dir().join(format!("assimd-cmp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let other = dir.join("climatology.toml");
+    std::fs::write(
+        &other,
+        "filter = \"climatology\"\n[testbed]\nname = \"l96\"\nnetwork = \"full\"\n",
+    )
+    .unwrap();
+    let mut args = SHORT.to_vec();
+    args.extend(["--filter", "letkf", "--seeds", "1-3", "--compare"]);
+    args.push(other.to_str().unwrap());
+    let v = json_of(&args);
+    let this: Vec<f64> = v["per_seed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["rmse_a"].as_f64().unwrap())
+        .collect();
+    let that: Vec<f64> = v["compare"]["per_seed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["rmse_a"].as_f64().unwrap())
+        .collect();
+    // --cycles and --burn-in applied to the compared file too.
+    assert_eq!(v["compare"]["per_seed"][0]["cycles"], 60);
+    let diff = this.iter().zip(&that).map(|(a, b)| a - b).sum::<f64>() / 3.0;
+    assert!((v["diff"].as_f64().unwrap() - diff).abs() < 1e-12);
+    // The LETKF (~0.2) beats climatology (~3.6) on every seed: the interval is far below zero.
+    assert!(v["diff_hi"].as_f64().unwrap() < -2.0, "{v}");
+    assert!(v["diff_lo"].as_f64().unwrap() < v["diff"].as_f64().unwrap());
+    // A file compared with itself differs by exactly nothing.
+    let mut same = SHORT.to_vec();
+    same.extend(["--config", other.to_str().unwrap(), "--seeds", "1-2"]);
+    same.extend(["--compare", other.to_str().unwrap()]);
+    let s = json_of(&same);
+    assert_eq!(
+        (
+            s["diff"].as_f64(),
+            s["diff_lo"].as_f64(),
+            s["diff_hi"].as_f64()
+        ),
+        (Some(0.0), Some(0.0), Some(0.0))
+    );
+    // Different truths cannot be paired.
+    let full = dir.join("letkf-full.toml");
+    std::fs::write(
+        &full,
+        "filter = \"letkf\"\ncycles = 60\n[testbed]\nname = \"l96\"\nnetwork = \"full\"\n",
+    )
+    .unwrap();
+    let sparse = dir.join("letkf-sparse.toml");
+    std::fs::write(
+        &sparse,
+        "filter = \"letkf\"\ncycles = 60\n[testbed]\nname = \"l96\"\nnetwork = \"sparse\"\n",
+    )
+    .unwrap();
+    let out = assimd(&[
+        "experiment",
+        "--config",
+        full.to_str().unwrap(),
+        "--compare",
+        sparse.to_str().unwrap(),
+    ]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("same truths and observations"));
+    let mut bad = SHORT.to_vec();
+    bad.extend(["--filter", "letkf", "--seed", "1", "--seeds", "1-2"]);
+    assert!(
+        !assimd(&bad).status.success(),
+        "--seed and --seeds conflict"
+    );
+}
+
+#[test]
+fn steps_per_cycle_and_obs_error_variance_shape_the_testbed() {
+    // 8 steps of 0.05 per cycle: the free run's RMSE is that of climatology either way, but a
+    // 48-hour window leaves the LETKF well above its 6-hour skill (DAPPER: ~1.0 vs ~0.38 on sparse).
+    let mut args: Vec<&str> = SHORT
+        .iter()
+        .map(|a| if *a == "full" { "sparse" } else { a })
+        .collect();
+    args.extend(["--filter", "letkf"]);
+    let short = json_of(&args)["rmse_a"].as_f64().unwrap();
+    args.extend(["--steps-per-cycle", "8", "--obs-error-variance", "0.5"]);
+    let long = json_of(&args)["rmse_a"].as_f64().unwrap();
+    assert!(long > 1.5 * short, "Δt 0.4 {long} vs Δt 0.05 {short}");
+    for (flag, value, message) in [
+        (
+            "--steps-per-cycle",
+            "0",
+            "steps_per_cycle must be in 1..=1000",
+        ),
+        (
+            "--obs-error-variance",
+            "0",
+            "obs_error_variance must be a finite number > 0",
+        ),
+    ] {
+        let mut bad = SHORT.to_vec();
+        bad.extend(["--filter", "letkf", flag, value]);
+        let out = assimd(&bad);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(message), "{err}");
+    }
+    let out = assimd(&[
+        "experiment",
+        "--testbed",
+        "qg2l",
+        "--network",
+        "stations",
+        "--filter",
+        "letkf",
+        "--steps-per-cycle",
+        "2",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("exists for l96 only"));
+}

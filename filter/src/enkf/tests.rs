@@ -163,6 +163,52 @@ fn letkf_with_infinite_radius_is_the_global_etkf() {
 }
 
 #[test]
+fn adaptive_letkf_with_infinite_radius_is_the_etkf_at_the_enkf_n_inflation() {
+    // Every point sees every observation untapered, so each estimates the same l² (module docs of
+    // `adaptive`): the LETKF-N is then exactly the ETKF with ρ = ρ₀ · l².
+    let (m, p, batch) = problem();
+    for (rho0, spread) in [(1.0, 1.0), (1.05, 0.3)] {
+        let mut a = sample(&m, &p, 8, 6);
+        for x in a.members_mut() {
+            for (xi, mi) in x.iter_mut().zip(m.iter()) {
+                *xi = mi + spread * (*xi - mi);
+            }
+        }
+        let mut b = a.clone();
+        let oe = ObservedEnsemble::new(&a, &batch);
+        let rinv: Vec<f64> = batch.sigma.iter().map(|s| 1.0 / (s * s)).collect();
+        let l2 = finite_size_inflation(&oe.y_anom, &oe.innovation, &rinv, 1.0);
+        Etkf {
+            inflation: Inflation::new(rho0 * l2, 0.0).unwrap(),
+        }
+        .analyse(&mut a, &batch, &mut ChaCha8Rng::seed_from_u64(0))
+        .unwrap();
+        Letkf::new(&space(), f64::INFINITY, Inflation::new(rho0, 0.0).unwrap())
+            .unwrap()
+            .with_adaptive(Adaptive::FiniteSize { xn: 1.0 })
+            .unwrap()
+            .analyse(&mut b, &batch, &mut ChaCha8Rng::seed_from_u64(0))
+            .unwrap();
+        let diff = a
+            .as_flat()
+            .iter()
+            .zip(b.as_flat())
+            .fold(0.0f64, |acc, (x, y)| acc.max((x - y).abs()));
+        assert!(diff < 1e-12, "LETKF-N(∞) differs from ETKF(ρ l²) by {diff}");
+        if spread < 1.0 {
+            // A shrunken ensemble facing the same innovations is inflated.
+            assert!(l2 > 1.0, "l² = {l2}");
+        }
+    }
+    assert!(Letkf::new(&space(), 1000.0, Inflation::default())
+        .unwrap()
+        .with_adaptive(Adaptive::FiniteSize { xn: 0.0 })
+        .unwrap_err()
+        .to_string()
+        .contains("xn must be > 0"));
+}
+
+#[test]
 fn letkf_ignores_observations_beyond_the_support() {
     // Half-width of half a grid spacing: support of one spacing, so each point sees only an
     // observation sitting on it. Point 1 has none: its members keep their values.

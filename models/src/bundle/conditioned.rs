@@ -48,13 +48,17 @@ use crate::testbed::{Testbed, TestbedKind};
 pub(super) fn ensemble_gaussian(
     manifest: &Manifest,
     manifest_path: &Path,
+    options: &super::BundleOptions,
 ) -> Result<Option<EnsembleGaussianPrior>, BundleError> {
-    let Some(eg) = &manifest.conditioning.ensemble_gaussian else {
-        return Ok(None);
-    };
     let bad = |message: String| BundleError::Manifest {
         path: manifest_path.to_path_buf(),
         message,
+    };
+    let Some(eg) = &manifest.conditioning.ensemble_gaussian else {
+        if options.prior_localization_km.is_some() || options.prior_inflation.is_some() {
+            return Err(bad("this bundle has no [conditioning.ensemble_gaussian] to override: remove prior_localization_km and prior_inflation from [score]".into()));
+        }
+        return Ok(None);
     };
     let kind: TestbedKind = manifest.testbed.parse().map_err(|e: String| bad(e))?;
     let space = Testbed::new(kind).space;
@@ -65,9 +69,14 @@ pub(super) fn ensemble_gaussian(
             space.dim()
         )));
     }
-    EnsembleGaussianPrior::new(&space, eg.half_width_km, eg.inflation, eg.floor)
-        .map(Some)
-        .map_err(|e| bad(format!("[conditioning.ensemble_gaussian]: {e}")))
+    EnsembleGaussianPrior::new(
+        &space,
+        options.prior_localization_km.unwrap_or(eg.half_width_km),
+        options.prior_inflation.unwrap_or(eg.inflation),
+        eg.floor,
+    )
+    .map(Some)
+    .map_err(|e| bad(format!("[conditioning.ensemble_gaussian]: {e}")))
 }
 
 impl Bundle {

@@ -56,7 +56,7 @@ impl Bundle {
         let manifest_path = dir.join("manifest.toml");
         let manifest = Manifest::from_file(&manifest_path)?;
         let sessions = open_graphs(env, &dir, &manifest, options)?;
-        let gaussian = ensemble_gaussian(&manifest, &manifest_path)?;
+        let gaussian = ensemble_gaussian(&manifest, &manifest_path, options)?;
         Ok(Bundle {
             dir,
             manifest,

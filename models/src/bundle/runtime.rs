@@ -113,6 +113,11 @@ pub struct BundleOptions {
     pub strict_device: bool,
     /// The ONNX Runtime library; `None` = `ORT_DYLIB_PATH`. Only the first initialisation counts.
     pub ort_library: Option<PathBuf>,
+    /// Override `[conditioning.ensemble_gaussian]`'s `half_width_km` (bundles that have one): the
+    /// Gaussian the members start from and the denoiser's skip connection.
+    pub prior_localization_km: Option<f64>,
+    /// Override `[conditioning.ensemble_gaussian]`'s `inflation`.
+    pub prior_inflation: Option<f64>,
 }
 
 impl Default for BundleOptions {
@@ -122,6 +127,8 @@ impl Default for BundleOptions {
             threads: 1,
             strict_device: false,
             ort_library: None,
+            prior_localization_km: None,
+            prior_inflation: None,
         }
     }
 }
