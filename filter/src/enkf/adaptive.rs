@@ -23,9 +23,10 @@
 //! 0, > 0 for large l), found by Newton's method safeguarded by bisection on a bracket.
 //!
 //! In the LETKF ([`super::Letkf`]) the estimate is local: at each grid point from the
-//! observations within its localisation support, untapered (DAPPER's `local_analyses`: the tapered
-//! values carry less sampling error than the EnKF-N's hyperprior expects), and the point's
-//! transform then uses ρ · l² with its tapered R⁻¹.
+//! observations within its localisation support with the point's tapered R⁻¹ (the information its
+//! analysis uses), and the point's transform then uses ρ · l². DAPPER's `local_analyses` estimates
+//! from the untapered values instead; on Lorenz-96 at Δt 0.05 that over-inflates (measured in
+//! `docs/results.md`, "A fair arena").
 //!
 //! ## References
 //! - Bocquet, M. (2011). Ensemble Kalman filtering without the intrinsic need for inflation.
@@ -99,17 +100,30 @@ fn hyperprior(lam: &[f64], n: usize, xn: f64) -> (f64, f64) {
     (en * xn, cl * xn)
 }
 
-/// The root of `f` in (0, ∞) with f(0+) < 0 < f(∞): bracket from 1, then Newton steps that fall
-/// back to bisection whenever they leave the bracket.
+/// The root of `f` (= J') nearest to 1 where f changes sign from - to + (the local minimum of J
+/// nearest the prior's mode): walk from 1 in steps of 5 % in the downhill direction until the sign
+/// changes, then Newton steps that fall back to bisection whenever they leave that bracket. The
+/// dual cost can have a second minimum at a very large l, from directions of tiny ensemble variance
+/// that the innovation still projects on (DAPPER's notes on `effective_N`); the nearest minimum is
+/// the one the inflation cycle is in.
 fn root(f: impl Fn(f64) -> f64, df: impl Fn(f64) -> f64) -> f64 {
+    const STEP: f64 = 1.05;
     let (mut lo, mut hi) = (1.0, 1.0);
-    while f(lo) > 0.0 && lo > 1e-6 {
-        lo /= 2.0;
+    if f(1.0) < 0.0 {
+        while f(hi) < 0.0 && hi < 1e4 {
+            lo = hi;
+            hi *= STEP;
+        }
+    } else {
+        while f(lo) > 0.0 && lo > 1e-4 {
+            hi = lo;
+            lo /= STEP;
+        }
     }
-    while f(hi) < 0.0 && hi < 1e6 {
-        hi *= 2.0;
+    if lo == hi {
+        return lo;
     }
-    let mut x = if f(1.0) == 0.0 { 1.0 } else { 0.5 * (lo + hi) };
+    let mut x = 0.5 * (lo + hi);
     for _ in 0..100 {
         let fx = f(x);
         if fx == 0.0 {
@@ -127,7 +141,7 @@ fn root(f: impl Fn(f64) -> f64, df: impl Fn(f64) -> f64) -> f64 {
         } else {
             0.5 * (lo + hi)
         };
-        if (next - x).abs() <= 1e-10 * x {
+        if (next - x).abs() <= 1e-10 * x || hi - lo <= 1e-12 * x {
             return next;
         }
         x = next;

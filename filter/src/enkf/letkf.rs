@@ -127,10 +127,10 @@ impl Letkf {
             let d = DVector::from_iterator(local.len(), local.iter().map(|&j| oe.innovation[j]));
             let rho = match self.adaptive {
                 Adaptive::Off => self.inflation.rho,
+                // From the tapered R⁻¹: the information the point's analysis actually uses
+                // (module docs of `adaptive`).
                 Adaptive::FiniteSize { xn } => {
-                    let raw: Vec<f64> =
-                        local.iter().map(|&j| 1.0 / (sigma[j] * sigma[j])).collect();
-                    self.inflation.rho * finite_size_inflation(&y, &d, &raw, xn)
+                    self.inflation.rho * finite_size_inflation(&y, &d, &rinv, xn)
                 }
             };
             transform(&y, &d, &rinv, rho)
