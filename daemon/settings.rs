@@ -666,6 +666,65 @@ mod tests {
     }
 
     #[test]
+    fn adaptive_and_testbed_options_parse_and_bad_values_name_the_fix() {
+        let f: FilterSettings = from_table(
+            "[letkf]\nadaptive = \"enkf-n\"\nadaptive_xn = 2.0\n"
+                .parse()
+                .unwrap(),
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            f.letkf.adaptive(),
+            assimd_filter::enkf::Adaptive::FiniteSize { xn: 2.0 }
+        );
+        let e = from_table::<FilterSettings>(
+            "[letkf]\nadaptive = \"anderson\"\n".parse().unwrap(),
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("off") && e.contains("enkf-n"), "{e}");
+        let mut bad = FilterSettings::default();
+        bad.letkf.adaptive_xn = 0.0;
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("adaptive_xn must be > 0"));
+        // steps_per_cycle scales the cycle; obs_error_variance every assimilated σ, not the withheld.
+        let tb = TestbedSettings {
+            network: NetworkKind::Sparse,
+            steps_per_cycle: Some(8),
+            obs_error_variance: Some(0.5),
+            ..Default::default()
+        };
+        let t = tb.testbed().unwrap();
+        let base = Testbed::new(TestbedKind::L96);
+        assert_eq!(
+            t.dynamics.cycle_seconds(),
+            8.0 * base.dynamics.cycle_seconds()
+        );
+        let net = tb.network(&t).unwrap();
+        for s in &net.stations {
+            let want = if s.withheld { 1.0 } else { 0.5f64.sqrt() };
+            assert!(
+                s.vars.iter().all(|(_, sg)| (sg - want).abs() < 1e-15),
+                "{}",
+                s.id
+            );
+        }
+        let qg = TestbedSettings {
+            name: TestbedKind::Qg2l,
+            network: NetworkKind::Stations,
+            obs_error_variance: Some(0.5),
+            ..Default::default()
+        };
+        let e = qg.testbed().err().expect("qg2l has no obs_error_variance");
+        assert!(e.to_string().contains("l96 only"), "{e}");
+    }
+
+    #[test]
     fn moved_keys_name_their_new_place() {
         let t: Table = "localization_km = 100.0\n".parse().unwrap();
         let e = reject_moved_keys(&t, "f").unwrap_err().to_string();

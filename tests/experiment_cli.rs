@@ -139,9 +139,10 @@ fn flags_alone_get_the_tuned_settings() {
     ];
     flags.extend(common);
     let mut file = vec!["experiment", "--config"];
+    // The tuned defaults of l96 `full` are the adaptive LETKF at the file's localisation.
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/configs/experiments/l96-full-letkf.toml"
+        "/configs/experiments/l96-full-adaptive.toml"
     );
     file.push(path);
     file.extend(common);

@@ -1,7 +1,7 @@
 //! Every experiment file in `configs/experiments/` reaches the skill it records in `[expected]`.
 //!
 //! A file's own run is repeated when it takes under a minute in release (the l96 EnKF family,
-//! 5,000 cycles each); a slower one (the l96 score files, 2,000 cycles of 0.05-0.15 s; qg2l,
+//! 5,000 cycles each; the arena's l96 LETKF and start-only files, 2,000 cycles); a slower one (the l96 score files, 2,000 cycles of 0.05-0.15 s; qg2l,
 //! 5,000 LETKF cycles of 0.2 s or 400 score-filter cycles of 1.9 s) records a shorter run in
 //! `expected.short_cycles` (and `short_burn_in`) with its `short_rmse_a`, measured with the same
 //! file, which is repeated instead. Runs are deterministic for a seed: the
@@ -75,6 +75,25 @@ files! {
     l96_full_etkf => "l96-full-etkf.toml",
     l96_full_letkf => "l96-full-letkf.toml",
     l96_full_score => "l96-full-score.toml",
+    l96_full_adaptive => "l96-full-adaptive.toml",
+    l96_sparse_adaptive => "l96-sparse-adaptive.toml",
+    l96_long_window_letkf => "l96-sparse-r0.5-dt0.4-letkf.toml",
+    l96_long_window_adaptive => "l96-sparse-r0.5-dt0.4-adaptive.toml",
+    l96_long_window_start => "l96-sparse-r0.5-dt0.4-start.toml",
+    l96_long_window_score => "l96-sparse-r0.5-dt0.4-score.toml",
+    l96_full_long_window_letkf => "l96-full-dt0.4-letkf.toml",
+    l96_full_long_window_adaptive => "l96-full-dt0.4-adaptive.toml",
+    l96_full_long_window_start => "l96-full-dt0.4-start.toml",
+    l96_full_long_window_score => "l96-full-dt0.4-score.toml",
+    l96_full_n8_letkf => "l96-full-n8-letkf.toml",
+    l96_full_n8_adaptive => "l96-full-n8-adaptive.toml",
+    l96_full_n8_start => "l96-full-n8-start.toml",
+    l96_full_n8_score => "l96-full-n8-score.toml",
+    qg2l_stations_satellite_adaptive => "qg2l-stations+satellite-adaptive.toml",
+    qg2l_stations_satellite_n16_letkf => "qg2l-stations+satellite-n16-letkf.toml",
+    qg2l_stations_satellite_n16_adaptive => "qg2l-stations+satellite-n16-adaptive.toml",
+    qg2l_stations_satellite_n16_start => "qg2l-stations+satellite-n16-start.toml",
+    qg2l_stations_satellite_n16_score => "qg2l-stations+satellite-n16-score.toml",
     l96_satellite_letkf => "l96-satellite-letkf.toml",
     l96_sparse_letkf => "l96-sparse-letkf.toml",
     l96_sparse_score => "l96-sparse-score.toml",
