@@ -54,6 +54,17 @@ fn analyses(c: &mut Criterion) {
     );
     run(
         c,
+        "letkf-enkf-n/l96-full-N20",
+        &Letkf::new(&tb.space, 8500.0, Inflation::default())
+            .unwrap()
+            .with_adaptive(Adaptive::FiniteSize { xn: 1.0 })
+            .unwrap(),
+        &ens,
+        &batch,
+        100,
+    );
+    run(
+        c,
         "etkf/l96-full-N20",
         &Etkf { inflation: infl },
         &ens,
