@@ -1,7 +1,7 @@
 //! One LETKF analysis (and the global ETKF / stochastic EnKF on l96), with the tuned settings of
 //! configs/experiments/.
 
-use assimd_filter::enkf::{Etkf, Inflation, Letkf, StochasticEnkf};
+use assimd_filter::enkf::{Adaptive, Etkf, Inflation, Letkf, StochasticEnkf};
 use assimd_filter::obs::ObsBatch;
 use assimd_filter::{Analysis, Ensemble};
 use assimd_models::testbed::{NetworkKind, Testbed, TestbedKind};

@@ -577,7 +577,7 @@ mod tests {
         let e = Config::parse("[ingest]\nnetworks = []\n", Path::new("t")).unwrap_err();
         assert!(format!("{e:#}").contains("ingest.networks"), "{e:#}");
         // The sampler is validated as `run` builds it.
-        let e = Config::parse("[score.sampler]\nsteps = 0\n", Path::new("t")).unwrap_err();
+        let e = Config::parse("[score.sampler]\nsteps = 1\n", Path::new("t")).unwrap_err();
         assert!(format!("{e:#}").contains("score.sampler"), "{e:#}");
         // A qg2l config that names nothing else gets the qg2l tuning, not the l96 one.
         let c = Config::parse("[testbed]\nname = \"qg2l\"\n", Path::new("t")).unwrap();
