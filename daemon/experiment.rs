@@ -14,6 +14,8 @@
 //! and the EnKF family of [`assimd_filter::enkf`] (`enkf`, `etkf`, `letkf`). The initial ensemble
 //! is N climatological draws independent of the truth. Tuned settings live in
 //! `configs/experiments/*.toml`, named after the experiment, with the skill they are expected to reach.
+//! Several seeds, intervals and paired comparisons of two experiments on the same truths and
+//! observations are [`crate::paired`]'s (`--seeds`, `--compare`).
 
 use crate::faults::{FaultInjector, Faults, Injected, StationBias};
 use crate::qc::{self, Qc, QcCounts, QcSettings};
