@@ -74,6 +74,13 @@ fn sample(m: &DVector<f64>, p: &DMatrix<f64>, n: usize, seed: u64) -> Ensemble {
     Ensemble::from_members(members).unwrap()
 }
 
+fn max_abs_diff(a: &Ensemble, b: &Ensemble) -> f64 {
+    a.as_flat()
+        .iter()
+        .zip(b.as_flat())
+        .fold(0.0f64, |acc, (x, y)| acc.max((x - y).abs()))
+}
+
 fn max_abs(a: &DMatrix<f64>) -> f64 {
     a.iter().fold(0.0, |acc, v| acc.max(v.abs()))
 }
@@ -153,11 +160,7 @@ fn letkf_with_infinite_radius_is_the_global_etkf() {
             .unwrap()
             .analyse(&mut b, &batch, &mut ChaCha8Rng::seed_from_u64(0))
             .unwrap();
-        let diff = a
-            .as_flat()
-            .iter()
-            .zip(b.as_flat())
-            .fold(0.0f64, |acc, (x, y)| acc.max((x - y).abs()));
+        let diff = max_abs_diff(&a, &b);
         assert!(diff < 1e-12, "LETKF(∞) differs from ETKF by {diff}");
     }
 }
@@ -189,11 +192,7 @@ fn adaptive_letkf_with_infinite_radius_is_the_etkf_at_the_enkf_n_inflation() {
             .unwrap()
             .analyse(&mut b, &batch, &mut ChaCha8Rng::seed_from_u64(0))
             .unwrap();
-        let diff = a
-            .as_flat()
-            .iter()
-            .zip(b.as_flat())
-            .fold(0.0f64, |acc, (x, y)| acc.max((x - y).abs()));
+        let diff = max_abs_diff(&a, &b);
         assert!(diff < 1e-12, "LETKF-N(∞) differs from ETKF(ρ l²) by {diff}");
         if spread < 1.0 {
             // A shrunken ensemble facing the same innovations is inflated.

@@ -208,6 +208,23 @@ fn invalid_sampler_settings_name_the_fix() {
     assert!(e.to_string().contains("sigma_min < sigma_start"));
 }
 
+/// `n` members drawn from N(m, P).
+fn draw(m: &[f64], p: &DMatrix<f64>, n: usize, rng: &mut ChaCha8Rng) -> crate::Ensemble {
+    let l = p.clone().cholesky().unwrap().l();
+    let members = (0..n)
+        .map(|_| {
+            let e = DVector::from_fn(N, |_, _| {
+                rand_distr::Distribution::<f64>::sample(&rand_distr::StandardNormal, rng)
+            });
+            (DVector::from_column_slice(m) + &l * e)
+                .iter()
+                .copied()
+                .collect()
+        })
+        .collect();
+    crate::Ensemble::from_members(members).unwrap()
+}
+
 /// The ideal ensemble-conditioned prior: the Gaussian of the background's sample moments.
 struct SampleGaussian;
 
@@ -228,20 +245,8 @@ fn score_filter_with_the_sample_gaussian_prior_is_a_kalman_filter() {
     // of the background moments (2,000 members; tolerance 0.08 on entries of order 1).
     use crate::Analysis;
     let (m, p, batch) = problem();
-    let l = p.clone().cholesky().unwrap().l();
     let mut rng = ChaCha8Rng::seed_from_u64(5);
-    let members: Vec<Vec<f64>> = (0..2000)
-        .map(|_| {
-            let e = DVector::from_fn(N, |_, _| {
-                rand_distr::Distribution::<f64>::sample(&rand_distr::StandardNormal, &mut rng)
-            });
-            (DVector::from_column_slice(&m) + &l * e)
-                .iter()
-                .copied()
-                .collect()
-        })
-        .collect();
-    let mut ens = crate::Ensemble::from_members(members).unwrap();
+    let mut ens = draw(&m, &p, 2000, &mut rng);
     let (bm, bp) = moments(ens.as_flat());
     let (ma, pa) = kalman(bm.as_slice(), &bp, &batch);
     let cfg = SamplerConfig {
@@ -281,20 +286,8 @@ fn without_diffusion_the_analysis_is_the_start() {
     // background (Start::Member) or the background mean (Start::Mean), whatever the observations.
     use crate::Analysis;
     let (m, p, batch) = problem();
-    let l = p.clone().cholesky().unwrap().l();
     let mut rng = ChaCha8Rng::seed_from_u64(8);
-    let members: Vec<Vec<f64>> = (0..10)
-        .map(|_| {
-            let e = DVector::from_fn(N, |_, _| {
-                rand_distr::Distribution::<f64>::sample(&rand_distr::StandardNormal, &mut rng)
-            });
-            (DVector::from_column_slice(&m) + &l * e)
-                .iter()
-                .copied()
-                .collect()
-        })
-        .collect();
-    let bg = crate::Ensemble::from_members(members).unwrap();
+    let bg = draw(&m, &p, 10, &mut rng);
     for start in [Start::Member, Start::Mean] {
         let f = ScoreFilter {
             prior: std::sync::Arc::new(SampleGaussian),
