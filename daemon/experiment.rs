@@ -287,6 +287,8 @@ pub struct Summary {
     pub failed_analyses: Vec<usize>,
     /// Stations the monitor blacklisted: (cycle, station); and taken back: (cycle, -station).
     pub blacklistings: Vec<(usize, String)>,
+    /// Replays after a blacklisting (`qc.replay_cycles`): (cycle, the analysis cycle re-run from).
+    pub replays: Vec<(usize, u64)>,
 }
 
 /// One cycle's scores, as [`Summary`] averages them (against the truth; `rmse_withheld_a`
@@ -382,6 +384,9 @@ pub fn run_with(
     let mut qc_total = QcCounts::default();
     // The divergence guard's rollback point: (cycle, analysis ensemble).
     let (mut previous, mut last_good): (Option<Ensemble>, Option<(u64, Ensemble)>) = (None, None);
+    // The last analyses, for a replay without a newly blacklisted station (`qc.replay_cycles`).
+    let mut analyses: std::collections::VecDeque<(u64, Ensemble)> = Default::default();
+    let mut replays = Vec::new();
     let mut rejected_ingest: BTreeMap<String, u64> = BTreeMap::new();
     let (mut divergences, mut blacklistings, mut failed) = (Vec::new(), Vec::new(), Vec::new());
 
@@ -478,22 +483,27 @@ pub fn run_with(
                     }
                 }
                 blacklistings.extend(screened.rehabilitated.iter().map(|s| (k, format!("-{s}"))));
-                let batch = match (
+                let mut batch = screened.batch;
+                if let (Some(r), Some(a)) = (screened.replay, &analysis) {
+                    if let Some((_, from)) = analyses.iter().find(|(c, _)| *c == r.from) {
+                        ens = replay(from.clone(), &r.batches, &*dynamics, &**a, &mut rng)?;
+                        forecast(&*dynamics, &mut ens);
+                        replays.push((k, r.from));
+                    }
+                }
+                if let (true, Some(o)) = (
                     spec.corrupt_at == Some(k),
                     all.obs
                         .iter()
                         .find(|o| o.modality == assimd_filter::obs::Modality::Station),
                 ) {
-                    (true, Some(o)) => {
-                        let mut obs = screened.batch.obs.clone();
-                        obs.push(Observation {
-                            value: -9999.0,
-                            ..o.clone()
-                        });
-                        ObsBatch::new(&space, obs)?
-                    }
-                    _ => screened.batch,
-                };
+                    let mut obs = batch.obs.clone();
+                    obs.push(Observation {
+                        value: -9999.0,
+                        ..o.clone()
+                    });
+                    batch = ObsBatch::new(&space, obs)?;
+                }
                 if let Some(a) = &analysis {
                     let mut trial = ens.clone();
                     a.analyse(&mut trial, &batch, &mut rng)?;
@@ -504,6 +514,12 @@ pub fn run_with(
                         failed.push(k);
                     } else {
                         bail!("{} diverged at cycle {k}: the analysis ensemble is not finite (try more inflation or a shorter localisation)", spec.filter);
+                    }
+                }
+                if spec.qc.enabled && spec.qc.replay_cycles > 0 {
+                    analyses.push_back((k as u64, ens.clone()));
+                    if analyses.len() > spec.qc.replay_cycles as usize + 1 {
+                        analyses.pop_front();
                     }
                 }
                 if scored {
@@ -558,7 +574,33 @@ pub fn run_with(
     summary.divergences = divergences;
     summary.failed_analyses = failed;
     summary.blacklistings = blacklistings;
+    summary.replays = replays;
     Ok(summary)
+}
+
+/// Re-run a filter from the analysis `from` through `batches` (a forecast, then an analysis, per
+/// cycle): a [`qc::Replay`] without a newly blacklisted station. The daemon's cycle engine runs the
+/// same function.
+pub fn replay(
+    mut ens: Ensemble,
+    batches: &[(u64, ObsBatch)],
+    dynamics: &dyn assimd_filter::Dynamics,
+    analysis: &dyn assimd_filter::Analysis,
+    rng: &mut ChaCha8Rng,
+) -> Result<Ensemble> {
+    for (c, b) in batches {
+        forecast(dynamics, &mut ens);
+        if !b.is_empty() {
+            let mut trial = ens.clone();
+            analysis
+                .analyse(&mut trial, b, rng)
+                .with_context(|| format!("re-analysing cycle {c}"))?;
+            if trial.as_flat().iter().all(|v| v.is_finite()) {
+                ens = trial;
+            }
+        }
+    }
+    Ok(ens)
 }
 
 /// Forecast every member one cycle, in parallel when the state is large enough to pay for it.
@@ -674,6 +716,7 @@ impl Accumulator {
             injected: Injected::default(),
             divergences: Vec::new(),
             blacklistings: Vec::new(),
+            replays: Vec::new(),
             failed_analyses: Vec::new(),
         }
     }

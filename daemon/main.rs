@@ -177,11 +177,7 @@ fn stations(store: &std::path::Path, config: Option<&std::path::Path>, json: boo
         None => assimd::qc::QcSettings::default(),
     };
     let state = s.monitor_state()?.unwrap_or_default();
-    let qc = assimd::qc::Qc {
-        settings,
-        state,
-        climatology: None,
-    };
+    let qc = assimd::qc::Qc::as_stored(settings, state);
     let report = qc.report(s.assimilated_up_to()?);
     if json {
         println!("{}", serde_json::to_string(&report)?);

@@ -31,7 +31,7 @@ use assimd_filter::qc::{
 };
 use assimd_filter::{Ensemble, StateSpace};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 /// `[qc]`: the same keys in the daemon config and in experiment files.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -54,6 +54,11 @@ pub struct QcSettings {
     /// Stations whose automatic blacklisting and statistics are cleared when the daemon starts or
     /// reloads: how an operator takes back a station whose sensor was fixed.
     pub clear: Vec<String>,
+    /// Cycles of accepted observations kept in memory so that a station blacklisted for a
+    /// `shift` or a `bias` can be taken out of the cycles since its change point: the filters are
+    /// re-run from the analysis before it (0 = never). A biased station's damage to the state
+    /// then goes with it instead of lingering for tens of cycles.
+    pub replay_cycles: u32,
 }
 
 impl Default for QcSettings {
@@ -66,6 +71,7 @@ impl Default for QcSettings {
             divergence: DivergenceGuard::default(),
             blacklist: Vec::new(),
             clear: Vec::new(),
+            replay_cycles: 24,
         }
     }
 }
@@ -234,6 +240,30 @@ pub struct Screened {
     pub newly_blacklisted: Vec<String>,
     /// Stations the monitor took back this cycle.
     pub rehabilitated: Vec<String>,
+    /// When a newly blacklisted station's shift began in a cycle still in memory: re-run the
+    /// filters without it from there ([`Replay`]).
+    pub replay: Option<Replay>,
+}
+
+/// Cycles to re-analyse without newly blacklisted stations: start from the analysis of cycle
+/// `from`, then for each batch forecast one cycle and analyse it; the result is the analysis of
+/// the cycle before the current one, whose forecast replaces the current background (the
+/// current cycle's [`Screened::batch`] already leaves the stations out).
+pub struct Replay {
+    /// The analysis to restart from (the cycle before the earliest change point).
+    pub from: u64,
+    /// The accepted observations of cycles from + 1 .. current − 1 without the stations.
+    pub batches: Vec<(u64, ObsBatch)>,
+    /// The stations taken out.
+    pub stations: Vec<String>,
+}
+
+/// One cycle's accepted observations and their stations, kept for a [`Replay`].
+#[derive(Clone, Debug)]
+struct AcceptedCycle {
+    cycle: u64,
+    obs: Vec<Observation>,
+    stations: Vec<Option<String>>,
 }
 
 /// The QC of a running filter system: settings and the monitor's persistent state.
@@ -246,6 +276,9 @@ pub struct Qc {
     /// Climatological mean and standard deviation per state field (the divergence guard's state
     /// test; `None`: that test is off).
     pub climatology: Option<(Vec<f64>, Vec<f64>)>,
+    /// The last `replay_cycles` cycles' accepted observations (memory only: after a restart a
+    /// replay reaches back to the restart at most).
+    accepted: VecDeque<AcceptedCycle>,
 }
 
 impl Qc {
@@ -258,9 +291,20 @@ impl Qc {
                 settings,
                 state,
                 climatology: None,
+                accepted: VecDeque::new(),
             },
             cleared,
         )
+    }
+
+    /// QC over stored statistics as they are, without applying `clear` (the daemon applies it when
+    /// it starts): what `assimd stations` shows.
+    pub fn as_stored(settings: QcSettings, state: MonitorState) -> Qc {
+        Qc {
+            settings,
+            state,
+            ..Default::default()
+        }
     }
 
     /// New settings (SIGHUP): the operator's lists and thresholds; applies `clear`.
@@ -377,16 +421,18 @@ impl Qc {
         counts.station.scale = scales[0];
         counts.satellite.scale = scales[1];
         let (mut accepted, mut rejected) = (Vec::with_capacity(all.len()), Vec::new());
-        // Per station: (z, accepted) of each report, and the reported values.
+        let mut accepted_at = Vec::with_capacity(all.len()); // their indices in `all`
+                                                             // Per station: (z, accepted) of each report, and the reported values.
         type Reports = (Vec<(f64, bool)>, Vec<f64>);
         let mut reports: BTreeMap<&str, Reports> = BTreeMap::new();
-        for ((((o, dep), v), origin), raw) in all
+        for (i, ((((o, dep), v), origin), raw)) in all
             .obs
             .iter()
             .zip(&deps)
             .zip(&verdicts)
             .zip(origins)
             .zip(&raw)
+            .enumerate()
         {
             let c = counts.of_mut(o.modality);
             c.screened += 1;
@@ -421,6 +467,7 @@ impl Qc {
                         o.sigma *= f;
                     }
                     accepted.push(o);
+                    accepted_at.push(i);
                 }
             }
         }
@@ -440,6 +487,35 @@ impl Qc {
         } else {
             (Vec::new(), Vec::new())
         };
+        let stations = accepted_at
+            .iter()
+            .map(|&i| origins[i].station.clone())
+            .collect();
+        let replay = self.remember(space, cycle, &accepted, stations, &newly_blacklisted)?;
+        if replay.is_some() {
+            // Replayed without them, the stations are out of this cycle too: their reports are
+            // left out (and kept) like any blacklisted station's.
+            let mut kept = Vec::with_capacity(accepted.len());
+            for (o, i) in accepted.into_iter().zip(accepted_at) {
+                if self.excluded(origins[i].station.as_deref()) {
+                    let c = counts.of_mut(o.modality);
+                    c.accepted -= 1;
+                    c.downweighted -= usize::from(matches!(verdicts[i], Verdict::DownWeight(_)));
+                    c.blacklisted += 1;
+                    rejected.push(QcRejection {
+                        message: origins[i].message.clone(),
+                        index: origins[i].index,
+                        modality: o.modality,
+                        reason: QcReason::Blacklisted,
+                        d: deps[i].d,
+                        z: raw[i].z(),
+                    });
+                } else {
+                    kept.push(o);
+                }
+            }
+            accepted = kept;
+        }
         let batch = ObsBatch::new(space, accepted)
             .map_err(|e| anyhow::anyhow!("building the accepted observations' operator: {e}"))?;
         Ok(Screened {
@@ -448,7 +524,78 @@ impl Qc {
             counts,
             newly_blacklisted,
             rehabilitated,
+            replay,
         })
+    }
+
+    /// Keep cycle k's accepted observations; when stations were newly blacklisted with a change
+    /// point still in memory, the replay that takes them out of the cycles since.
+    fn remember(
+        &mut self,
+        space: &StateSpace,
+        k: u64,
+        accepted: &[Observation],
+        stations: Vec<Option<String>>,
+        newly_blacklisted: &[String],
+    ) -> Result<Option<Replay>> {
+        let depth = self.settings.replay_cycles as usize;
+        if depth == 0 {
+            self.accepted.clear();
+            return Ok(None);
+        }
+        let onsets: Vec<(String, u64)> = newly_blacklisted
+            .iter()
+            .filter_map(|id| {
+                let b = self.state.stations.get(id)?.blacklisted.as_ref()?;
+                Some((id.clone(), b.onset?))
+            })
+            .collect();
+        // The kept cycles must reach back to the change point and be contiguous from it.
+        let oldest = self
+            .accepted
+            .iter()
+            .rev()
+            .zip((1..=k).rev().skip(1))
+            .take_while(|(a, want)| a.cycle == *want)
+            .last()
+            .map(|(a, _)| a.cycle);
+        let replay = match (onsets.iter().map(|(_, o)| *o).min(), oldest) {
+            (Some(onset), Some(oldest)) if onset >= oldest && onset <= k => {
+                let taken: Vec<String> = onsets.into_iter().map(|(id, _)| id).collect();
+                let without = |obs: &[Observation], st: &[Option<String>]| {
+                    let kept: Vec<Observation> = obs
+                        .iter()
+                        .zip(st)
+                        .filter(|(_, s)| !self.excluded(s.as_deref()))
+                        .map(|(o, _)| o.clone())
+                        .collect();
+                    ObsBatch::new(space, kept).map_err(|e| {
+                        anyhow::anyhow!("building a replayed cycle's observation operator: {e}")
+                    })
+                };
+                let batches = self
+                    .accepted
+                    .iter()
+                    .filter(|a| a.cycle >= onset)
+                    .map(|a| Ok((a.cycle, without(&a.obs, &a.stations)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                Some(Replay {
+                    from: onset - 1,
+                    batches,
+                    stations: taken,
+                })
+            }
+            _ => None,
+        };
+        self.accepted.push_back(AcceptedCycle {
+            cycle: k,
+            obs: accepted.to_vec(),
+            stations,
+        });
+        while self.accepted.len() > depth {
+            self.accepted.pop_front();
+        }
+        Ok(replay)
     }
 }
 
@@ -689,6 +836,98 @@ mod tests {
                 .len(),
             38
         );
+    }
+
+    /// 40 stations around an ensemble of spread 1 (σ_d = √(20/19 + 1)); S05 jumps by 6 (z ≈ 4.2,
+    /// under k = 5, clipped to h/2 = 4 in the CUSUM) from cycle 61: S⁺ = 3, 6, 9 > h = 8 at cycle
+    /// 63, change point 61. The replay restarts from cycle 60's analysis, through cycles 61 and 62
+    /// without S05, and cycle 63's batch leaves S05 out too (recorded as blacklisted).
+    #[test]
+    fn a_shifted_station_is_replayed_out_from_its_change_point() {
+        let space = Testbed::new(TestbedKind::L96).space;
+        let ens = Ensemble::from_members(
+            (0..20)
+                .map(|k| vec![if k % 2 == 0 { 1.0 } else { -1.0 }; 40])
+                .collect(),
+        )
+        .unwrap();
+        let origins: Vec<ObsOrigin> = (0..40)
+            .map(|i| ObsOrigin {
+                message: format!("m{i}"),
+                index: 0,
+                station: Some(format!("S{i:02}")),
+            })
+            .collect();
+        let cycle_obs = |k: u64| {
+            let obs = (0..40)
+                .map(|i| {
+                    let jump = if i == 5 && k > 60 { 6.0 } else { 0.0 };
+                    station_obs(i, 0.3 + 0.001 * k as f64 + jump)
+                })
+                .collect();
+            ObsBatch::new(&space, obs).unwrap()
+        };
+        for replay_cycles in [24, 0] {
+            let settings = QcSettings {
+                replay_cycles,
+                ..QcSettings::default()
+            };
+            let (mut qc, _) = Qc::new(settings, MonitorState::default());
+            let mut got = None;
+            for k in 1..=63u64 {
+                let s = qc.screen(k, &space, &cycle_obs(k), &origins, &ens).unwrap();
+                assert_eq!(s.newly_blacklisted.is_empty(), k != 63, "cycle {k}");
+                if k == 63 {
+                    got = Some(s);
+                }
+            }
+            let s = got.unwrap();
+            assert_eq!(
+                qc.state.stations["S05"]
+                    .blacklisted
+                    .as_ref()
+                    .unwrap()
+                    .reason,
+                "shift"
+            );
+            if replay_cycles == 0 {
+                assert!(s.replay.is_none());
+                assert_eq!(
+                    s.batch.len(),
+                    40,
+                    "S05 is left out from the next cycle only"
+                );
+                continue;
+            }
+            let r = s.replay.as_ref().expect("a replay");
+            assert_eq!((r.from, r.stations.clone()), (60, vec!["S05".to_string()]));
+            let cycles: Vec<u64> = r.batches.iter().map(|(c, _)| *c).collect();
+            assert_eq!(cycles, vec![61, 62]);
+            for (c, b) in &r.batches {
+                assert_eq!(b.len(), 39);
+                let kept: Vec<f64> = b.obs.iter().map(|o| o.value).collect();
+                let want: Vec<f64> = cycle_obs(*c)
+                    .obs
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != 5)
+                    .map(|(_, o)| o.value)
+                    .collect();
+                assert_eq!(kept, want, "cycle {c}");
+            }
+            assert_eq!(s.batch.len(), 39);
+            assert_eq!(
+                (s.counts.station.accepted, s.counts.station.blacklisted),
+                (39, 1)
+            );
+            assert_eq!(
+                s.rejected
+                    .iter()
+                    .map(|r| (r.message.as_str(), r.reason))
+                    .collect::<Vec<_>>(),
+                vec![("m5", QcReason::Blacklisted)]
+            );
+        }
     }
 
     #[test]

@@ -245,15 +245,19 @@ impl Engine {
         let t_cycle = Instant::now();
         self.reload_qc();
         let w = self.window(k)?;
-        let backgrounds = self.forecast_and_guard(k, &w)?;
+        let mut backgrounds = self.forecast_and_guard(k, &w)?;
         // The background check against the LETKF's background: every filter gets the same batch.
         let t_qc = Instant::now();
         let space = self.space().clone();
-        let screened = self
+        let mut screened = self
             .qc
             .screen(k, &space, &w.all, &w.origins, &self.filters[0].ens)?;
         metrics::histogram!(tm::PHASE_SECONDS, "phase" => "qc", "filter" => "all")
             .record(t_qc.elapsed().as_secs_f64());
+        let replayed_from = match screened.replay.take() {
+            Some(r) => self.replay(k, &r, &mut backgrounds)?,
+            None => None,
+        };
         self.count_qc(k, &screened);
         let mut filters = BTreeMap::new();
         for (i, bg) in backgrounds.into_iter().enumerate() {
@@ -276,6 +280,7 @@ impl Engine {
                 stations_blacklisted: self.qc.blacklisted(),
                 newly_blacklisted: screened.newly_blacklisted.clone(),
                 rehabilitated: screened.rehabilitated.clone(),
+                replayed_from,
             },
             filters,
         };
@@ -349,6 +354,56 @@ impl Engine {
             backgrounds.push(Background { t0, mean, failed });
         }
         Ok(backgrounds)
+    }
+
+    /// Re-run every filter from its stored analysis of cycle `r.from` through the replay's cycles
+    /// without the newly blacklisted stations, and forecast the result to cycle k: each filter's
+    /// new background. A filter the divergence guard just recovered, or whose analysis of
+    /// `r.from` the store no longer has, keeps its background. Returns `r.from` when any filter
+    /// was re-run.
+    fn replay(
+        &mut self,
+        k: u64,
+        r: &qc::Replay,
+        backgrounds: &mut [Background],
+    ) -> Result<Option<u64>> {
+        let dynamics = self.testbed.dynamics.clone();
+        let mut any = false;
+        for (i, bg) in backgrounds.iter_mut().enumerate() {
+            let slot = &mut self.filters[i];
+            if bg.failed.is_some() || !self.store.has_ensemble(slot.name, r.from)? {
+                continue;
+            }
+            let from = self
+                .store
+                .load_ensemble(slot.name, r.from, slot.ens.n_members())?;
+            let seed =
+                self.seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x7265_706c ^ (i as u64) << 56;
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            match experiment::replay(from, &r.batches, &*dynamics, &*slot.analysis, &mut rng) {
+                Ok(mut ens) => {
+                    experiment::forecast(&*dynamics, &mut ens);
+                    slot.ens = ens;
+                    bg.mean = slot.ens.mean();
+                    any = true;
+                }
+                Err(e) => tracing::error!(
+                    filter = slot.name,
+                    cycle = k,
+                    "replay failed, the background is kept: {e:#}"
+                ),
+            }
+        }
+        if any {
+            tracing::warn!(
+                cycle = k,
+                stations = ?r.stations,
+                "re-analysed cycles {}..={} without newly blacklisted stations (from their change point)",
+                r.from + 1,
+                k - 1
+            );
+        }
+        Ok(any.then_some(r.from))
     }
 
     /// Roll filter i back to the last analysis whose forecast passed the guard, if the store still

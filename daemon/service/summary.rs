@@ -56,6 +56,10 @@ pub struct QcSummary {
     pub newly_blacklisted: Vec<String>,
     /// Taken back by the monitor in this cycle.
     pub rehabilitated: Vec<String>,
+    /// When a newly blacklisted station's shift began in memory: the cycle whose analysis the
+    /// filters were re-run from without it (`qc.replay_cycles`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replayed_from: Option<u64>,
 }
 
 /// Assimilated counts per modality.

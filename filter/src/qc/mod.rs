@@ -25,7 +25,18 @@
 //! worse than its spread claims (spin-up, a regime change) does not make every station look biased
 //! at once. A station past the bias, noise or rejection-rate threshold for W consecutive cycles is
 //! blacklisted; so is, at once, a station whose values repeat exactly `max_repeats` cycles in a row
-//! (the persistence check for a frozen sensor, WMO-No. 488). Its reports are still journaled and
+//! (the persistence check for a frozen sensor, WMO-No. 488), and, also at once, a station whose
+//! departures shifted suddenly: Page's two-sided CUSUM of its per-cycle departure
+//! u_t = Σᵢ zᵢ / √n (≈ N(0, 1) for a good station with n observations a cycle),
+//!
+//!   S⁺_t = max(0, S⁺_{t−1} + u_t − k),   S⁻_t = max(0, S⁻_{t−1} − u_t − k),
+//!
+//! flags it when max(S⁺, S⁻) > h. For a step of size δ > k the delay is about h / (δ − k) cycles
+//! (Page 1954), the least of any detector with the same false-alarm rate (Lorden 1971). It matters
+//! because a biased station is partly absorbed: each analysis moves the state towards it, and the
+//! next background carries the move, so its O−B shrinks after the first cycles of the shift (on
+//! qg2l a +3 σ_o step shows z ≈ 2.5–3 for three cycles, then ≈ 0.3): a running mean that waits
+//! for a long sample sees only what is left. Its reports are still journaled and
 //! monitored, never assimilated. A
 //! blacklisted station whose statistics are back inside half the thresholds for
 //! `rehabilitate_cycles` cycles is taken back (its sensor was fixed). This is the automatic part of
@@ -55,6 +66,8 @@
 //! ## References
 //! - Hollingsworth, A., Shaw, D. B., Lönnberg, P., Illari, L., Arpe, K., Simmons, A. J. (1986).
 //!   Monitoring of observation and analysis quality by a data assimilation system. MWR 114.
+//! - Page, E. S. (1954). Continuous inspection schemes. Biometrika 41.
+//! - Lorden, G. (1971). Procedures for reacting to a change in distribution. Ann. Math. Stat. 42.
 //! - WMO (2017). Guide to the Global Observing System, WMO-No. 488, appendix 6.1 (persistence and
 //!   range checks of surface observations).
 //! - Desroziers, G., Berre, L., Chapnik, B., Poli, P. (2005). Diagnosis of observation, background

@@ -37,6 +37,15 @@ pub struct StationMonitor {
     /// never repeats to the last digit; a frozen datalogger's does (WMO-No. 488, persistence
     /// check).
     pub max_repeats: u32,
+    /// CUSUM reference value k (in units of σ_d of the station's per-cycle departure u, see
+    /// [`StationStats::cusum_hi`]): half the smallest sudden shift worth catching fast. Page's CUSUM
+    /// is the quickest detector of a step change of size 2k for a given false-alarm rate (Lorden
+    /// 1971), where the running mean above needs many cycles and W more.
+    pub cusum_k: f64,
+    /// CUSUM decision interval h: a station whose one-sided sum exceeds it is blacklisted at once
+    /// (`shift`); 0 turns the CUSUM off. Each cycle's u is clipped to ±h/2, so no single report
+    /// is more than half the evidence.
+    pub cusum_h: f64,
     /// Consecutive cycles inside half of every threshold (the noise threshold halfway to 1) after which an automatically blacklisted
     /// station is taken back (0 = never: only an operator's `clear` does).
     pub rehabilitate_cycles: u32,
@@ -53,6 +62,8 @@ impl Default for StationMonitor {
             cycles: 5,
             min_reports: 50,
             max_repeats: 3,
+            cusum_k: 1.0,
+            cusum_h: 8.0,
             rehabilitate_cycles: 40,
         }
     }
@@ -63,8 +74,13 @@ impl Default for StationMonitor {
 pub struct Blacklisting {
     /// First cycle whose reports were excluded.
     pub since_cycle: u64,
-    /// `stuck`, `bias`, `noise` or `rejections`.
+    /// `stuck`, `shift`, `bias`, `noise` or `rejections`.
     pub reason: String,
+    /// For `shift` and `bias`: where the shift began, Page's estimate of the change point (the
+    /// first cycle of the run in which the alarming CUSUM sum stayed above 0). The caller may
+    /// re-analyse the cycles since then without the station.
+    #[serde(default)]
+    pub onset: Option<u64>,
 }
 
 /// One station's running statistics.
@@ -81,6 +97,16 @@ pub struct StationStats {
     pub mean_z2: f64,
     /// Running share of the station's observations that the background check rejected.
     pub reject_rate: f64,
+    /// Page's upper CUSUM of the station's per-cycle departure u = Σᵢ zᵢ / √n over its n accepted
+    /// observations (≈ N(0, 1) for a good station): S⁺ ← max(0, S⁺ + u − k), from its
+    /// `min_reports`-th report on.
+    pub cusum_hi: f64,
+    /// The lower CUSUM, S⁻ ← max(0, S⁻ − u − k).
+    pub cusum_lo: f64,
+    /// The first cycle of the current run of S⁺ > 0 (0 when S⁺ = 0).
+    pub cusum_hi_since: u64,
+    /// The first cycle of the current run of S⁻ > 0.
+    pub cusum_lo_since: u64,
     /// Consecutive cycles past a threshold.
     pub over: u32,
     /// Consecutive cycles inside half the thresholds (for rehabilitation).
@@ -164,6 +190,18 @@ impl StationMonitor {
         if self.cycles == 0 {
             return bad("monitor.cycles must be >= 1".into());
         }
+        if !(self.cusum_k.is_finite() && self.cusum_k >= 0.0) {
+            return bad(format!(
+                "monitor.cusum_k must be a finite number >= 0 (in σ_d; 0.5-1.5 typical), got {}",
+                self.cusum_k
+            ));
+        }
+        if !(self.cusum_h.is_finite() && self.cusum_h >= 0.0) {
+            return bad(format!(
+                "monitor.cusum_h must be a finite number >= 0 (0 = off; 5-10 typical), got {}",
+                self.cusum_h
+            ));
+        }
         Ok(())
     }
 
@@ -214,7 +252,20 @@ impl StationMonitor {
                 let l = lambda(s.accepted_reports);
                 s.mean_z += l * (mz - s.mean_z);
                 s.mean_z2 += l * (mz2 - s.mean_z2);
+                if self.cusum_h > 0.0 && s.reports >= self.min_reports {
+                    let u = (mz * n.sqrt()).clamp(-0.5 * self.cusum_h, 0.5 * self.cusum_h);
+                    let (hi, lo) = (s.cusum_hi, s.cusum_lo);
+                    s.cusum_hi = (hi + u - self.cusum_k).max(0.0);
+                    s.cusum_lo = (lo - u - self.cusum_k).max(0.0);
+                    s.cusum_hi_since = run_start(hi, s.cusum_hi, s.cusum_hi_since, cycle);
+                    s.cusum_lo_since = run_start(lo, s.cusum_lo, s.cusum_lo_since, cycle);
+                }
             }
+            let shifted = self.cusum_h > 0.0 && s.cusum_hi.max(s.cusum_lo) > self.cusum_h;
+            // Past 2h the evidence is conclusive; the cap lets a repaired sensor's sums fall back
+            // under h/2 within (1.5 h)/k cycles, so that it can be taken back.
+            s.cusum_hi = s.cusum_hi.min(2.0 * self.cusum_h);
+            s.cusum_lo = s.cusum_lo.min(2.0 * self.cusum_h);
             let biased = s.accepted_reports > 0 && s.mean_z.abs() > self.max_bias;
             let noisy = s.accepted_reports > 1 && s.std_z() > self.max_std;
             let rejecting = s.reject_rate > self.max_reject_rate;
@@ -225,14 +276,17 @@ impl StationMonitor {
             }
             let inside = !stuck
                 && s.repeats == 0
+                && (self.cusum_h == 0.0 || s.cusum_hi.max(s.cusum_lo) < 0.5 * self.cusum_h)
                 && s.mean_z.abs() < 0.5 * self.max_bias
                 && s.std_z() < 0.5 * (1.0 + self.max_std)
                 && s.reject_rate < 0.5 * self.max_reject_rate;
             s.good = if inside { s.good + 1 } else { 0 };
             match &s.blacklisted {
-                None if stuck || s.over >= self.cycles => {
+                None if stuck || shifted || s.over >= self.cycles => {
                     let reason = if stuck {
                         "stuck"
+                    } else if shifted {
+                        "shift"
                     } else if rejecting {
                         "rejections"
                     } else if biased {
@@ -240,9 +294,15 @@ impl StationMonitor {
                     } else {
                         "noise"
                     };
+                    let onset = if s.cusum_hi >= s.cusum_lo {
+                        s.cusum_hi_since
+                    } else {
+                        s.cusum_lo_since
+                    };
                     s.blacklisted = Some(Blacklisting {
                         since_cycle: cycle + 1,
                         reason: reason.into(),
+                        onset: (matches!(reason, "shift" | "bias") && onset > 0).then_some(onset),
                     });
                     s.good = 0;
                     new.push(r.station.clone());
@@ -288,6 +348,16 @@ impl StationMonitor {
             Some(s) if s.over > 0 => StationStatus::Watch,
             _ => StationStatus::Ok,
         }
+    }
+}
+
+/// The first cycle of a CUSUM's current positive run: `cycle` when it has just left 0, 0 when it
+/// is back at 0.
+fn run_start(before: f64, after: f64, since: u64, cycle: u64) -> u64 {
+    match (before > 0.0, after > 0.0) {
+        (_, false) => 0,
+        (false, true) => cycle,
+        (true, true) => since,
     }
 }
 
@@ -374,7 +444,9 @@ mod tests {
             st.stations["A"].blacklisted,
             Some(Blacklisting {
                 since_cycle: 15,
-                reason: "bias".into()
+                reason: "bias".into(),
+                // The CUSUM of u = 2 has been positive since the station became eligible.
+                onset: Some(10),
             })
         );
         assert_eq!(m.status(&st, "A", &[]), StationStatus::Blacklisted);
@@ -388,6 +460,82 @@ mod tests {
             vec!["A".to_string()]
         );
         assert!(!st.is_blacklisted("A"));
+    }
+
+    #[test]
+    fn a_sudden_shift_is_caught_by_the_cusum_after_h_over_delta_minus_k_cycles() {
+        let m = StationMonitor {
+            min_reports: 10,
+            rehabilitate_cycles: 10,
+            ..Default::default()
+        };
+        let (k, h) = (m.cusum_k, m.cusum_h);
+        let mut st = MonitorState::default();
+        let two = |z: f64| StationReport {
+            station: "P".into(),
+            obs: vec![(z, false), (z, false)],
+            values: Vec::new(),
+        };
+        // 40 quiet cycles, then both observations shift by δ/√2 each: u = δ = 3 per cycle.
+        let delta = 3.0;
+        let mut flagged = None;
+        for c in 1..=60u64 {
+            let z = if c <= 40 { 0.0 } else { delta / 2f64.sqrt() };
+            let (new, _) = m.update(&mut st, c, &[two(z)]);
+            if !new.is_empty() {
+                flagged.get_or_insert(c);
+            }
+        }
+        // S⁺ grows by δ − k = 2 a cycle and must exceed h = 8 (strictly): the fifth shifted cycle.
+        let cycles = (h / (delta - k)).floor() as u64 + 1;
+        assert_eq!(flagged, Some(40 + cycles));
+        let b = st.stations["P"].blacklisted.clone().unwrap();
+        assert_eq!(
+            (b.reason.as_str(), b.since_cycle),
+            ("shift", 40 + cycles + 1)
+        );
+        assert_eq!(
+            b.onset,
+            Some(41),
+            "the change point is the first shifted cycle"
+        );
+        // The running mean (λ = 0.1) is still far below max_bias then: only the CUSUM caught it.
+        let mut ewma = MonitorState::default();
+        let no_cusum = StationMonitor {
+            cusum_h: 0.0,
+            ..m.clone()
+        };
+        for c in 1..=(40 + cycles) {
+            let z = if c <= 40 { 0.0 } else { delta / 2f64.sqrt() };
+            assert!(no_cusum.update(&mut ewma, c, &[two(z)]).0.is_empty());
+        }
+        // The sums are capped at 2h: fixed at cycle 61, the station is back inside h/2 after
+        // (2h − h/2)/k = 12 cycles and taken back rehabilitate_cycles later.
+        let mut back_at = None;
+        for c in 61..=120u64 {
+            let (_, back) = m.update(&mut st, c, &[two(0.0)]);
+            if !back.is_empty() {
+                back_at.get_or_insert(c);
+            }
+        }
+        assert!(st.stations["P"].cusum_hi < 0.5 * h);
+        let rejoin = (1.5 * h / k).ceil() as u64 + 1; // first cycle with S⁺ < h/2 (strictly)
+        assert_eq!(
+            back_at,
+            Some(60 + rejoin + u64::from(m.rehabilitate_cycles) - 1)
+        );
+    }
+
+    #[test]
+    fn one_gross_departure_is_at_most_half_the_cusum_evidence() {
+        let m = StationMonitor {
+            min_reports: 1,
+            ..Default::default()
+        };
+        let mut st = MonitorState::default();
+        m.update(&mut st, 1, &[report("G", 40.0, false)]);
+        assert_eq!(st.stations["G"].cusum_hi, 0.5 * m.cusum_h - m.cusum_k);
+        assert_eq!(st.stations["G"].blacklisted, None);
     }
 
     #[test]
