@@ -6,7 +6,8 @@ Array format (all little-endian float32 .npy, recorded after burn-in, K = record
   DIR/spread.npy   (K, P)       background per-point std over members (ddof = 1)
   DIR/members.npy  (K, N, P)    background members
   DIR/meta.json    testbed, network, filter, inflation, rtps, localization_km, seed, burn_in, records ...
-P = 40 for l96 (one variable on the ring). Seeds: 1-99 test, 100-199 tuning, >= 1000 training.
+P = 40 for l96 (one variable on the ring). Seeds: 1-99 test, 100-199 tuning, >= 1000 training
+(l96: 1001-1027 train, 1909-1982 val; l96 self-training 1101-1106; l96-long 1201-1210 train, 1990-1991 val).
 """
 from __future__ import annotations
 
@@ -87,15 +88,49 @@ def l96_selftrain_runs(bundle_dir: str, sampler: list[str]) -> list[Run]:
     return runs
 
 
-RUNS = {"l96": l96_runs}
+# The long window (`configs/experiments/l96-sparse-r0.5-dt0.4-*.toml`, Spantini et al. 2019 as DAPPER runs
+# it): every other point observed, R = 0.5 I, 8 model steps of 0.05 per cycle, no QC, fixed inflation
+# (tuned.toml's l96 default is the adaptive EnKF-N). Shared by the runs' flags and the manifest's [regime].
+L96_LONG_REGIME = {"network": "sparse", "steps_per_cycle": 8, "obs_error_variance": 0.5,
+                   "adaptive": "off", "qc": "off"}
+L96_LONG_CYCLES, L96_LONG_BURN_IN = 2000, 200
+
+
+def l96_long_runs(members: int = 20) -> list[Run]:
+    """The long window (l96-long): cycled LETKF runs on training seeds 1201+ with deliberately varied
+    settings, as the pilot (../shared/notes/long-window-pilot.md): the tuned-like setting (inflation 1.2,
+    3,500 km) twice, inflation 1.05 / 1.1 (too low) and 1.3 / 1.4 (too high), localisation 2,500 and
+    5,150 km (DAPPER loc_rad 2 and 4), RTPS 0.5 and 0.7 without inflation; 2,000 cycles, burn-in 200
+    (1,800 triples per run). Validation: the tuned setting and inflation 1.3 on seeds 1990+."""
+    g = L96_LONG_REGIME
+    extra = ("--steps-per-cycle", str(g["steps_per_cycle"]), "--obs-error-variance", str(g["obs_error_variance"]),
+             "--adaptive", g["adaptive"], "--qc", g["qc"], "--burn-in", str(L96_LONG_BURN_IN))
+    infl, loc = 1.2, 3500.0
+    variants = [
+        ("tuned-a", infl, loc, 0.0), ("tuned-b", infl, loc, 0.0),
+        ("infl1.05", 1.05, loc, 0.0), ("infl1.1", 1.1, loc, 0.0),
+        ("infl1.3", 1.3, loc, 0.0), ("infl1.4", 1.4, loc, 0.0),
+        ("loc2500", infl, 2500.0, 0.0), ("loc5150", infl, 5150.0, 0.0),
+        ("rtps0.5", 1.0, loc, 0.5), ("rtps0.7", 1.0, loc, 0.7),
+    ]
+    mk = lambda name, seed, i, l, r, split: Run(name, g["network"], seed, i, l, rtps=r, members=members,
+                                                cycles=L96_LONG_CYCLES, split=split, extra=extra)
+    runs = [mk(f"long-{tag}", 1201 + k, i, l, r, "train") for k, (tag, i, l, r) in enumerate(variants)]
+    runs.append(mk("val-long-tuned", 1990, infl, loc, 0.0, "val"))
+    runs.append(mk("val-long-infl1.3", 1991, 1.3, loc, 0.0, "val"))
+    return runs
+
+
+RUNS = {"l96": l96_runs, "l96-long": l96_long_runs}
 
 
 def generate(testbed: str, binary: str, root: str, every: int = 1, max_rmse: float = 2.0,
-             runs: list[Run] | None = None, index: str = "runs.json") -> list[dict]:
-    """Run assimd for every run of the testbed; keep runs that did not diverge. Returns provenance."""
+             runs: list[Run] | None = None, index: str = "runs.json", label: str | None = None) -> list[dict]:
+    """Run assimd for every run of the testbed; keep runs that did not diverge (exit 0 and
+    rmse_a <= max_rmse). Returns provenance."""
     os.makedirs(root, exist_ok=True)
     kept = []
-    for run in progress.bar(runs if runs is not None else RUNS[testbed](), f"{testbed} training data"):
+    for run in progress.bar(runs if runs is not None else RUNS[testbed](), label or f"{testbed} training data"):
         out = os.path.join(root, run.name)
         args = run.args(binary, testbed, out, every)
         res_path = os.path.join(out, "result.json")

@@ -3,6 +3,10 @@
 l96 ships two bundles: `l96` (mean + spread + set-encoder features, conditioner.onnx) and
 `l96-meanspread` (mean + per-point spread only) so that the two conditionings can be measured
 against each other. qg2l will register its own runs, codec (autoencoder) and latent nets here.
+
+Each variant trains on one data set: its `runs` (a key of data.RUNS, default the testbed), cached in
+`data/<data_dir>/` (default the testbed), with runs above `max_rmse` dropped as diverged (default 2).
+`l96-long` is the long window's own bundle (data.l96_long_runs, issue 16): `run.sh l96 --bundles l96-long`.
 """
 from __future__ import annotations
 
@@ -32,7 +36,18 @@ VARIANTS = {
     "l96-meanspread": {"testbed": "l96", "set_encoder": False, "gauss": False},
     # round 2: l96 fine-tuned on its own cycled score-filter triples plus the round-1 triples
     "l96-selftrain": {"testbed": "l96", "set_encoder": True, "gauss": True, "init": "l96"},
+    # the long window (l96-sparse-r0.5-dt0.4, N = 20), the pilot's design (../shared/notes/long-window-pilot.md):
+    # set encoder, no Gaussian skip, so that the score filter starts each member from its LETKF analysis
+    # (filter/src/score/filter.rs: a bundle without ensemble_gaussian gets the LETKF baseline); its own
+    # runs and data dir; RTPS-only runs reach rmse 1.6-2.3 in this regime, hence the cutoff 3; sigma
+    # drawn as the pilot's (train.SIGMA_DISTS).
+    "l96-long": {"testbed": "l96", "set_encoder": True, "gauss": False, "runs": "l96-long",
+                 "data_dir": "l96-long", "max_rmse": 3.0, "sigma": "pilot",
+                 "regime": {"name": "l96-sparse-r0.5-dt0.4 (the long window)", **data.L96_LONG_REGIME,
+                            "experiments": "configs/experiments/l96-sparse-r0.5-dt0.4-*.toml"},
+                 "reproduce": "models/train/run.sh l96 --bundles l96-long"},
 }
+DEFAULT_BUNDLES = "l96,l96-gauss-meanspread,l96-setenc,l96-meanspread"
 # Sampler of the score filter's round-2 data runs (the shipped l96 default, configs/experiments).
 SELFTRAIN_SAMPLER = ["--steps", "8", "--corrections", "0", "--sigma-start", "0.1", "--start", "sqrt"]
 
@@ -44,7 +59,24 @@ def git_commit():
 toml_dump = tomlw.toml_dump
 
 
-def build(bundle: str, kept: list[dict], iters: int, batch: int, seed: int, log=print):
+def data_spec(bundle: str) -> tuple[str, str, float]:
+    """(key of data.RUNS, directory under --data-dir, divergence cutoff on rmse_a) of a variant."""
+    cfg = VARIANTS[bundle]
+    return cfg.get("runs", cfg["testbed"]), cfg.get("data_dir", cfg["testbed"]), cfg.get("max_rmse", 2.0)
+
+
+def record(testbed: str, binary: str, data_dir: str, spec: tuple[str, str, float]):
+    """Record (or reuse the cached) runs of one data set. Returns (kept provenance, names of dropped runs)."""
+    runs_key, sub, max_rmse = spec
+    runs = data.RUNS[runs_key]()
+    kept = data.generate(testbed, binary, os.path.join(data_dir, sub), max_rmse=max_rmse, runs=runs,
+                         label=f"{runs_key} training data")
+    names = {r["name"] for r in kept}
+    return kept, [r.name for r in runs if r.name not in names]
+
+
+def build(bundle: str, kept: list[dict], iters: int, batch: int, seed: int, log=print,
+          dropped: list[str] | None = None):
     cfg = VARIANTS[bundle]
     torch.manual_seed(seed)
     trn = data.load(kept, "train")
@@ -59,7 +91,8 @@ def build(bundle: str, kept: list[dict], iters: int, batch: int, seed: int, log=
         lr = 5e-4
         log(f"[{bundle}] fine-tuning from {init} at lr {lr}")
     t0 = time.time()
-    ema, info = tr_mod.train(model, trn, iters=iters, batch=batch, seed=seed, lr=lr, log=log)
+    ema, info = tr_mod.train(model, trn, iters=iters, batch=batch, seed=seed, lr=lr, log=log,
+                             sigma_dist=cfg.get("sigma", "loguniform"))
     wall_train = time.time() - t0
     run_dir = os.path.join(TRAIN_DIR, "runs", bundle)
     os.makedirs(run_dir, exist_ok=True)
@@ -78,7 +111,7 @@ def build(bundle: str, kept: list[dict], iters: int, batch: int, seed: int, log=
     out_dir = os.path.join(REPO, "models", "zoo", bundle)
     rep = export_bundle(ema, out_dir, 40, example)
     log(f"[{bundle}] export checks: {json.dumps(rep['checks'])}")
-    man = manifest(bundle, cfg, ema, kept, trn, val, info, bins, cal, rep, wall_train, wall_eval)
+    man = manifest(bundle, cfg, ema, kept, trn, val, info, bins, cal, rep, wall_train, wall_eval, dropped)
     with open(os.path.join(out_dir, "manifest.toml"), "w") as f:
         f.write(man)
     json.dump({"bins": bins, "calibration": cal, "checks": rep["checks"], "train": info},
@@ -86,10 +119,14 @@ def build(bundle: str, kept: list[dict], iters: int, batch: int, seed: int, log=
     return rep
 
 
-def manifest(bundle, cfg, model, kept, trn, val, info, bins, cal, rep, wall_train, wall_eval):
+def manifest(bundle, cfg, model, kept, trn, val, info, bins, cal, rep, wall_train, wall_eval, dropped=None):
     import onnx
     import onnxruntime
     se = cfg["set_encoder"]
+    n_members = int(trn.members.shape[1])
+    max_rmse = data_spec(bundle)[2]
+    dropped_text = ("not recorded" if dropped is None else ", ".join(dropped) or "none")
+    regime = cfg.get("regime")
     C = model.den.feat_ch
     cond_inputs = {
         "mean": {"shape": [1, 40], "dtype": "float32", "what": "background ensemble mean"},
@@ -119,12 +156,15 @@ def manifest(bundle, cfg, model, kept, trn, val, info, bins, cal, rep, wall_trai
         "description": ("EDM denoiser of p(x | background ensemble) for Lorenz-96, pixel space, conditioned on "
                         "the background mean, per-point spread" + (" and DeepSets set-encoder features of the "
                                                                      "members' anomalies (conditioner.onnx)" if se else " (no set encoder)")
-                        + ("; skip connection = exact denoiser of the localised ensemble Gaussian (basis, eigvals)" if gauss else "")),
+                        + ("; skip connection = exact denoiser of the localised ensemble Gaussian (basis, eigvals)" if gauss else "")
+                        + (f"; trained for the l96 regime {regime['name']}: network {regime['network']}, "
+                           f"{regime['steps_per_cycle']} model steps of 0.05 per cycle, R = {regime['obs_error_variance']:g} I, "
+                           f"N = {n_members} (see [regime])" if regime else "")),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
         "git_commit_note": ("commit of the training code (models/train) the bundle was exported with; the bundle's own "
                             "files are committed afterwards, so `git log -- models/zoo/<name>` gives that commit"),
-        "reproduce": f"models/train/run.sh l96   (bundle {bundle})",
+        "reproduce": cfg.get("reproduce", f"models/train/run.sh l96   (bundle {bundle})"),
         "grid": {"n_points": 40, "geometry": "ring (periodic 1-D)", "dims": [40]},
         "variables": ["x"],
         "normalisation": {
@@ -137,7 +177,7 @@ def manifest(bundle, cfg, model, kept, trn, val, info, bins, cal, rep, wall_trai
         },
         "latent": {"shape": [40], "note": "identity codec: latent = state"},
         "noise": {"sigma_min": tr_mod.SIGMA_MIN, "sigma_max": tr_mod.SIGMA_MAX,
-                  "train_sigma_distribution": f"log-uniform [{tr_mod.SIG_LO}, {tr_mod.SIG_HI}]",
+                  "train_sigma_distribution": tr_mod.sigma_dist_text(cfg.get("sigma", "loguniform")),
                   "units": "state units (x), isotropic"},
         "conditioning": {"set_encoder": se, "feature_channels": C, "inputs": cond_inputs,
                          **({"ensemble_gaussian": {
@@ -168,10 +208,11 @@ def manifest(bundle, cfg, model, kept, trn, val, info, bins, cal, rep, wall_trai
             "opset": 18,
         },
         "data": {
-            "source": "assimd experiment --record DIR --record-every 1 --record-members (truth.npy, mean.npy, spread.npy, members.npy: float32 (K,40) / (K,20,40))",
+            "source": ("assimd experiment --record DIR --record-every 1 --record-members (truth.npy, mean.npy, spread.npy, "
+                       f"members.npy: float32 (K,40) / (K,{n_members},40))"),
             "train_triples": int(len(trn.truth)), "val_triples": int(len(val.truth)),
-            "members": 20,
-            "dropped": "runs with assimd exit != 0 or rmse_a > 2 (diverged): full-infl1.00, full-locwide",
+            "members": n_members,
+            "dropped": f"runs with assimd exit != 0 or rmse_a > {max_rmse:g} (diverged): {dropped_text}",
             "seeds_note": "training seeds 1000-1899, validation seeds 1900-1999 (per run below); test seeds 1-99 and tuning seeds 100-199 never used",
             "runs": [{"name": r["name"], "split": r["split"], "network": r["network"], "filter": r["filter"],
                       "seed": r["seed"], "inflation": r["inflation"], "rtps": r["rtps"],
@@ -188,13 +229,19 @@ def manifest(bundle, cfg, model, kept, trn, val, info, bins, cal, rep, wall_trai
         "fixtures": {"dir": "fixtures", "index": "fixtures/index.json", "format": "npy float32 little-endian",
                      "tolerance_max_abs": 1e-4},
     }
+    if regime:  # [regime] after `variables`: the observing setup the bundle is for (the Rust Manifest ignores it)
+        items = list(m.items())
+        at = [k for k, _ in items].index("variables") + 1
+        m = dict(items[:at] + [("regime", {**regime, "members": n_members})] + items[at:])
     return "# assimd model bundle (DESIGN §5), written by models/train (python -m assimd_train)\n" + toml_dump(m)
 
 
 def main():
     ap = argparse.ArgumentParser(prog="python -m assimd_train")
     ap.add_argument("testbed", choices=["l96"])
-    ap.add_argument("--bundles", default="l96,l96-gauss-meanspread,l96-setenc,l96-meanspread")
+    ap.add_argument("--bundles", default=DEFAULT_BUNDLES,
+                    help=f"comma-separated, of: {', '.join(VARIANTS)} (default: {DEFAULT_BUNDLES}; "
+                         "l96-selftrain through --self-train)")
     ap.add_argument("--binary", default=os.path.join(REPO, "target", "release", "assimd"))
     ap.add_argument("--data-dir", default=os.path.join(TRAIN_DIR, "data"))
     ap.add_argument("--iters", type=int, default=5000)
@@ -206,13 +253,27 @@ def main():
                          "then fine-tune it on those plus the round-1 triples into models/zoo/l96-selftrain")
     ap.add_argument("--self-train-iters", type=int, default=1500)
     a = ap.parse_args()
+    bundles = ["l96-selftrain"] if a.self_train else a.bundles.split(",")
+    unknown = [b for b in bundles if b not in VARIANTS or VARIANTS[b]["testbed"] != a.testbed]
+    if unknown:
+        ap.error(f"unknown {a.testbed} bundle(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
     torch.set_num_threads(a.threads)
-    kept = data.generate(a.testbed, a.binary, os.path.join(a.data_dir, a.testbed))
+    # every data set the bundles need, recorded (or found cached) before any training
+    sets = {}
+    for b in bundles:
+        spec = data_spec(b)
+        if spec not in sets:
+            sets[spec] = record(a.testbed, a.binary, a.data_dir, spec)
     if a.self_train:
+        kept, dropped = sets[data_spec("l96-selftrain")]
         bundle_dir = os.path.join(REPO, "models", "zoo", "l96")
+        st_runs = data.l96_selftrain_runs(bundle_dir, SELFTRAIN_SAMPLER)
         st = data.generate(a.testbed, a.binary, os.path.join(a.data_dir, a.testbed),
-                           runs=data.l96_selftrain_runs(bundle_dir, SELFTRAIN_SAMPLER), index="runs-selftrain.json")
-        build("l96-selftrain", kept + st, a.self_train_iters, a.batch, a.seed + 1)
+                           runs=st_runs, index="runs-selftrain.json")
+        st_names = {r["name"] for r in st}
+        dropped = dropped + [r.name for r in st_runs if r.name not in st_names]
+        build("l96-selftrain", kept + st, a.self_train_iters, a.batch, a.seed + 1, dropped=dropped)
         return
-    for b in a.bundles.split(","):
-        build(b, kept, a.iters, a.batch, a.seed)
+    for b in bundles:
+        kept, dropped = sets[data_spec(b)]
+        build(b, kept, a.iters, a.batch, a.seed, dropped=dropped)

@@ -2,7 +2,8 @@
 
 Target: x_truth given x_sigma = x_truth + sigma * eps and the background ensemble, i.e. the denoiser of
 p(x | background ensemble). EDM loss with lambda(sigma) = 1/c_out^2 (per point), sigma log-uniform in
-[SIG_LO, SIG_HI]; circular shifts of the ring as augmentation (no reflection: not an L96 symmetry).
+[SIG_LO, SIG_HI] (or the long-window pilot's mixture: SIGMA_DISTS, draw_sigma); circular shifts of the
+ring as augmentation (no reflection: not an L96 symmetry).
 """
 from __future__ import annotations
 
@@ -16,6 +17,38 @@ import torch
 SIG_LO, SIG_HI = 0.005, 12.0          # training range (slightly wider than the advertised 0.01..10)
 SIGMA_MIN, SIGMA_MAX = 0.01, 10.0
 BINS = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
+
+# Training distributions of sigma. "pilot" is the long-window pilot's (../shared/notes/long-window-pilot.md):
+# 70 % log-normal, median 0.5, std of log sigma 1.2 (EDM's P_std; the note gives no value), and 30 %
+# log-uniform on [0.01, 8]. It puts the training where that sampler works (sigma_start ~ the background
+# spread, ~2, down to 0.02). Draws are clamped to [SIG_LO, SIG_HI] so that the bundle's advertised range holds.
+PILOT = {"p_lognormal": 0.7, "median": 0.5, "p_std": 1.2, "uniform_lo": 0.01, "uniform_hi": 8.0}
+SIGMA_DISTS = ("loguniform", "pilot")
+
+
+def draw_sigma(n: int, gen, dist: str = "loguniform") -> torch.Tensor:
+    """n training noise levels. "loguniform" draws exactly as before the option existed (same generator calls)."""
+    if dist == "loguniform":
+        return torch.exp(torch.empty(n).uniform_(math.log(SIG_LO), math.log(SIG_HI), generator=gen))
+    if dist == "pilot":
+        p = PILOT
+        ln = math.log(p["median"]) + p["p_std"] * torch.randn(n, generator=gen)
+        lu = torch.empty(n).uniform_(math.log(p["uniform_lo"]), math.log(p["uniform_hi"]), generator=gen)
+        pick = torch.rand(n, generator=gen) < p["p_lognormal"]
+        return torch.exp(torch.where(pick, ln, lu)).clamp(SIG_LO, SIG_HI)
+    raise ValueError(f"sigma_dist {dist!r}: expected one of {SIGMA_DISTS}")
+
+
+def sigma_dist_text(dist: str = "loguniform") -> str:
+    """The manifest's `[noise] train_sigma_distribution`."""
+    if dist == "loguniform":
+        return f"log-uniform [{SIG_LO}, {SIG_HI}]"
+    if dist == "pilot":
+        p = PILOT
+        return (f"mixture (long-window pilot): {p['p_lognormal']:g} log-normal (median {p['median']:g}, "
+                f"std of log sigma {p['p_std']:g}) + {1 - p['p_lognormal']:g} log-uniform "
+                f"[{p['uniform_lo']:g}, {p['uniform_hi']:g}], clamped to [{SIG_LO}, {SIG_HI}]")
+    raise ValueError(f"sigma_dist {dist!r}: expected one of {SIGMA_DISTS}")
 
 
 class Batcher:
@@ -54,8 +87,10 @@ def edm_loss(model, t, m, s, mem, sigma, eps, feats=None, spec=None):
 
 
 def train(model, tr, iters: int, batch: int = 128, reps: int = 2, lr: float = 2e-3, seed: int = 0,
-          log_every: int = 250, log=print):
-    """Adam + cosine decay, EMA of the weights (returned model is the EMA copy)."""
+          log_every: int = 250, log=print, sigma_dist: str = "loguniform"):
+    """Adam + cosine decay, EMA of the weights (returned model is the EMA copy). sigma_dist: the
+    training distribution of sigma (SIGMA_DISTS, draw_sigma)."""
+    sigma_text = sigma_dist_text(sigma_dist)  # fails early on an unknown name
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     data = Batcher(tr)
@@ -78,7 +113,7 @@ def train(model, tr, iters: int, batch: int = 128, reps: int = 2, lr: float = 2e
         t, m, s = rep(t), rep(m), rep(s)
         feats = rep(feats)
         spec = (rep(u), rep(lam))
-        sigma = torch.exp(torch.empty(batch * reps).uniform_(math.log(SIG_LO), math.log(SIG_HI), generator=gen))
+        sigma = draw_sigma(batch * reps, gen, sigma_dist)
         eps = torch.randn(batch * reps, data.P, generator=gen)
         loss = edm_loss(model, t, m, s, None, sigma, eps, feats=feats, spec=spec)[0].mean()
         opt.zero_grad(set_to_none=True)
@@ -94,9 +129,12 @@ def train(model, tr, iters: int, batch: int = 128, reps: int = 2, lr: float = 2e
             el = time.time() - t0
             hist.append({"iter": it + 1, "loss_ema": run, "seconds": el})
             log(f"[train] it {it + 1:6d}/{iters} loss {run:.4f}  {el:6.0f}s  ({el / (it + 1):.3f} s/it)")
-    return ema, {"iters": iters, "batch_triples": batch, "sigma_draws_per_triple": reps, "lr": lr,
-                 "ema_decay": ema_decay, "final_train_loss": run, "history": hist,
-                 "seconds": time.time() - t0}
+    info = {"iters": iters, "batch_triples": batch, "sigma_draws_per_triple": reps, "lr": lr,
+            "ema_decay": ema_decay, "final_train_loss": run, "history": hist,
+            "seconds": time.time() - t0}
+    if sigma_dist != "loguniform":  # (the default's report stays as it was)
+        info.update({"sigma_dist": sigma_dist, "sigma_distribution": sigma_text})
+    return ema, info
 
 
 @torch.no_grad()
