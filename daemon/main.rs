@@ -337,6 +337,9 @@ struct ExperimentArgs {
     /// Score filter, latent bundles: add σ² G Gᵀ (G = H ∂x̂₀/∂z) to the guidance covariance (default true).
     #[arg(long)]
     jacobian_cov: Option<bool>,
+    /// Score filter: guide with the prior's own posterior covariance σ² ∂D/∂z at every level (Tweedie; pixel-space bundles).
+    #[arg(long)]
+    tweedie: Option<bool>,
     /// Score filter: start each member at its own background (member), the mean (mean), its perturbed-observation (analysis) or square-root (sqrt) Kalman update under the prior.
     #[arg(long)]
     start: Option<assimd::settings::StartName>,
@@ -477,6 +480,7 @@ impl ExperimentArgs {
             &at("jacobian_cov"),
             self.jacobian_cov.map(Value::Boolean),
         );
+        put(&mut t, &at("tweedie"), self.tweedie.map(Value::Boolean));
         put(
             &mut t,
             &at("start"),

@@ -328,6 +328,9 @@ pub struct SamplerSettings {
     /// Latent bundles: add σ² G Gᵀ (G = H ∂x̂₀/∂z) to the guidance's likelihood covariance (false
     /// is SDA's R + γσ²I).
     pub jacobian_cov: bool,
+    /// Guidance with the prior's own posterior covariance σ² ∂D/∂z at every level (Tweedie;
+    /// pixel-space bundles), instead of a Gaussian's or SDA's R + γσ²I.
+    pub tweedie: bool,
     /// Where each member's diffusion starts.
     pub start: StartName,
 }
@@ -344,6 +347,7 @@ impl Default for SamplerSettings {
             sigma_min: c.sigma_min,
             lo_steps: c.lo_steps,
             jacobian_cov: c.jacobian_cov,
+            tweedie: c.tweedie,
             start: StartName::Member,
         }
     }
@@ -361,6 +365,7 @@ impl SamplerSettings {
             sigma_min: self.sigma_min,
             lo_steps: self.lo_steps,
             jacobian_cov: self.jacobian_cov,
+            tweedie: self.tweedie,
             ..SamplerConfig::default()
         }
     }

@@ -31,7 +31,16 @@
 //!    p(y | z_σ) = N(y; H x̂₀, R + H Σ_σ Hᵀ) exactly, Σ_σ = Cov[x₀ | z_σ] = P (P + σ² I)⁻¹ σ²
 //!    (Tweedie). When the denoiser knows P = U diag(λ) Uᵀ ([`Denoiser::prior_covariance`]) the
 //!    sampler uses S(σ) = R + γσ² I + (H U) diag(λσ²/(λ+σ²)) (H U)ᵀ, factorised once per noise
-//!    level and shared by all members, instead of SDA's R + γσ² I.
+//!    level and shared by all members, instead of SDA's R + γσ² I. For a learned prior the same
+//!    identity holds with the prior's own Tweedie covariance, Σ_σ = σ² ∂D/∂z (the Jacobian of the
+//!    denoiser is the posterior covariance over σ²): with [`SamplerConfig::tweedie`] the sampler
+//!    forms S(σ) = R + γσ² I + σ² [H J Hᵀ]₊ at every level from one batch of m VJPs at the batch
+//!    mean (row j of H J is the VJP with cotangent Hᵀ eⱼ; symmetrised, negative eigenvalues set to
+//!    0), so the guidance is consistent with the prior at large σ, where a Gaussian's covariance
+//!    and the learned prior disagree. For a Gaussian prior it is exact (tests
+//!    `tweedie_covariance_from_vjps_is_the_gaussian_posterior_covariance`,
+//!    `tweedie_guidance_gives_the_exact_posterior_score_for_a_gaussian_prior`). Cost: one more
+//!    forward and one VJP call of batch m per level.
 //! 2. **The start.** Reverse diffusion from σ_start reproduces the posterior only if it starts from
 //!    the posterior's noised marginal p_σ(z | y). [`Start::Analysis`] and [`Start::SquareRoot`]
 //!    start each member at its EnKF update under the prior's covariance (perturbed observations,

@@ -33,6 +33,12 @@ pub struct SamplerConfig {
     /// covariance, G = H ∂x̂₀/∂z at σ_min and the batch mean (Tweedie: Cov[z₀ | z_σ] ≈ σ² I for small
     /// σ), from one batch of VJPs per analysis; see the module docs for why (stiff guidance).
     pub jacobian_cov: bool,
+    /// Guidance with the prior's own posterior covariance (Tweedie): at every noise level σ,
+    /// S(σ) = R + γσ²I + σ² [H J Hᵀ]₊ with J = ∂D/∂z at σ and the batch mean, from one batch of m
+    /// VJPs (symmetrised, negative eigenvalues set to 0), so that Cov[x₀ | z_σ] = σ² J is the
+    /// learned prior's and not a Gaussian's. Takes precedence over the denoiser's prior covariance
+    /// and over `jacobian_cov`; pixel-space denoisers only.
+    pub tweedie: bool,
 }
 
 impl Default for SamplerConfig {
@@ -47,6 +53,7 @@ impl Default for SamplerConfig {
             rho: 7.0,
             lo_steps: 0,
             jacobian_cov: true,
+            tweedie: false,
         }
     }
 }
@@ -81,6 +88,11 @@ impl SamplerConfig {
                 self.gamma
             ));
         }
+        if self.tweedie && self.lo_steps > 0 {
+            return bad(
+                "tweedie guidance and lo_steps (LO-SDA) do not combine: set one of them off".into(),
+            );
+        }
         if self.rho.is_nan() || self.rho <= 0.0 {
             return bad(format!("rho must be > 0 (7 is EDM's), got {}", self.rho));
         }
@@ -97,15 +109,16 @@ pub fn karras_schedule(sigma_max: f64, sigma_min: f64, steps: usize, rho: f64) -
 }
 
 /// H Cov[x₀ | z_σ] Hᵀ in observation space, for the likelihood's covariance.
-enum ObsCovariance {
+pub(crate) enum ObsCovariance {
     /// A prior covariance U diag(λ) Uᵀ seen through H: (H U) diag(λσ²/(λ + σ²)) (H U)ᵀ.
     Spectral { hu: DMatrix<f64>, lam: DVector<f64> },
-    /// The Jacobian form σ² G Gᵀ, G = H ∂x̂₀/∂z; G Gᵀ is formed once per analysis.
+    /// σ² M: M = G Gᵀ with G = H ∂x̂₀/∂z at σ_min, formed once per analysis (`jacobian_cov`), or
+    /// M = [H J Hᵀ]₊ at one noise level (`tweedie`).
     Jacobian { ggt: DMatrix<f64> },
 }
 
 impl ObsCovariance {
-    fn at(&self, s2: f64) -> DMatrix<f64> {
+    pub(crate) fn at(&self, s2: f64) -> DMatrix<f64> {
         match self {
             ObsCovariance::Spectral { hu, lam } => {
                 let mut hw = hu.clone();
@@ -190,8 +203,60 @@ impl Sampler {
         }))
     }
 
+    /// The Tweedie form of H Cov[x₀ | z_σ] Hᵀ at this σ: σ² [H J Hᵀ]₊, J = ∂D/∂z at σ and the
+    /// batch mean z̄, H linearised at D(z̄; σ). Row j of H J is the VJP with the cotangent Hᵀ eⱼ,
+    /// so one batch of m VJPs gives H J, and (H J Hᵀ)_{jl} = (H J)ⱼ · Hᵀ e_l. For a Gaussian prior
+    /// J = P (P + σ² I)⁻¹ is symmetric and σ² H J Hᵀ is exactly H Σ_σ Hᵀ; a trained J is nearly
+    /// symmetric, so the matrix is symmetrised and its negative eigenvalues (noise) set to 0.
+    pub(crate) fn tweedie_covariance(
+        &self,
+        den: &dyn Denoiser,
+        z: &[f64],
+        sigma: f64,
+        batch: &ObsBatch,
+    ) -> Result<Option<ObsCovariance>, FilterError> {
+        let m = batch.len();
+        if m == 0 {
+            return Ok(None);
+        }
+        let (d, n) = (den.dim(), den.state_dim());
+        if d != n {
+            return Err(FilterError::InvalidParameter(format!(
+                "tweedie guidance needs a pixel-space denoiser (latent dim {d} != state dim {n}): set [score.sampler] tweedie = false for latent bundles"
+            )));
+        }
+        let b = z.len() / d;
+        let mut zbar = vec![0.0; d];
+        for zk in z.chunks(d) {
+            for (a, v) in zbar.iter_mut().zip(zk) {
+                *a += v / b as f64;
+            }
+        }
+        let mut x0 = vec![0.0; d];
+        den.denoise(&zbar, &[sigma], &mut x0)?;
+        let xbar = den.decode(&x0)?;
+        let mut ht = vec![0.0; m * n]; // rows Hᵀ eⱼ
+        let mut e = vec![0.0; m];
+        for j in 0..m {
+            e[j] = 1.0;
+            batch.op.adjoint(&xbar, &e, &mut ht[j * n..(j + 1) * n]);
+            e[j] = 0.0;
+        }
+        let zs: Vec<f64> = (0..m).flat_map(|_| zbar.iter().copied()).collect();
+        let (mut xs, mut hj) = (vec![0.0; m * n], vec![0.0; m * d]);
+        den.denoise_vjp(&zs, &vec![sigma; m], &ht, &mut xs, &mut hj)?;
+        let hj = DMatrix::from_row_slice(m, d, &hj);
+        let ht = DMatrix::from_row_slice(m, n, &ht);
+        let hjh = &hj * ht.transpose();
+        let sym = (&hjh + hjh.transpose()) * 0.5;
+        let eig = sym.symmetric_eigen();
+        let lam = eig.eigenvalues.map(|l| l.max(0.0));
+        let psd = &eig.eigenvectors * DMatrix::from_diagonal(&lam) * eig.eigenvectors.transpose();
+        Ok(Some(ObsCovariance::Jacobian { ggt: psd }))
+    }
+
     /// Posterior score s(z; σ) for every member of the batch `z` (B × d), into `score`.
-    fn score(
+    pub(crate) fn score(
         &self,
         den: &dyn Denoiser,
         z: &[f64],
@@ -346,8 +411,22 @@ impl Sampler {
         for v in z.iter_mut() {
             *v += c.sigma_start * normal(rng);
         }
-        let cov = self.obs_space_covariance(den, z, batch)?;
         let mut s = vec![0.0; z.len()];
+        if c.tweedie {
+            // The covariance of each level's σ: computed at σ_{i+1} after the predictor, shared
+            // by that level's correctors and the next predictor.
+            let mut cov = self.tweedie_covariance(den, z, sigmas[0], batch)?;
+            for i in 0..sigmas.len() - 1 {
+                let (si, sn) = (sigmas[i], sigmas[i + 1]);
+                self.reverse_sde_predictor(den, z, (si, sn), batch, cov.as_ref(), &mut s, rng)?;
+                cov = self.tweedie_covariance(den, z, sn, batch)?;
+                for _ in 0..c.corrections {
+                    self.langevin_corrector(den, z, sn, batch, cov.as_ref(), &mut s, rng)?;
+                }
+            }
+            return Ok(());
+        }
+        let cov = self.obs_space_covariance(den, z, batch)?;
         for i in 0..sigmas.len() - 1 {
             let (si, sn) = (sigmas[i], sigmas[i + 1]);
             self.reverse_sde_predictor(den, z, (si, sn), batch, cov.as_ref(), &mut s, rng)?;

@@ -180,6 +180,116 @@ fn guided_sampler_matches_the_kalman_update() {
     );
 }
 
+/// H Σ_σ Hᵀ of the Gaussian prior, Σ_σ = Cov[x₀ | z_σ] = σ² P (P + σ² I)⁻¹, written out.
+fn gaussian_obs_covariance(p: &DMatrix<f64>, batch: &ObsBatch, sigma: f64) -> DMatrix<f64> {
+    let s2 = sigma * sigma;
+    let inv = (p + DMatrix::identity(N, N) * s2).try_inverse().unwrap();
+    let sig = p * inv * s2;
+    let h = DMatrix::from_fn(batch.len(), N, |j, i| {
+        batch.op.rows()[j]
+            .iter()
+            .filter(|(k, _)| *k == i)
+            .map(|(_, w)| *w)
+            .sum::<f64>()
+    });
+    &h * sig * h.transpose()
+}
+
+#[test]
+fn tweedie_covariance_from_vjps_is_the_gaussian_posterior_covariance() {
+    // The exact Gaussian denoiser knows no prior covariance to the sampler: the Tweedie form
+    // σ² H J Hᵀ, from m VJPs at the batch mean, must be H Σ_σ Hᵀ to rounding at every σ.
+    let (m, p, batch) = problem();
+    let den = GaussianDenoiser::new(m.clone(), p.clone()).unwrap();
+    let sampler = Sampler::new(SamplerConfig {
+        tweedie: true,
+        ..SamplerConfig::default()
+    })
+    .unwrap();
+    let z: Vec<f64> = (0..3 * N).map(|i| (i as f64 * 0.7).cos()).collect();
+    for sigma in [0.01, 0.3, 1.0, 3.0, 10.0] {
+        let got = match sampler.tweedie_covariance(&den, &z, sigma, &batch).unwrap() {
+            Some(c) => c.at(sigma * sigma),
+            None => panic!("no covariance"),
+        };
+        let want = gaussian_obs_covariance(&p, &batch, sigma);
+        assert!(
+            (&got - &want).amax() < 1e-10 * want.amax().max(1.0),
+            "σ = {sigma}: {got} vs {want}"
+        );
+    }
+}
+
+#[test]
+fn tweedie_guidance_gives_the_exact_posterior_score_for_a_gaussian_prior() {
+    // For a Gaussian prior and linear H, p(y | z_σ) = N(y; H D(z; σ), R + H Σ_σ Hᵀ) exactly, with Σ_σ
+    // independent of z, so the guided score is the score of the noised posterior,
+    // -(P_a + σ² I)⁻¹ (z - m_a), with (m_a, P_a) the Kalman update (γ = 0).
+    let (m, p, batch) = problem();
+    let (ma, pa) = kalman(&m, &p, &batch);
+    let den = GaussianDenoiser::new(m, p).unwrap();
+    let sampler = Sampler::new(SamplerConfig {
+        tweedie: true,
+        gamma: 0.0,
+        ..SamplerConfig::default()
+    })
+    .unwrap();
+    let z: Vec<f64> = (0..2 * N).map(|i| 2.0 * (i as f64 * 1.3).sin()).collect();
+    for sigma in [0.1, 1.0, 8.0] {
+        let cov = sampler.tweedie_covariance(&den, &z, sigma, &batch).unwrap();
+        let mut score = vec![0.0; z.len()];
+        sampler
+            .score(&den, &z, sigma, &batch, cov.as_ref(), &mut score)
+            .unwrap();
+        let inv = (&pa + DMatrix::identity(N, N) * (sigma * sigma))
+            .try_inverse()
+            .unwrap();
+        for (k, zk) in z.chunks(N).enumerate() {
+            let want = -&inv * (DVector::from_column_slice(zk) - &ma);
+            let got = DVector::from_column_slice(&score[k * N..(k + 1) * N]);
+            assert!(
+                (&got - &want).amax() < 1e-9 * want.amax().max(1.0),
+                "σ = {sigma}, member {k}: {got} vs {want}"
+            );
+        }
+    }
+}
+
+#[test]
+fn tweedie_guided_sampler_matches_the_kalman_update_without_correctors() {
+    // With the exact likelihood at every level the predictor alone carries the draws onto the
+    // posterior: the same problem and tolerances as the SDA test above, no Langevin corrections.
+    let (m, p, batch) = problem();
+    let (ma, pa) = kalman(&m, &p, &batch);
+    let den = GaussianDenoiser::new(m, p).unwrap();
+    let sampler = Sampler::new(SamplerConfig {
+        steps: 100,
+        corrections: 0,
+        gamma: 0.0,
+        sigma_start: 8.0,
+        sigma_min: 0.01,
+        tweedie: true,
+        ..SamplerConfig::default()
+    })
+    .unwrap();
+    let b = 4000;
+    let mut z = vec![0.0; b * N];
+    sampler
+        .sample(&den, &mut z, &batch, &mut ChaCha8Rng::seed_from_u64(2))
+        .unwrap();
+    let (mean, cov) = moments(&z);
+    eprintln!(
+        "tweedie: mean error {:.4}, covariance error {:.4}",
+        (&mean - &ma).amax(),
+        (&cov - &pa).amax()
+    );
+    assert!((&mean - &ma).amax() < 0.06, "mean {mean} vs Kalman {ma}");
+    assert!(
+        (&cov - &pa).amax() < 0.05,
+        "covariance {cov} vs Kalman {pa}"
+    );
+}
+
 #[test]
 fn invalid_sampler_settings_name_the_fix() {
     let e = Sampler::new(SamplerConfig {
