@@ -103,6 +103,8 @@ fn score(settings: &FilterSettings, testbed: &Testbed) -> Result<Built> {
     let sampler = Sampler::new(s.sampler.config())?;
     let start = s.sampler.start.into();
     let spread = Inflation::new(1.0, s.rtps)?;
+    let sigma_start_spread =
+        (s.sampler.sigma_start_spread > 0.0).then_some(s.sampler.sigma_start_spread);
     if dir.as_os_str() == ENSEMBLE_GAUSSIAN {
         // The analytic baseline prior: N(mean, rho (L o C) + s0^2 I) of the background, with the
         // variance floor s0 a hundredth of the smallest climatological standard deviation.
@@ -125,7 +127,12 @@ fn score(settings: &FilterSettings, testbed: &Testbed) -> Result<Built> {
                 sampler,
                 start,
                 spread,
-                baseline: None,
+                // The analytic prior's own start is its Kalman update; `letkf` asks for the LETKF.
+                baseline: match start {
+                    assimd_filter::score::Start::Baseline => Some(letkf(settings, testbed)?),
+                    _ => None,
+                },
+                sigma_start_spread,
             }),
             bundle: None,
         });
@@ -153,12 +160,14 @@ fn score(settings: &FilterSettings, testbed: &Testbed) -> Result<Built> {
         provider: bundle.provider().to_string(),
         provider_note: bundle.provider_note().map(str::to_string),
     };
-    // A latent bundle has no prior covariance to start from: its members start at the LETKF.
-    let baseline = if bundle.manifest().conditioning.ensemble_gaussian.is_none()
-        && matches!(
-            start,
-            assimd_filter::score::Start::Analysis | assimd_filter::score::Start::SquareRoot
-        ) {
+    // A latent bundle has no prior covariance to start from: its members start at the LETKF; so
+    // do every bundle's with `start = "letkf"`.
+    let baseline = if start == assimd_filter::score::Start::Baseline
+        || bundle.manifest().conditioning.ensemble_gaussian.is_none()
+            && matches!(
+                start,
+                assimd_filter::score::Start::Analysis | assimd_filter::score::Start::SquareRoot
+            ) {
         Some(letkf(settings, testbed)?)
     } else {
         None
@@ -170,6 +179,7 @@ fn score(settings: &FilterSettings, testbed: &Testbed) -> Result<Built> {
             start,
             spread,
             baseline,
+            sigma_start_spread,
         }),
         bundle: Some(loaded),
     })

@@ -331,6 +331,9 @@ struct ExperimentArgs {
     /// Score filter: initial noise level.
     #[arg(long)]
     sigma_start: Option<f64>,
+    /// Score filter: initial noise level as this factor times the background spread at each analysis (0 = the fixed --sigma-start).
+    #[arg(long)]
+    sigma_start_spread: Option<f64>,
     /// Score filter: latent-optimisation steps after sampling (LO-SDA; 0 = off).
     #[arg(long)]
     lo_steps: Option<usize>,
@@ -340,7 +343,7 @@ struct ExperimentArgs {
     /// Score filter: guide with the prior's own posterior covariance σ² ∂D/∂z at every level (Tweedie; pixel-space bundles).
     #[arg(long)]
     tweedie: Option<bool>,
-    /// Score filter: start each member at its own background (member), the mean (mean), its perturbed-observation (analysis) or square-root (sqrt) Kalman update under the prior.
+    /// Score filter: start each member at its own background (member), the mean (mean), its perturbed-observation (analysis) or square-root (sqrt) Kalman update under the prior, or its [letkf] analysis whatever the prior (letkf).
     #[arg(long)]
     start: Option<assimd::settings::StartName>,
     /// Replace this share of the observations with gross errors (seeded: 50 σ_o spikes, −9999
@@ -474,6 +477,11 @@ impl ExperimentArgs {
         put(&mut t, &at("tau"), float(self.tau));
         put(&mut t, &at("gamma"), float(self.gamma));
         put(&mut t, &at("sigma_start"), float(self.sigma_start));
+        put(
+            &mut t,
+            &at("sigma_start_spread"),
+            float(self.sigma_start_spread),
+        );
         put(&mut t, &at("lo_steps"), int(self.lo_steps));
         put(
             &mut t,

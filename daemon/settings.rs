@@ -294,6 +294,8 @@ pub enum StartName {
     Analysis,
     /// The square-root (Whitaker–Hamill) update under the prior's covariance.
     Sqrt,
+    /// The `[letkf]` analysis of the background, whatever the prior (learned or analytic).
+    Letkf,
 }
 
 impl From<StartName> for Start {
@@ -303,6 +305,7 @@ impl From<StartName> for Start {
             StartName::Mean => Start::Mean,
             StartName::Analysis => Start::Analysis,
             StartName::Sqrt => Start::SquareRoot,
+            StartName::Letkf => Start::Baseline,
         }
     }
 }
@@ -333,6 +336,9 @@ pub struct SamplerSettings {
     pub tweedie: bool,
     /// Where each member's diffusion starts.
     pub start: StartName,
+    /// When > 0, σ_start is this factor times the background spread (RMS of the members' standard
+    /// deviations) at each analysis, instead of `sigma_start` (0 = the fixed `sigma_start`).
+    pub sigma_start_spread: f64,
 }
 
 impl Default for SamplerSettings {
@@ -349,6 +355,7 @@ impl Default for SamplerSettings {
             jacobian_cov: c.jacobian_cov,
             tweedie: c.tweedie,
             start: StartName::Member,
+            sigma_start_spread: 0.0,
         }
     }
 }
@@ -467,6 +474,10 @@ impl FilterSettings {
             .map_err(|e| anyhow::anyhow!("score.rtps: {e}"))?;
         assimd_filter::score::Sampler::new(s.sampler.config())
             .map_err(|e| anyhow::anyhow!("score.sampler: {e}"))?;
+        let f = s.sampler.sigma_start_spread;
+        if !(f.is_finite() && f >= 0.0) {
+            bail!("score.sampler.sigma_start_spread must be >= 0 (0 = the fixed sigma_start; about 1 for a diffusion on the background's scale), got {f}");
+        }
         if let Some(b) = &s.bundle {
             if b.as_os_str() != crate::filters::ENSEMBLE_GAUSSIAN
                 && !b.join("manifest.toml").is_file()

@@ -173,7 +173,7 @@ fn help_lists_every_accepted_value() {
     ] {
         assert!(help.contains(v), "{v} missing from\n{help}");
     }
-    for v in ["member", "mean", "analysis", "sqrt"] {
+    for v in ["member", "mean", "analysis", "sqrt", "letkf"] {
         assert!(help.contains(v), "--start: {v} missing from\n{help}");
     }
     let out = assimd(&["demo", "--help"]);

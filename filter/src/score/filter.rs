@@ -34,6 +34,10 @@ pub enum Start {
     /// each anomaly x'_k ← x'_k - K̃ H x'_k with K̃ = P Hᵀ S^{-1/2} (S^{1/2} + R^{1/2})⁻¹,
     /// S = H P Hᵀ + R. No sampling noise from perturbed observations.
     SquareRoot,
+    /// Each member's [`ScoreFilter::baseline`] analysis (typically the LETKF's), whatever prior
+    /// covariance the denoiser has: the same start for a learned and an analytic prior, so that
+    /// the two differ only by the prior the diffusion samples from (the long-window pilot's start).
+    Baseline,
 }
 
 /// The score-based filter's analysis step.
@@ -47,8 +51,14 @@ pub struct ScoreFilter {
     /// Spread control after sampling (RTPS towards the background spread; ρ unused).
     pub spread: Inflation,
     /// The analysis that gives [`Start::Analysis`] / [`Start::SquareRoot`] their starting members when
-    /// the denoiser knows no prior covariance (latent bundles): typically the LETKF baseline.
+    /// the denoiser knows no prior covariance (latent bundles), and [`Start::Baseline`] always:
+    /// typically the LETKF baseline.
     pub baseline: Option<Box<dyn Analysis>>,
+    /// When set, σ_start of each analysis is this factor times the background's spread (the root
+    /// mean square over the state of the members' standard deviations) instead of the sampler's
+    /// fixed σ_start, so that the noise, and what the prior reshapes, follows the background's
+    /// uncertainty (the long-window pilot: 1.0). Never below twice the sampler's σ_min.
+    pub sigma_start_spread: Option<f64>,
 }
 
 impl Analysis for ScoreFilter {
@@ -76,7 +86,9 @@ impl Analysis for ScoreFilter {
             (Start::SquareRoot, Some((u, lam))) if !batch.is_empty() => {
                 Some(ensrf(ens, batch, SpectralCovariance { u, lam })?)
             }
-            (Start::Analysis | Start::SquareRoot, None) if !batch.is_empty() => {
+            (Start::Baseline, _) | (Start::Analysis | Start::SquareRoot, None)
+                if !batch.is_empty() =>
+            {
                 match &self.baseline {
                     Some(a) => {
                         let mut e = ens.clone();
@@ -114,7 +126,20 @@ impl Analysis for ScoreFilter {
         } else {
             0.0
         };
-        self.sampler.sample(&*den, &mut z, batch, rng)?;
+        match self.sigma_start_spread {
+            Some(f) => {
+                let spread = (background_std.iter().map(|s| s * s).sum::<f64>()
+                    / background_std.len().max(1) as f64)
+                    .sqrt();
+                let c = &self.sampler.config;
+                let sampler = Sampler::new(super::SamplerConfig {
+                    sigma_start: (f * spread).max(2.0 * c.sigma_min),
+                    ..c.clone()
+                })?;
+                sampler.sample(&*den, &mut z, batch, rng)?;
+            }
+            None => self.sampler.sample(&*den, &mut z, batch, rng)?,
+        }
         self.sampler
             .optimise(&*den, &mut z, batch, background_var)?;
         let x = den.decode(&z)?;

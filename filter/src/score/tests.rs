@@ -375,6 +375,7 @@ fn score_filter_with_the_sample_gaussian_prior_is_a_kalman_filter() {
         start: Start::Member,
         spread: crate::enkf::Inflation::default(),
         baseline: None,
+        sigma_start_spread: None,
     };
     f.analyse(&mut ens, &batch, &mut rng).unwrap();
     let (am, ap) = moments(ens.as_flat());
@@ -409,6 +410,7 @@ fn without_diffusion_the_analysis_is_the_start() {
             start,
             spread: crate::enkf::Inflation::default(),
             baseline: None,
+            sigma_start_spread: None,
         };
         let mut ens = bg.clone();
         f.analyse(&mut ens, &batch, &mut rng).unwrap();
@@ -422,6 +424,50 @@ fn without_diffusion_the_analysis_is_the_start() {
             assert_eq!(x, want, "{start:?} member {k}");
         }
     }
+}
+
+#[test]
+fn the_baseline_start_is_the_baselines_analysis_whatever_the_prior() {
+    // Start::Baseline with a prior that has a covariance (the analytic ensemble Gaussian, whose own
+    // start would be its square-root update): with the diffusion off the analysis is exactly the
+    // baseline's (here the ETKF's), member by member.
+    use crate::Analysis;
+    let (space, bg, batch) = l96_like(20, 4);
+    let etkf = || crate::enkf::Etkf {
+        inflation: crate::enkf::Inflation::default(),
+    };
+    let f = ScoreFilter {
+        prior: std::sync::Arc::new(EnsembleGaussianPrior::new(&space, 2000.0, 1.0, 0.0).unwrap()),
+        sampler: Sampler::new(SamplerConfig {
+            steps: 0,
+            ..SamplerConfig::default()
+        })
+        .unwrap(),
+        start: Start::Baseline,
+        spread: crate::enkf::Inflation::default(),
+        baseline: Some(Box::new(etkf())),
+        sigma_start_spread: None,
+    };
+    let mut ens = bg.clone();
+    f.analyse(&mut ens, &batch, &mut ChaCha8Rng::seed_from_u64(1))
+        .unwrap();
+    let mut want = bg.clone();
+    etkf()
+        .analyse(&mut want, &batch, &mut ChaCha8Rng::seed_from_u64(1))
+        .unwrap();
+    assert_eq!(ens.as_flat(), want.as_flat());
+    let mut sqrt = bg.clone();
+    let g = ScoreFilter {
+        start: Start::SquareRoot,
+        ..f
+    };
+    g.analyse(&mut sqrt, &batch, &mut ChaCha8Rng::seed_from_u64(1))
+        .unwrap();
+    assert_ne!(
+        sqrt.as_flat(),
+        want.as_flat(),
+        "the prior's own start differs"
+    );
 }
 
 /// A 40-point ring observed everywhere with R = I and a prior of variance ~0.05 (the regime of
@@ -513,6 +559,7 @@ fn l96_like_analysis(start: Start, cfg: SamplerConfig) -> (f64, f64, f64) {
         start,
         spread: crate::enkf::Inflation::default(),
         baseline: None,
+        sigma_start_spread: None,
     };
     f.analyse(&mut ens, &batch, &mut ChaCha8Rng::seed_from_u64(3))
         .unwrap();
@@ -657,6 +704,7 @@ fn precise_obs_analysis(jacobian_cov: bool) -> (f64, f64, f64) {
         start: Start::SquareRoot,
         spread: crate::enkf::Inflation::default(),
         baseline: Some(Box::new(etkf)),
+        sigma_start_spread: None,
     };
     f.analyse(&mut ens, &batch, &mut ChaCha8Rng::seed_from_u64(3))
         .unwrap();
@@ -771,6 +819,7 @@ fn the_codec_reconstruction_error_never_enters_the_cycled_state() {
         start: Start::Member,
         spread: crate::enkf::Inflation::default(),
         baseline: None,
+        sigma_start_spread: None,
     };
     let empty = ObsBatch {
         y: vec![],
