@@ -220,6 +220,11 @@ fn parity_l96_meanspread_every_graph_matches_fixtures() {
     check_parity("l96-meanspread", &["denoiser", "denoiser_vjp"]);
 }
 
+#[test]
+fn parity_l96_long_every_graph_matches_fixtures() {
+    check_parity("l96-long", &["conditioner", "denoiser", "denoiser_vjp"]);
+}
+
 fn fixture_ensemble(name: &str) -> Ensemble {
     let m = fixture(name, "conditioner_in_members.npy");
     let (n, d) = (m.shape[1], m.shape[2]);
