@@ -83,6 +83,7 @@ files! {
     l96_long_window_score => "l96-sparse-r0.5-dt0.4-score.toml",
     l96_long_window_n20_letkf => "l96-sparse-r0.5-dt0.4-n20-letkf.toml",
     l96_long_window_n20_gaussian => "l96-sparse-r0.5-dt0.4-n20-gaussian.toml",
+    l96_long_window_n20_score => "l96-sparse-r0.5-dt0.4-n20-score.toml",
     l96_full_long_window_letkf => "l96-full-dt0.4-letkf.toml",
     l96_full_long_window_adaptive => "l96-full-dt0.4-adaptive.toml",
     l96_full_long_window_start => "l96-full-dt0.4-start.toml",
