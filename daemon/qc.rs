@@ -550,15 +550,12 @@ impl Qc {
                 Some((id.clone(), b.onset?))
             })
             .collect();
-        // The kept cycles must reach back to the change point and be contiguous from it.
-        let oldest = self
-            .accepted
-            .iter()
-            .rev()
-            .zip((1..=k).rev().skip(1))
-            .take_while(|(a, want)| a.cycle == *want)
-            .last()
-            .map(|(a, _)| a.cycle);
+        // The kept cycles are contiguous and end at k − 1 (any gap clears them, below), so a replay
+        // reaches back to the oldest.
+        if self.accepted.back().is_some_and(|a| a.cycle + 1 != k) {
+            self.accepted.clear();
+        }
+        let oldest = self.accepted.front().map(|a| a.cycle);
         let replay = match (onsets.iter().map(|(_, o)| *o).min(), oldest) {
             (Some(onset), Some(oldest)) if onset >= oldest && onset <= k => {
                 let taken: Vec<String> = onsets.into_iter().map(|(id, _)| id).collect();
@@ -756,6 +753,17 @@ mod tests {
     use assimd_filter::obs::Footprint;
     use assimd_models::testbed::{Testbed, TestbedKind};
 
+    /// Message `m{i}` of station `S{i:02}`, one observation each.
+    fn station_origins(n: usize) -> Vec<ObsOrigin> {
+        (0..n)
+            .map(|i| ObsOrigin {
+                message: format!("m{i}"),
+                index: 0,
+                station: Some(format!("S{i:02}")),
+            })
+            .collect()
+    }
+
     fn station_obs(i: usize, value: f64) -> Observation {
         Observation {
             modality: Modality::Station,
@@ -851,13 +859,7 @@ mod tests {
                 .collect(),
         )
         .unwrap();
-        let origins: Vec<ObsOrigin> = (0..40)
-            .map(|i| ObsOrigin {
-                message: format!("m{i}"),
-                index: 0,
-                station: Some(format!("S{i:02}")),
-            })
-            .collect();
+        let origins = station_origins(40);
         let cycle_obs = |k: u64| {
             let obs = (0..40)
                 .map(|i| {
@@ -940,13 +942,7 @@ mod tests {
         )
         .unwrap();
         let obs: Vec<Observation> = (0..40).map(|i| station_obs(i, 1.0)).collect();
-        let origins: Vec<ObsOrigin> = (0..40)
-            .map(|i| ObsOrigin {
-                message: format!("m{i}"),
-                index: 0,
-                station: Some(format!("S{i:02}")),
-            })
-            .collect();
+        let origins = station_origins(40);
         let all = ObsBatch::new(&space, obs).unwrap();
         let (qc, _) = Qc::new(QcSettings::default(), MonitorState::default());
         assert!(qc

@@ -132,6 +132,43 @@ impl ObsCovariance {
     }
 }
 
+/// H J at noise level σ and the batch mean z̄ of `z` (m × d), with H linearised at x̄ =
+/// decode(D(z̄; σ)), and the rows Hᵀ eⱼ (m × n) it was computed from: row j of H J is the VJP of
+/// x̂₀ with the cotangent Hᵀ eⱼ, one batch of m VJPs.
+fn obs_jacobian(
+    den: &dyn Denoiser,
+    z: &[f64],
+    sigma: f64,
+    batch: &ObsBatch,
+) -> Result<(DMatrix<f64>, DMatrix<f64>), FilterError> {
+    let (m, d, n) = (batch.len(), den.dim(), den.state_dim());
+    let b = z.len() / d;
+    let mut zbar = vec![0.0; d];
+    for zk in z.chunks(d) {
+        for (a, v) in zbar.iter_mut().zip(zk) {
+            *a += v / b as f64;
+        }
+    }
+    let mut dz = vec![0.0; d];
+    den.denoise(&zbar, &[sigma], &mut dz)?;
+    let xbar = den.decode(&dz)?;
+    let mut ht = vec![0.0; m * n];
+    let mut e = vec![0.0; m];
+    for j in 0..m {
+        e[j] = 1.0;
+        batch.op.adjoint(&xbar, &e, &mut ht[j * n..(j + 1) * n]);
+        e[j] = 0.0;
+    }
+    let zs: Vec<f64> = (0..m).flat_map(|_| zbar.iter().copied()).collect();
+    let (mut xs, mut hj) = (vec![0.0; m * n], vec![0.0; m * d]);
+    den.denoise_vjp(&zs, &vec![sigma; m], &ht, &mut xs, &mut hj)?;
+    // Row-major m × d and m × n buffers as column-major matrices.
+    Ok((
+        DMatrix::from_row_slice(m, d, &hj),
+        DMatrix::from_row_slice(m, n, &ht),
+    ))
+}
+
 /// Guided posterior sampler over a batch of members.
 pub struct Sampler {
     /// Settings.
@@ -173,33 +210,9 @@ impl Sampler {
         if !self.config.jacobian_cov {
             return Ok(None);
         }
-        let (d, n) = (den.dim(), den.state_dim());
-        let b = z.len() / d;
-        let mut zbar = vec![0.0; d];
-        for zk in z.chunks(d) {
-            for (a, v) in zbar.iter_mut().zip(zk) {
-                *a += v / b as f64;
-            }
-        }
-        let mut dz = vec![0.0; d];
-        den.denoise(&zbar, &[self.config.sigma_min], &mut dz)?;
-        let xbar = den.decode(&dz)?;
-        // Rows of G: the VJP of x̂₀ with the cotangent Hᵀ e_j, batched over observations.
-        let zs: Vec<f64> = (0..m).flat_map(|_| zbar.iter().copied()).collect();
-        let mut v = vec![0.0; m * n];
-        let mut e = vec![0.0; m];
-        for j in 0..m {
-            e[j] = 1.0;
-            batch.op.adjoint(&xbar, &e, &mut v[j * n..(j + 1) * n]);
-            e[j] = 0.0;
-        }
-        let mut xs = vec![0.0; m * n];
-        let mut g = vec![0.0; m * d];
-        den.denoise_vjp(&zs, &vec![self.config.sigma_min; m], &v, &mut xs, &mut g)?;
-        // g is m × d row-major: G (m × d) as a column-major DMatrix.
-        let gm = DMatrix::from_row_slice(m, d, &g);
+        let (g, _) = obs_jacobian(den, z, self.config.sigma_min, batch)?;
         Ok(Some(ObsCovariance::Jacobian {
-            ggt: &gm * gm.transpose(),
+            ggt: &g * g.transpose(),
         }))
     }
 
@@ -225,28 +238,7 @@ impl Sampler {
                 "tweedie guidance needs a pixel-space denoiser (latent dim {d} != state dim {n}): set [score.sampler] tweedie = false for latent bundles"
             )));
         }
-        let b = z.len() / d;
-        let mut zbar = vec![0.0; d];
-        for zk in z.chunks(d) {
-            for (a, v) in zbar.iter_mut().zip(zk) {
-                *a += v / b as f64;
-            }
-        }
-        let mut x0 = vec![0.0; d];
-        den.denoise(&zbar, &[sigma], &mut x0)?;
-        let xbar = den.decode(&x0)?;
-        let mut ht = vec![0.0; m * n]; // rows Hᵀ eⱼ
-        let mut e = vec![0.0; m];
-        for j in 0..m {
-            e[j] = 1.0;
-            batch.op.adjoint(&xbar, &e, &mut ht[j * n..(j + 1) * n]);
-            e[j] = 0.0;
-        }
-        let zs: Vec<f64> = (0..m).flat_map(|_| zbar.iter().copied()).collect();
-        let (mut xs, mut hj) = (vec![0.0; m * n], vec![0.0; m * d]);
-        den.denoise_vjp(&zs, &vec![sigma; m], &ht, &mut xs, &mut hj)?;
-        let hj = DMatrix::from_row_slice(m, d, &hj);
-        let ht = DMatrix::from_row_slice(m, n, &ht);
+        let (hj, ht) = obs_jacobian(den, z, sigma, batch)?;
         let hjh = &hj * ht.transpose();
         let sym = (&hjh + hjh.transpose()) * 0.5;
         let eig = sym.symmetric_eigen();
@@ -412,24 +404,19 @@ impl Sampler {
             *v += c.sigma_start * normal(rng);
         }
         let mut s = vec![0.0; z.len()];
-        if c.tweedie {
-            // The covariance of each level's σ: computed at σ_{i+1} after the predictor, shared
-            // by that level's correctors and the next predictor.
-            let mut cov = self.tweedie_covariance(den, z, sigmas[0], batch)?;
-            for i in 0..sigmas.len() - 1 {
-                let (si, sn) = (sigmas[i], sigmas[i + 1]);
-                self.reverse_sde_predictor(den, z, (si, sn), batch, cov.as_ref(), &mut s, rng)?;
-                cov = self.tweedie_covariance(den, z, sn, batch)?;
-                for _ in 0..c.corrections {
-                    self.langevin_corrector(den, z, sn, batch, cov.as_ref(), &mut s, rng)?;
-                }
-            }
-            return Ok(());
-        }
-        let cov = self.obs_space_covariance(den, z, batch)?;
+        let mut cov = if c.tweedie {
+            self.tweedie_covariance(den, z, sigmas[0], batch)?
+        } else {
+            self.obs_space_covariance(den, z, batch)?
+        };
         for i in 0..sigmas.len() - 1 {
             let (si, sn) = (sigmas[i], sigmas[i + 1]);
             self.reverse_sde_predictor(den, z, (si, sn), batch, cov.as_ref(), &mut s, rng)?;
+            if c.tweedie {
+                // The covariance of σ_{i+1}, shared by this level's correctors and the next
+                // predictor.
+                cov = self.tweedie_covariance(den, z, sn, batch)?;
+            }
             for _ in 0..c.corrections {
                 self.langevin_corrector(den, z, sn, batch, cov.as_ref(), &mut s, rng)?;
             }

@@ -148,9 +148,6 @@ fn guided_sampler_matches_the_kalman_update() {
     // so the Langevin corrections at the small noise levels carry the samples onto the posterior;
     // 4,000 draws, tolerance 0.06 on the mean and 0.05 on the covariance (entries ≤ 1; measured
     // 0.027 and 0.018).
-    let (m, p, batch) = problem();
-    let (ma, pa) = kalman(&m, &p, &batch);
-    let den = GaussianDenoiser::new(m, p).unwrap();
     let cfg = SamplerConfig {
         steps: 100,
         corrections: 2,
@@ -161,6 +158,15 @@ fn guided_sampler_matches_the_kalman_update() {
         rho: 7.0,
         ..SamplerConfig::default()
     };
+    assert_kalman_moments(cfg, "SDA");
+}
+
+/// 4,000 draws of the sampler with `cfg` on `problem()`'s exact Gaussian denoiser: their mean and
+/// covariance within 0.06 and 0.05 of the Kalman update's.
+fn assert_kalman_moments(cfg: SamplerConfig, what: &str) {
+    let (m, p, batch) = problem();
+    let (ma, pa) = kalman(&m, &p, &batch);
+    let den = GaussianDenoiser::new(m, p).unwrap();
     let sampler = Sampler::new(cfg).unwrap();
     let b = 4000;
     let mut z = vec![0.0; b * N];
@@ -169,7 +175,7 @@ fn guided_sampler_matches_the_kalman_update() {
         .unwrap();
     let (mean, cov) = moments(&z);
     eprintln!(
-        "mean error {:.4}, covariance error {:.4}",
+        "{what}: mean error {:.4}, covariance error {:.4}",
         (&mean - &ma).amax(),
         (&cov - &pa).amax()
     );
@@ -259,34 +265,17 @@ fn tweedie_guidance_gives_the_exact_posterior_score_for_a_gaussian_prior() {
 fn tweedie_guided_sampler_matches_the_kalman_update_without_correctors() {
     // With the exact likelihood at every level the predictor alone carries the draws onto the
     // posterior: the same problem and tolerances as the SDA test above, no Langevin corrections.
-    let (m, p, batch) = problem();
-    let (ma, pa) = kalman(&m, &p, &batch);
-    let den = GaussianDenoiser::new(m, p).unwrap();
-    let sampler = Sampler::new(SamplerConfig {
-        steps: 100,
-        corrections: 0,
-        gamma: 0.0,
-        sigma_start: 8.0,
-        sigma_min: 0.01,
-        tweedie: true,
-        ..SamplerConfig::default()
-    })
-    .unwrap();
-    let b = 4000;
-    let mut z = vec![0.0; b * N];
-    sampler
-        .sample(&den, &mut z, &batch, &mut ChaCha8Rng::seed_from_u64(2))
-        .unwrap();
-    let (mean, cov) = moments(&z);
-    eprintln!(
-        "tweedie: mean error {:.4}, covariance error {:.4}",
-        (&mean - &ma).amax(),
-        (&cov - &pa).amax()
-    );
-    assert!((&mean - &ma).amax() < 0.06, "mean {mean} vs Kalman {ma}");
-    assert!(
-        (&cov - &pa).amax() < 0.05,
-        "covariance {cov} vs Kalman {pa}"
+    assert_kalman_moments(
+        SamplerConfig {
+            steps: 100,
+            corrections: 0,
+            gamma: 0.0,
+            sigma_start: 8.0,
+            sigma_min: 0.01,
+            tweedie: true,
+            ..SamplerConfig::default()
+        },
+        "tweedie",
     );
 }
 
