@@ -74,6 +74,12 @@ enum Command {
         /// qg2l: directory of the per-cycle maps (PNG) [default: demo-maps]; "none" = no maps.
         #[arg(long)]
         maps_dir: Option<PathBuf>,
+        /// Run the regime and filter settings of this experiment file (its [testbed], members,
+        /// [letkf], [score] and [qc]) [default for l96 without --network: the long window at
+        /// N = 20, configs/experiments/l96-sparse-r0.5-dt0.4-n20-score.toml, where the learned
+        /// prior beats the tuned LETKF]; "none" = the tuned defaults of the testbed and network.
+        #[arg(long)]
+        experiment: Option<PathBuf>,
     },
     /// Print the station monitor's status from a (stopped) daemon's store: bias, noise and
     /// rejection rate of every station, worst first, and which are blacklisted.
@@ -759,6 +765,7 @@ fn main() -> Result<()> {
             bundle,
             interval_ms,
             maps_dir,
+            experiment,
         } => {
             let maps = match maps_dir {
                 Some(p) if p.as_os_str() == "none" => None,
@@ -772,6 +779,7 @@ fn main() -> Result<()> {
                 bundle,
                 interval_ms,
                 maps,
+                experiment,
             }))?;
         }
         Command::Plot {

@@ -49,6 +49,46 @@ fn check(name: &str) {
     );
 }
 
+/// Issue 16's start-only controls: the score filter with `start = "letkf"`, the diffusion off
+/// (`steps = 0`) and no RTPS is its tuned LETKF file exactly, on the same truths and observations:
+/// the same RMSE to the last bit, so that the arena's "start-only" row is the LETKF's and the score
+/// row's difference to it is what the diffusion adds.
+#[test]
+fn start_only_files_are_their_letkf_exactly() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::env::set_current_dir(root).unwrap();
+    let dir = root.join("configs/experiments");
+    let mut pairs = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix("-start.toml") else {
+            continue;
+        };
+        let text = std::fs::read_to_string(dir.join(&name)).unwrap();
+        if !text.contains("start = \"letkf\"") {
+            continue; // an issue-15 start (the square-root update under the bundle's Gaussian)
+        }
+        let spec = |f: &str| {
+            let mut s = ExperimentFile::load(&dir.join(f)).unwrap().spec().unwrap();
+            s.cycles = 120;
+            s.burn_in = Some(20);
+            s
+        };
+        let (a, b) = (spec(&name), spec(&format!("{stem}-letkf.toml")));
+        let (ra, rb) = (run(&a).unwrap(), run(&b).unwrap());
+        assert_eq!(
+            (ra.rmse_a, ra.spread_a),
+            (rb.rmse_a, rb.spread_a),
+            "{name} against {stem}-letkf.toml"
+        );
+        pairs += 1;
+    }
+    assert!(
+        pairs >= 3,
+        "only {pairs} start-only files start from the LETKF"
+    );
+}
+
 /// One test per file, so that they run in parallel and a failure names its file.
 macro_rules! files {
     ($($test:ident => $file:literal),* $(,)?) => {
@@ -75,6 +115,7 @@ files! {
     l96_full_etkf => "l96-full-etkf.toml",
     l96_full_letkf => "l96-full-letkf.toml",
     l96_full_score => "l96-full-score.toml",
+    l96_full_start => "l96-full-start.toml",
     l96_full_adaptive => "l96-full-adaptive.toml",
     l96_sparse_adaptive => "l96-sparse-adaptive.toml",
     l96_long_window_letkf => "l96-sparse-r0.5-dt0.4-letkf.toml",
@@ -84,6 +125,7 @@ files! {
     l96_long_window_n20_letkf => "l96-sparse-r0.5-dt0.4-n20-letkf.toml",
     l96_long_window_n20_gaussian => "l96-sparse-r0.5-dt0.4-n20-gaussian.toml",
     l96_long_window_n20_score => "l96-sparse-r0.5-dt0.4-n20-score.toml",
+    l96_long_window_n20_start => "l96-sparse-r0.5-dt0.4-n20-start.toml",
     l96_full_long_window_letkf => "l96-full-dt0.4-letkf.toml",
     l96_full_long_window_adaptive => "l96-full-dt0.4-adaptive.toml",
     l96_full_long_window_start => "l96-full-dt0.4-start.toml",

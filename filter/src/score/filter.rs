@@ -55,7 +55,8 @@ pub struct ScoreFilter {
     /// typically the LETKF baseline.
     pub baseline: Option<Box<dyn Analysis>>,
     /// When set, σ_start of each analysis is this factor times the background's spread (the root
-    /// mean square over the state of the members' standard deviations) instead of the sampler's
+    /// mean square over the state of the members' standard deviations, in the space the diffusion
+    /// runs in: the latent of a latent bundle, the state otherwise) instead of the sampler's
     /// fixed σ_start, so that the noise, and what the prior reshapes, follows the background's
     /// uncertainty (the long-window pilot: 1.0). Never below twice the sampler's σ_min.
     pub sigma_start_spread: Option<f64>,
@@ -120,17 +121,27 @@ impl Analysis for ScoreFilter {
         let x_start = z;
         let mut z = den.encode(&x_start)?;
         let x_rec = den.decode(&z)?;
-        let background_var = if self.sampler.config.lo_steps > 0 {
-            let zb = Ensemble::from_flat(ens.n_members(), den.dim(), den.encode(ens.as_flat())?)?;
-            zb.variance().iter().sum::<f64>() / den.dim() as f64
+        // The background ensemble in the space the diffusion runs in (the latent of a latent bundle:
+        // its members encoded; the state itself for a pixel-space bundle), for latent optimisation
+        // and a spread-relative σ_start.
+        let zb = if self.sampler.config.lo_steps > 0 || self.sigma_start_spread.is_some() {
+            Some(Ensemble::from_flat(
+                ens.n_members(),
+                den.dim(),
+                den.encode(ens.as_flat())?,
+            )?)
         } else {
-            0.0
+            None
         };
-        match self.sigma_start_spread {
-            Some(f) => {
-                let spread = (background_std.iter().map(|s| s * s).sum::<f64>()
-                    / background_std.len().max(1) as f64)
-                    .sqrt();
+        let background_var = match (&zb, self.sampler.config.lo_steps > 0) {
+            (Some(zb), true) => zb.variance().iter().sum::<f64>() / den.dim() as f64,
+            _ => 0.0,
+        };
+        match (self.sigma_start_spread, &zb) {
+            (Some(f), Some(zb)) => {
+                let std = zb.std();
+                let spread =
+                    (std.iter().map(|s| s * s).sum::<f64>() / std.len().max(1) as f64).sqrt();
                 let c = &self.sampler.config;
                 let sampler = Sampler::new(super::SamplerConfig {
                     sigma_start: (f * spread).max(2.0 * c.sigma_min),
@@ -138,7 +149,7 @@ impl Analysis for ScoreFilter {
                 })?;
                 sampler.sample(&*den, &mut z, batch, rng)?;
             }
-            None => self.sampler.sample(&*den, &mut z, batch, rng)?,
+            _ => self.sampler.sample(&*den, &mut z, batch, rng)?,
         }
         self.sampler
             .optimise(&*den, &mut z, batch, background_var)?;

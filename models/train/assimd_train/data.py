@@ -7,7 +7,8 @@ Array format (all little-endian float32 .npy, recorded after burn-in, K = record
   DIR/members.npy  (K, N, P)    background members
   DIR/meta.json    testbed, network, filter, inflation, rtps, localization_km, seed, burn_in, records ...
 P = 40 for l96 (one variable on the ring). Seeds: 1-99 test, 100-199 tuning, >= 1000 training
-(l96: 1001-1027 train, 1909-1982 val; l96 self-training 1101-1106; l96-long 1201-1210 train, 1990-1991 val).
+(l96: 1001-1027 train, 1909-1982 val; l96 self-training 1101-1106; l96-long 1201-1210 train, 1990-1991 val;
+l96-long self-training 1221-1226 train, 1992 val).
 """
 from __future__ import annotations
 
@@ -118,6 +119,31 @@ def l96_long_runs(members: int = 20) -> list[Run]:
     runs = [mk(f"long-{tag}", 1201 + k, i, l, r, "train") for k, (tag, i, l, r) in enumerate(variants)]
     runs.append(mk("val-long-tuned", 1990, infl, loc, 0.0, "val"))
     runs.append(mk("val-long-infl1.3", 1991, 1.3, loc, 0.0, "val"))
+    return runs
+
+
+L96_LONG_SCORE_FILE = "configs/experiments/l96-sparse-r0.5-dt0.4-n20-score.toml"
+L96_LONG_SELFTRAIN_CYCLES = 1200
+
+
+def l96_long_selftrain_runs(repo: str, bundle_dir: str) -> list[Run]:
+    """Round 2 of the long window (l96-long-selftrain): the score filter's own cycled runs, the shipped
+    N = 20 file (L96_LONG_SCORE_FILE: each member started at its LETKF analysis, 16 guided levels) with
+    the round-1 bundle, on training seeds 1221+, so that the triples carry the backgrounds the score
+    filter itself forecasts (sharper than the LETKF's: the round-1 data never saw them). The start's
+    LETKF is varied as in round 1: tuned (1.25, 2,500 km) twice, inflation 1.1 and 1.4, localisation
+    3,500 km, and RTPS 0.5 on the score filter's output; 1,200 cycles, burn-in 200. Validation: the
+    tuned setting on seed 1992."""
+    g = L96_LONG_REGIME
+    cfg = os.path.join(repo, L96_LONG_SCORE_FILE)
+    base = ("--config", cfg, "--bundle", bundle_dir, "--burn-in", str(L96_LONG_BURN_IN))
+    variants = [("tuned-a", 1.25, 2500.0, ()), ("tuned-b", 1.25, 2500.0, ()),
+                ("infl1.1", 1.1, 2500.0, ()), ("infl1.4", 1.4, 2500.0, ()),
+                ("loc3500", 1.25, 3500.0, ()), ("rtps0.5", 1.25, 2500.0, ("--score-rtps", "0.5"))]
+    mk = lambda name, seed, i, l, x, split: Run(name, g["network"], seed, i, l, filter="score",
+                                                cycles=L96_LONG_SELFTRAIN_CYCLES, split=split, extra=base + x)
+    runs = [mk(f"score-long-{tag}", 1221 + k, i, l, x, "train") for k, (tag, i, l, x) in enumerate(variants)]
+    runs.append(mk("val-score-long-tuned", 1992, 1.25, 2500.0, (), "val"))
     return runs
 
 

@@ -46,6 +46,13 @@ VARIANTS = {
                  "regime": {"name": "l96-sparse-r0.5-dt0.4 (the long window)", **data.L96_LONG_REGIME,
                             "experiments": "configs/experiments/l96-sparse-r0.5-dt0.4-*.toml"},
                  "reproduce": "models/train/run.sh l96 --bundles l96-long"},
+    # round 2 of the long window: l96-long (its committed ONNX weights) fine-tuned on the score filter's
+    # own cycled runs (data.l96_long_selftrain_runs) plus the round-1 LETKF triples
+    "l96-long-selftrain": {"testbed": "l96", "set_encoder": True, "gauss": False, "runs": "l96-long",
+                           "data_dir": "l96-long", "max_rmse": 3.0, "sigma": "pilot", "init_bundle": "l96-long",
+                           "regime": {"name": "l96-sparse-r0.5-dt0.4 (the long window)", **data.L96_LONG_REGIME,
+                                      "experiments": "configs/experiments/l96-sparse-r0.5-dt0.4-n20-*.toml"},
+                           "reproduce": "models/train/run.sh l96 --self-train l96-long"},
 }
 DEFAULT_BUNDLES = "l96,l96-gauss-meanspread,l96-setenc,l96-meanspread"
 # Sampler of the score filter's round-2 data runs (the shipped l96 default, configs/experiments).
@@ -75,6 +82,31 @@ def record(testbed: str, binary: str, data_dir: str, spec: tuple[str, str, float
     return kept, [r.name for r in runs if r.name not in names]
 
 
+def load_bundle_weights(model, bundle_dir: str, log=print):
+    """Load a committed bundle's weights into `model`: the ONNX initializers of denoiser.onnx and
+    conditioner.onnx carry the torch parameter names (den.*, cond.*), so round 2 starts from exactly
+    the shipped round-1 network even where models/train/runs/ (not committed) is gone."""
+    import onnx
+    from onnx import numpy_helper
+    state = model.state_dict()
+    found = {}
+    for g in ("denoiser.onnx", "conditioner.onnx"):
+        path = os.path.join(bundle_dir, g)
+        if os.path.exists(path):
+            for t in onnx.load(path).graph.initializer:
+                if t.name in state:
+                    found[t.name] = torch.from_numpy(numpy_helper.to_array(t).copy())
+    missing = [k for k in state if k not in found]
+    if missing:
+        raise SystemExit(f"{bundle_dir}: no initializer for {', '.join(missing[:5])}; the bundle was not "
+                         "exported from this network (nets.ScoreModel)")
+    for k, v in found.items():
+        if tuple(v.shape) != tuple(state[k].shape):
+            raise SystemExit(f"{bundle_dir}: {k} has shape {tuple(v.shape)}, the network {tuple(state[k].shape)}")
+    model.load_state_dict(found)
+    log(f"loaded {len(found)} tensors from {bundle_dir}")
+
+
 def build(bundle: str, kept: list[dict], iters: int, batch: int, seed: int, log=print,
           dropped: list[str] | None = None):
     cfg = VARIANTS[bundle]
@@ -90,10 +122,16 @@ def build(bundle: str, kept: list[dict], iters: int, batch: int, seed: int, log=
         model.load_state_dict(torch.load(init))
         lr = 5e-4
         log(f"[{bundle}] fine-tuning from {init} at lr {lr}")
+    if cfg.get("init_bundle"):
+        load_bundle_weights(model, os.path.join(REPO, "models", "zoo", cfg["init_bundle"]), log=log)
+        lr = 5e-4
+        log(f"[{bundle}] fine-tuning from models/zoo/{cfg['init_bundle']} at lr {lr}")
     t0 = time.time()
     ema, info = tr_mod.train(model, trn, iters=iters, batch=batch, seed=seed, lr=lr, log=log,
                              sigma_dist=cfg.get("sigma", "loguniform"))
     wall_train = time.time() - t0
+    info = {**info, "lr": lr, "init": (f"models/zoo/{cfg['init_bundle']} (its ONNX weights)" if cfg.get("init_bundle")
+                                       else f"models/train/runs/{cfg['init']}/model_ema.pt" if cfg.get("init") else "random")}
     run_dir = os.path.join(TRAIN_DIR, "runs", bundle)
     os.makedirs(run_dir, exist_ok=True)
     torch.save(ema.state_dict(), os.path.join(run_dir, "model_ema.pt"))
@@ -200,7 +238,8 @@ def manifest(bundle, cfg, model, kept, trn, val, info, bins, cal, rep, wall_trai
             "loss": "EDM, lambda = 1/c_out^2 per point",
             "augmentation": "random circular shift of the ring per triple (no reflection: not an L96 symmetry)",
             "iterations": info["iters"], "batch_triples": info["batch_triples"],
-            "sigma_draws_per_triple": info["sigma_draws_per_triple"], "optimizer": "Adam, cosine lr from 2e-3, clip 1, EMA 0.999 (exported)",
+            "sigma_draws_per_triple": info["sigma_draws_per_triple"], "optimizer": f"Adam, cosine lr from {info['lr']:g}, clip 1, EMA 0.999 (exported)",
+            "initialised_from": info["init"],
             "final_train_loss_ema": info["final_train_loss"],
             "wall_seconds_train": round(wall_train, 1), "wall_seconds_eval": round(wall_eval, 1),
             "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
@@ -248,12 +287,13 @@ def main():
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--self-train", action="store_true",
-                    help="round 2: record the score filter's own cycled runs with models/zoo/l96 (round 1, must exist), "
-                         "then fine-tune it on those plus the round-1 triples into models/zoo/l96-selftrain")
+    ap.add_argument("--self-train", nargs="?", const="l96", choices=["l96", "l96-long"], default=None,
+                    help="round 2: record the score filter's own cycled runs with models/zoo/<round 1> (l96, the "
+                         "default, or l96-long), then fine-tune round 1 on those plus the round-1 triples into "
+                         "models/zoo/<round 1>-selftrain")
     ap.add_argument("--self-train-iters", type=int, default=1500)
     a = ap.parse_args()
-    bundles = ["l96-selftrain"] if a.self_train else a.bundles.split(",")
+    bundles = [f"{a.self_train}-selftrain"] if a.self_train else a.bundles.split(",")
     unknown = [b for b in bundles if b not in VARIANTS or VARIANTS[b]["testbed"] != a.testbed]
     if unknown:
         ap.error(f"unknown {a.testbed} bundle(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
@@ -264,6 +304,15 @@ def main():
         spec = data_spec(b)
         if spec not in sets:
             sets[spec] = record(a.testbed, a.binary, a.data_dir, spec)
+    if a.self_train == "l96-long":
+        kept, dropped = sets[data_spec("l96-long-selftrain")]
+        st_runs = data.l96_long_selftrain_runs(REPO, os.path.join(REPO, "models", "zoo", "l96-long"))
+        st = data.generate(a.testbed, a.binary, os.path.join(a.data_dir, "l96-long"), max_rmse=3.0,
+                           runs=st_runs, index="runs-selftrain.json", label="l96-long self-training data")
+        st_names = {r["name"] for r in st}
+        dropped = dropped + [r.name for r in st_runs if r.name not in st_names]
+        build("l96-long-selftrain", kept + st, a.self_train_iters, a.batch, a.seed + 1, dropped=dropped)
+        return
     if a.self_train:
         kept, dropped = sets[data_spec("l96-selftrain")]
         bundle_dir = os.path.join(REPO, "models", "zoo", "l96")
