@@ -1,5 +1,6 @@
 //! One score-filter analysis with the shipped experiment files' settings (issue 5): qg2l
-//! `stations+satellite` with N = 16 (the issue's benchmark) and l96 `full` with N = 20.
+//! `stations+satellite` with N = 16 (the issue's benchmark), l96 `full` with N = 20 and the long
+//! window with the learned prior at N = 20 (issue 16).
 //! Needs ORT_DYLIB_PATH (`source scripts/setup.sh`). Network evaluations per member per analysis:
 //! qg2l: 1 encoder + (S-1) × (denoiser + decoder + denoiser_vjp) + 1 decoder, plus one conditioner
 //! call and one encoder batch of the background per cycle; S = 4 levels, no corrections.
@@ -76,6 +77,14 @@ fn benches(c: &mut Criterion) {
         10,
     );
     bench_file(c, "configs/experiments/l96-full-score.toml", 20, 20);
+    // Issue 16's long window: the learned prior l96-long, 16 levels from the LETKF start (one LETKF
+    // analysis, one conditioner call, then 15 × (denoiser + denoiser_vjp) of batch N).
+    bench_file(
+        c,
+        "configs/experiments/l96-sparse-r0.5-dt0.4-n20-score.toml",
+        20,
+        10,
+    );
 }
 
 criterion_group!(score_benches, benches);

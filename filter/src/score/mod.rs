@@ -48,6 +48,14 @@
 //!    prior these are posterior members, so their noised versions are the noised posterior, and the
 //!    diffusion only corrects what is not Gaussian, at scales below σ_start. Without a prior
 //!    covariance (latent bundles) the start is [`ScoreFilter::baseline`]'s analysis.
+//!    [`Start::Baseline`] starts every member at the baseline's (the tuned LETKF's) analysis
+//!    whatever the prior, x_start,k = x^a_LETKF,k, and [`ScoreFilter::sigma_start_spread`] sets
+//!    σ_start = f · s_b per cycle, s_b = (1/d Σ_j Var_k[z^b_{k,j}])^{1/2} the background spread in
+//!    the space the diffusion runs in. With f = O(1) (the long window, where a 48-hour forecast is
+//!    far from Gaussian) the noise reaches the background's own uncertainty and the learned prior,
+//!    not the start, shapes the sample, while the start keeps what the observations said; with f
+//!    small the step is the LETKF plus a correction below s_b. With the diffusion off it is the
+//!    LETKF exactly, so the LETKF is this filter's start-only control.
 //! 3. **Stiff guidance.** With R + γσ² I alone, the predictor's guidance moves z by
 //!    (σ_i² - σ_{i+1}²) Gᵀ R⁻¹ (y - H x̂₀), G = H ∂x̂₀/∂z, and overshoots the observations once
 //!    (σ_i² - σ_{i+1}²) ‖Gᵀ R⁻¹ G‖ > 2. With [`SamplerConfig::jacobian_cov`] the sampler adds σ² G Gᵀ
@@ -63,9 +71,10 @@
 //!
 //! With the analytic prior ([`EnsembleGaussianPrior`]) and linear H the whole step reproduces the
 //! Kalman update (tests `guided_sampler_matches_the_kalman_update`,
-//! `analysis_start_makes_a_short_diffusion_exact_in_the_l96_regime`). The shipped defaults (the
-//! square-root start with a short diffusion and RTPS after sampling) and the measurements that
-//! chose them are in `docs/results.md`.
+//! `analysis_start_makes_a_short_diffusion_exact_in_the_l96_regime`). The shipped settings per
+//! regime (the LETKF start; f = 1 and 16 levels with the learned long-window prior where the
+//! forecast is not Gaussian, f = 0.02 where it is) and the measurements that chose them are in
+//! `docs/results.md`.
 //!
 //! ## References
 //! - Rozet, F., Louppe, G. (2023). Score-based data assimilation. NeurIPS.
