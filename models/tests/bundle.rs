@@ -225,6 +225,14 @@ fn parity_l96_long_every_graph_matches_fixtures() {
     check_parity("l96-long", &["conditioner", "denoiser", "denoiser_vjp"]);
 }
 
+#[test]
+fn parity_l96_long_selftrain_every_graph_matches_fixtures() {
+    check_parity(
+        "l96-long-selftrain",
+        &["conditioner", "denoiser", "denoiser_vjp"],
+    );
+}
+
 fn fixture_ensemble(name: &str) -> Ensemble {
     let m = fixture(name, "conditioner_in_members.npy");
     let (n, d) = (m.shape[1], m.shape[2]);
