@@ -222,25 +222,13 @@ fn qg2l_daemon_writes_a_map_per_cycle_and_its_history_plots() {
     );
 }
 
-/// `assimd demo --testbed qg2l` writes a map per cycle (its own embedded broker on a free port).
-#[test]
-fn qg2l_demo_writes_its_maps() {
-    let tmp = tempfile::tempdir().unwrap();
-    let maps = tmp.path().join("maps");
+/// `assimd demo ARGS` from the repository root (its own embedded broker on a free port): its
+/// standard output, once it has exited successfully.
+fn demo(args: &[&std::ffi::OsStr]) -> String {
     let out = std::process::Command::new(ASSIMD)
-        .args([
-            "demo",
-            "--testbed",
-            "qg2l",
-            "--cycles",
-            "2",
-            "--bundle",
-            "none",
-            "--interval-ms",
-            "0",
-            "--maps-dir",
-        ])
-        .arg(&maps)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("demo")
+        .args(args)
         .output()
         .unwrap();
     assert!(
@@ -248,7 +236,26 @@ fn qg2l_demo_writes_its_maps() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `assimd demo --testbed qg2l` writes a map per cycle (its own embedded broker on a free port).
+#[test]
+fn qg2l_demo_writes_its_maps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let maps = tmp.path().join("maps");
+    let stdout = demo(&[
+        "--testbed".as_ref(),
+        "qg2l".as_ref(),
+        "--cycles".as_ref(),
+        "2".as_ref(),
+        "--bundle".as_ref(),
+        "none".as_ref(),
+        "--interval-ms".as_ref(),
+        "0".as_ref(),
+        "--maps-dir".as_ref(),
+        maps.as_os_str(),
+    ]);
     assert!(
         stdout.contains(&format!(
             "maps: {}",
@@ -275,17 +282,12 @@ fn l96_demo_runs_the_long_window_with_the_learned_prior() {
         std::env::var_os("ORT_DYLIB_PATH").is_some(),
         "set ORT_DYLIB_PATH (scripts/setup.sh does)"
     );
-    let out = std::process::Command::new(ASSIMD)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["demo", "--cycles", "8", "--interval-ms", "0"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = demo(&[
+        "--cycles".as_ref(),
+        "8".as_ref(),
+        "--interval-ms".as_ref(),
+        "0".as_ref(),
+    ]);
     for want in [
         "settings: configs/experiments/l96-sparse-r0.5-dt0.4-n20-score.toml",
         "assimd demo: l96 sparse (Δt 0.40, R = 0.5 I), N=20",

@@ -39,6 +39,8 @@ pub struct DemoArgs {
 /// (issue 16), where the score filter beats the tuned LETKF by about a third.
 pub const LONG_WINDOW: &str =
     include_str!("../../configs/experiments/l96-sparse-r0.5-dt0.4-n20-score.toml");
+/// [`LONG_WINDOW`]'s path in the repository, as the demo names it.
+const LONG_WINDOW_PATH: &str = "configs/experiments/l96-sparse-r0.5-dt0.4-n20-score.toml";
 
 /// The experiment table the demo runs, if any: the file given, or [`LONG_WINDOW`] for l96 when
 /// neither a network nor `--experiment none` is given.
@@ -50,10 +52,9 @@ fn demo_experiment(args: &DemoArgs) -> Result<Option<(String, toml::Table)>> {
             std::fs::read_to_string(p)
                 .with_context(|| format!("reading the experiment file {}", p.display()))?,
         ),
-        None if args.testbed == TestbedKind::L96 && args.network.is_none() => (
-            "configs/experiments/l96-sparse-r0.5-dt0.4-n20-score.toml".to_string(),
-            LONG_WINDOW.to_string(),
-        ),
+        None if args.testbed == TestbedKind::L96 && args.network.is_none() => {
+            (LONG_WINDOW_PATH.to_string(), LONG_WINDOW.to_string())
+        }
         None => return Ok(None),
     };
     let t: toml::Table = text

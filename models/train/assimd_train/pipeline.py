@@ -27,6 +27,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 TRAIN_DIR = os.path.dirname(HERE)
 REPO = os.path.abspath(os.path.join(TRAIN_DIR, "..", ".."))
 
+# The long window's variant settings, shared by round 1 (l96-long) and round 2 (l96-long-selftrain).
+L96_LONG = {"testbed": "l96", "set_encoder": True, "gauss": False, "runs": "l96-long",
+            "data_dir": "l96-long", "max_rmse": 3.0, "sigma": "pilot",
+            "regime": {"name": "l96-sparse-r0.5-dt0.4 (the long window)", **data.L96_LONG_REGIME,
+                       "experiments": "configs/experiments/l96-sparse-r0.5-dt0.4-*.toml"}}
+
 VARIANTS = {
     # default: set encoder + the localised ensemble Gaussian as the denoiser's skip (see nets.py)
     "l96": {"testbed": "l96", "set_encoder": True, "gauss": True},
@@ -41,16 +47,11 @@ VARIANTS = {
     # (filter/src/score/filter.rs: a bundle without ensemble_gaussian gets the LETKF baseline); its own
     # runs and data dir; RTPS-only runs reach rmse 1.6-2.3 in this regime, hence the cutoff 3; sigma
     # drawn as the pilot's (train.SIGMA_DISTS).
-    "l96-long": {"testbed": "l96", "set_encoder": True, "gauss": False, "runs": "l96-long",
-                 "data_dir": "l96-long", "max_rmse": 3.0, "sigma": "pilot",
-                 "regime": {"name": "l96-sparse-r0.5-dt0.4 (the long window)", **data.L96_LONG_REGIME,
-                            "experiments": "configs/experiments/l96-sparse-r0.5-dt0.4-*.toml"},
-                 "reproduce": "models/train/run.sh l96 --bundles l96-long"},
+    "l96-long": {**L96_LONG, "reproduce": "models/train/run.sh l96 --bundles l96-long"},
     # round 2 of the long window: l96-long (its committed ONNX weights) fine-tuned on the score filter's
     # own cycled runs (data.l96_long_selftrain_runs) plus the round-1 LETKF triples
-    "l96-long-selftrain": {"testbed": "l96", "set_encoder": True, "gauss": False, "runs": "l96-long",
-                           "data_dir": "l96-long", "max_rmse": 3.0, "sigma": "pilot", "init_bundle": "l96-long",
-                           "regime": {"name": "l96-sparse-r0.5-dt0.4 (the long window)", **data.L96_LONG_REGIME,
+    "l96-long-selftrain": {**L96_LONG, "init_bundle": "l96-long",
+                           "regime": {**L96_LONG["regime"],
                                       "experiments": "configs/experiments/l96-sparse-r0.5-dt0.4-n20-*.toml"},
                            "reproduce": "models/train/run.sh l96 --self-train l96-long"},
 }
@@ -304,24 +305,18 @@ def main():
         spec = data_spec(b)
         if spec not in sets:
             sets[spec] = record(a.testbed, a.binary, a.data_dir, spec)
-    if a.self_train == "l96-long":
-        kept, dropped = sets[data_spec("l96-long-selftrain")]
-        st_runs = data.l96_long_selftrain_runs(REPO, os.path.join(REPO, "models", "zoo", "l96-long"))
-        st = data.generate(a.testbed, a.binary, os.path.join(a.data_dir, "l96-long"), max_rmse=3.0,
-                           runs=st_runs, index="runs-selftrain.json", label="l96-long self-training data")
-        st_names = {r["name"] for r in st}
-        dropped = dropped + [r.name for r in st_runs if r.name not in st_names]
-        build("l96-long-selftrain", kept + st, a.self_train_iters, a.batch, a.seed + 1, dropped=dropped)
-        return
     if a.self_train:
-        kept, dropped = sets[data_spec("l96-selftrain")]
-        bundle_dir = os.path.join(REPO, "models", "zoo", "l96")
-        st_runs = data.l96_selftrain_runs(bundle_dir, SELFTRAIN_SAMPLER)
-        st = data.generate(a.testbed, a.binary, os.path.join(a.data_dir, a.testbed),
-                           runs=st_runs, index="runs-selftrain.json")
+        bundle = f"{a.self_train}-selftrain"
+        kept, dropped = sets[data_spec(bundle)]
+        runs_key, sub, max_rmse = data_spec(bundle)
+        round1 = os.path.join(REPO, "models", "zoo", a.self_train)
+        st_runs = (data.l96_long_selftrain_runs(REPO, round1) if a.self_train == "l96-long"
+                   else data.l96_selftrain_runs(round1, SELFTRAIN_SAMPLER))
+        st = data.generate(a.testbed, a.binary, os.path.join(a.data_dir, sub), max_rmse=max_rmse,
+                           runs=st_runs, index="runs-selftrain.json", label=f"{bundle} data")
         st_names = {r["name"] for r in st}
         dropped = dropped + [r.name for r in st_runs if r.name not in st_names]
-        build("l96-selftrain", kept + st, a.self_train_iters, a.batch, a.seed + 1, dropped=dropped)
+        build(bundle, kept + st, a.self_train_iters, a.batch, a.seed + 1, dropped=dropped)
         return
     for b in bundles:
         kept, dropped = sets[data_spec(b)]
