@@ -37,6 +37,7 @@
 //!   Kalman filter by Gaussian scale mixtures. QJRMS 145, 53–75.
 //! - DAPPER, `dapper/da_methods/ensemble.py` (`effective_N`, `hyperprior_coeffs`).
 
+use super::{Gram, GramEigen};
 use nalgebra::{DMatrix, DVector};
 
 /// Adaptive prior inflation of the LETKF.
@@ -54,17 +55,20 @@ pub enum Adaptive {
 /// The EnKF-N's variance inflation l² for local anomalies `y` (m × N), innovation `d` and the
 /// diagonal of R⁻¹ `rinv` (untapered), with hyperprior confidence `xn` (module docs).
 pub fn finite_size_inflation(y: &DMatrix<f64>, d: &DVector<f64>, rinv: &[f64], xn: f64) -> f64 {
-    let n = y.ncols();
+    finite_size_from_eigen(&Gram::from_dense(y, d, rinv).eigen(), xn)
+}
+
+/// [`finite_size_inflation`] from the eigen-decomposition of Ỹᵀ Ỹ = Yᵀ R⁻¹ Y and Ỹᵀ d̃ = Yᵀ R⁻¹ d
+/// that the transform shares.
+pub(crate) fn finite_size_from_eigen(e: &GramEigen, xn: f64) -> f64 {
+    // The whole spectrum: G's zero eigenvalues (outside Q's span, which b lies in) count in the
+    // hyperprior's share and add nothing to the innovation terms.
+    let n = e.members();
     let nm1 = (n - 1) as f64;
-    // C = Ỹᵀ R^{-1/2} = Yᵀ R⁻¹ (N × m); Ỹᵀ Ỹ = C Y; Ỹᵀ d̃ = C d.
-    let mut c = y.transpose();
-    for (j, mut col) in c.column_iter_mut().enumerate() {
-        col *= rinv[j];
-    }
-    let eig = (&c * y).symmetric_eigen();
-    let lam: Vec<f64> = eig.eigenvalues.iter().map(|l| l.max(0.0)).collect();
-    let g = eig.eigenvectors.transpose() * (&c * d);
-    let g2: Vec<f64> = g.iter().map(|v| v * v).collect();
+    let mut lam = e.lam.clone();
+    let mut g2: Vec<f64> = e.qtb.iter().map(|v| v * v).collect();
+    lam.resize(n, 0.0);
+    g2.resize(n, 0.0);
     let (en, cl) = hyperprior(&lam, n, xn);
     // J'(l) and J''(l).
     let jp = |l: f64| {

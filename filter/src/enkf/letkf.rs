@@ -1,15 +1,13 @@
 //! Local ensemble transform Kalman filter with Gaspari–Cohn R-localisation.
 
-use super::{
-    apply_weights, finite_size_inflation, gaspari_cohn, transform, Adaptive, Inflation,
-    ObservedEnsemble,
-};
+use super::adaptive::finite_size_from_eigen;
+use super::{apply_weights_at, gaspari_cohn, Adaptive, Gram, Inflation, ObservedEnsemble};
 use crate::analysis::Analysis;
 use crate::ensemble::Ensemble;
-use crate::geometry::{Geometry, StateSpace};
+use crate::geometry::{Geometry, StateSpace, EARTH_RADIUS_KM};
 use crate::obs::ObsBatch;
 use crate::FilterError;
-use nalgebra::{DMatrix, DVector};
+use nalgebra::DMatrix;
 use rand::RngCore;
 use rayon::prelude::*;
 
@@ -97,98 +95,197 @@ impl Letkf {
         }
     }
 
-    /// The transform W (N × N) at horizontal point `p`.
-    fn weights(
-        &self,
-        p: usize,
-        n: usize,
-        oe: &ObservedEnsemble,
-        obs_xy: &[(f64, f64)],
-        sigma: &[f64],
-    ) -> DMatrix<f64> {
+    /// The transform W (N × N) at horizontal point `p` from its local observations, which
+    /// `index` finds: observation j enters with R⁻¹ tapered by GC(distance / c).
+    fn weights(&self, p: usize, n: usize, obs: &LocalObs, scratch: &mut Scratch) -> DMatrix<f64> {
         let g = &self.space.geometry;
-        let mut local = Vec::new();
-        let mut rinv = Vec::new();
-        for (j, xy) in obs_xy.iter().enumerate() {
+        scratch.local.clear();
+        scratch.rinv.clear();
+        let xy = self.points_xy[p];
+        let push = |j: usize, scratch: &mut Scratch| {
             let taper = if self.half_width_km.is_infinite() {
                 1.0
             } else {
-                gaspari_cohn(g.plane_distance_km(self.points_xy[p], *xy) / self.half_width_km)
+                gaspari_cohn(g.plane_distance_km(xy, obs.xy[j]) / self.half_width_km)
             };
             if taper > 0.0 {
-                local.push(j);
-                rinv.push(taper / (sigma[j] * sigma[j]));
+                scratch.local.push(j);
+                scratch.rinv.push(taper / (obs.sigma[j] * obs.sigma[j]));
+            }
+        };
+        match &obs.index {
+            None => (0..obs.xy.len()).for_each(|j| push(j, scratch)),
+            Some(index) => {
+                index.candidates(xy, &mut scratch.candidates);
+                let candidates = std::mem::take(&mut scratch.candidates);
+                candidates.iter().for_each(|&j| push(j as usize, scratch));
+                scratch.candidates = candidates;
             }
         }
-        if local.is_empty() {
-            DMatrix::identity(n, n) * self.inflation.rho.sqrt()
-        } else {
-            let y = oe.y_anom.select_rows(local.iter());
-            let d = DVector::from_iterator(local.len(), local.iter().map(|&j| oe.innovation[j]));
-            let rho = match self.adaptive {
-                Adaptive::Off => self.inflation.rho,
-                // From the tapered R⁻¹: the information the point's analysis actually uses
-                // (module docs of `adaptive`).
-                Adaptive::FiniteSize { xn } => {
-                    self.inflation.rho * finite_size_inflation(&y, &d, &rinv, xn)
-                }
-            };
-            transform(&y, &d, &rinv, rho)
+        if scratch.local.is_empty() {
+            return DMatrix::identity(n, n) * self.inflation.rho.sqrt();
         }
+        let eig = Gram::local_eigen(
+            obs.yt,
+            obs.d,
+            &scratch.local,
+            &scratch.rinv,
+            n,
+            &mut scratch.scaled,
+        );
+        let rho = match self.adaptive {
+            Adaptive::Off => self.inflation.rho,
+            // From the tapered R⁻¹: the information the point's analysis actually uses (module
+            // docs of `adaptive`); the same eigen-decomposition as the transform's.
+            Adaptive::FiniteSize { xn } => self.inflation.rho * finite_size_from_eigen(&eig, xn),
+        };
+        eig.transform(rho)
     }
 
-    /// The transform at every horizontal point: computed at the stride's coarse points and
-    /// interpolated in between.
-    fn all_weights(
-        &self,
-        n: usize,
-        oe: &ObservedEnsemble,
-        obs_xy: &[(f64, f64)],
-        sigma: &[f64],
-        parallel: bool,
-    ) -> Vec<DMatrix<f64>> {
+    /// The transform at point `p` interpolated from the `coarse` transforms (computed every
+    /// `stride` points): linearly on a ring, bilinearly in a box, into `w`.
+    fn interpolated(&self, p: usize, coarse: &[DMatrix<f64>], w: &mut DMatrix<f64>) {
         let (nx, ny) = self.grid_dims();
         let s = self.stride;
         let (cx, cy) = (nx / s, (ny / s).max(1));
-        let coarse_point = |c: usize| (c / cx) * s * nx + (c % cx) * s;
-        let exact = |p: usize| self.weights(p, n, oe, obs_xy, sigma);
-        let coarse: Vec<DMatrix<f64>> = if parallel {
-            (0..cx * cy)
-                .into_par_iter()
-                .map(|c| exact(coarse_point(c)))
-                .collect()
+        let (i, j) = (p % nx, p / nx);
+        let (ci, fi) = (i / s, (i % s) as f64 / s as f64);
+        let (cj, fj) = if ny == 1 {
+            (0, 0.0)
         } else {
-            (0..cx * cy).map(|c| exact(coarse_point(c))).collect()
+            (j / s, (j % s) as f64 / s as f64)
         };
-        if s == 1 {
-            return coarse;
-        }
-        let interp = |p: usize| {
-            let (i, j) = (p % nx, p / nx);
-            let (ci, fi) = (i / s, (i % s) as f64 / s as f64);
-            let (cj, fj) = if ny == 1 {
-                (0, 0.0)
-            } else {
-                (j / s, (j % s) as f64 / s as f64)
-            };
-            let (ci1, cj1) = ((ci + 1) % cx, (cj + 1) % cy);
-            let mut w = &coarse[cj * cx + ci] * ((1.0 - fi) * (1.0 - fj));
-            for (c, f) in [
-                (cj * cx + ci1, fi * (1.0 - fj)),
-                (cj1 * cx + ci, (1.0 - fi) * fj),
-                (cj1 * cx + ci1, fi * fj),
-            ] {
-                if f > 0.0 {
-                    w += &coarse[c] * f;
+        let (ci1, cj1) = ((ci + 1) % cx, (cj + 1) % cy);
+        w.copy_from(&coarse[cj * cx + ci]);
+        *w *= (1.0 - fi) * (1.0 - fj);
+        for (c, f) in [
+            (cj * cx + ci1, fi * (1.0 - fj)),
+            (cj1 * cx + ci, (1.0 - fi) * fj),
+            (cj1 * cx + ci1, fi * fj),
+        ] {
+            if f > 0.0 {
+                for (a, b) in w.iter_mut().zip(coarse[c].iter()) {
+                    *a += f * b;
                 }
             }
-            w
-        };
-        if parallel {
-            (0..nx * ny).into_par_iter().map(interp).collect()
-        } else {
-            (0..nx * ny).map(interp).collect()
         }
+    }
+}
+
+/// The cycle's observations as the local analyses read them.
+struct LocalObs<'a> {
+    /// Y's rows: observation j's N anomalies at `yt[j N .. (j + 1) N]`.
+    yt: &'a [f64],
+    /// Innovations d = y − ȳ.
+    d: &'a [f64],
+    /// Observation error standard deviations.
+    sigma: &'a [f64],
+    /// Positions on the plane.
+    xy: &'a [(f64, f64)],
+    /// Buckets for the search; `None` scans them all (infinite or domain-wide support).
+    index: Option<ObsIndex>,
+}
+
+/// Per-thread scratch of the local analyses.
+struct Scratch {
+    local: Vec<usize>,
+    rinv: Vec<f64>,
+    candidates: Vec<u32>,
+    scaled: Vec<f64>,
+    vals: Vec<f64>,
+    w: DMatrix<f64>,
+}
+
+impl Scratch {
+    fn new(n: usize) -> Self {
+        Scratch {
+            local: Vec::new(),
+            rinv: Vec::new(),
+            candidates: Vec::new(),
+            scaled: Vec::new(),
+            vals: vec![0.0; n],
+            w: DMatrix::zeros(n, n),
+        }
+    }
+}
+
+/// Observations bucketed in cells on the periodic plane, so that each grid point's search for
+/// its local observations reads only the cells within the localisation support instead of every
+/// observation: the cost of the search grows with the local count, not with the grid times the
+/// network. Cells are at least the support radius wide, so every observation within the support
+/// of a point lies in the point's cell or a neighbouring one.
+pub(super) struct ObsIndex {
+    /// Cells along x and y (1 along y on a ring).
+    cells: (usize, usize),
+    /// Periods of the plane along x and y in km.
+    period: (f64, f64),
+    /// Observation indices per cell (`iy · cells.0 + ix`), ascending.
+    buckets: Vec<Vec<u32>>,
+}
+
+impl ObsIndex {
+    /// At most this many cells along an axis: past it the buckets cost more than they save.
+    const MAX_CELLS: usize = 512;
+
+    /// The index for support radius `radius_km`, or `None` where it would not prune (fewer than
+    /// four cells along every axis: a point's neighbourhood would be the whole domain).
+    pub(super) fn new(geometry: &Geometry, radius_km: f64, xy: &[(f64, f64)]) -> Option<Self> {
+        if !radius_km.is_finite() {
+            return None;
+        }
+        let (px, py, ring) = match *geometry {
+            Geometry::Ring { lat_deg, .. } => (
+                2.0 * std::f64::consts::PI * EARTH_RADIUS_KM * lat_deg.to_radians().cos(),
+                1.0,
+                true,
+            ),
+            Geometry::PeriodicBox { length_km, .. } => (length_km, length_km, false),
+        };
+        let count = |period: f64| ((period / radius_km).floor() as usize).clamp(1, Self::MAX_CELLS);
+        let cells = (count(px), if ring { 1 } else { count(py) });
+        if cells.0 < 4 && cells.1 < 4 {
+            return None;
+        }
+        let mut index = ObsIndex {
+            cells,
+            period: (px, py),
+            buckets: vec![Vec::new(); cells.0 * cells.1],
+        };
+        for (j, &p) in xy.iter().enumerate() {
+            let (ix, iy) = index.cell(p);
+            index.buckets[iy * cells.0 + ix].push(j as u32);
+        }
+        Some(index)
+    }
+
+    fn cell(&self, (x, y): (f64, f64)) -> (usize, usize) {
+        let along = |v: f64, period: f64, k: usize| {
+            ((v.rem_euclid(period) / period * k as f64) as usize).min(k - 1)
+        };
+        (
+            along(x, self.period.0, self.cells.0),
+            along(y, self.period.1, self.cells.1),
+        )
+    }
+
+    /// The observations in the cells around `xy` (every one within the support radius and
+    /// possibly more), ascending, into `out`.
+    pub(super) fn candidates(&self, xy: (f64, f64), out: &mut Vec<u32>) {
+        out.clear();
+        let (ix, iy) = self.cell(xy);
+        let around = |i: usize, k: usize| -> Vec<usize> {
+            if k < 4 {
+                (0..k).collect()
+            } else {
+                vec![(i + k - 1) % k, i, (i + 1) % k]
+            }
+        };
+        for cy in around(iy, self.cells.1) {
+            for cx in around(ix, self.cells.0) {
+                out.extend_from_slice(&self.buckets[cy * self.cells.0 + cx]);
+            }
+        }
+        out.sort_unstable();
     }
 }
 
@@ -218,33 +315,76 @@ impl Analysis for Letkf {
         let background_std = ens.std();
         let g = &self.space.geometry;
         let oe = ObservedEnsemble::new(ens, batch);
+        let yt = oe.y_anom.transpose();
         let obs_xy: Vec<(f64, f64)> = batch.obs.iter().map(|o| g.to_plane(o.lat, o.lon)).collect();
+        let obs = LocalObs {
+            yt: yt.as_slice(),
+            d: oe.innovation.as_slice(),
+            sigma: &batch.sigma,
+            xy: &obs_xy,
+            index: ObsIndex::new(g, 2.0 * self.half_width_km, &obs_xy),
+        };
         let np = g.n_points();
         let n = ens.n_members();
         let nf = self.space.fields.len();
-        // Each local analysis costs an N × N eigen-decomposition (~20 µs at N = 20): worth a thread
+        // Each local analysis costs an N × N eigen-decomposition (~10 µs at N = 20): worth a thread
         // from a few hundred state values on.
         let parallel = np * n >= 512;
-        let weights = self.all_weights(n, &oe, &obs_xy, &batch.sigma, parallel);
-        let results: Vec<Vec<f64>> = {
-            let ens_ref: &Ensemble = ens;
-            let run = |p: usize| {
-                let idx: Vec<usize> = (0..nf).map(|f| f * np + p).collect();
-                let mut out = vec![0.0; nf * n];
-                apply_weights(ens_ref, &idx, &weights[p], &mut out);
-                out
+        // With a stride, the transforms at the coarse points first.
+        let coarse: Vec<DMatrix<f64>> = if self.stride == 1 {
+            Vec::new()
+        } else {
+            let (nx, ny) = self.grid_dims();
+            let s = self.stride;
+            let (cx, cy) = (nx / s, (ny / s).max(1));
+            let at = |sc: &mut Scratch, c: usize| {
+                self.weights((c / cx) * s * nx + (c % cx) * s, n, &obs, sc)
             };
             if parallel {
-                (0..np).into_par_iter().map(run).collect()
+                (0..cx * cy)
+                    .into_par_iter()
+                    .map_init(|| Scratch::new(n), at)
+                    .collect()
             } else {
-                (0..np).map(run).collect()
+                let mut sc = Scratch::new(n);
+                (0..cx * cy).map(|c| at(&mut sc, c)).collect()
             }
         };
-        for (p, vals) in results.iter().enumerate() {
-            for (f, fvals) in vals.chunks_exact(n).enumerate() {
-                for (k, v) in fvals.iter().enumerate() {
-                    ens.member_mut(k)[f * np + p] = *v;
-                }
+        // Point-major output: the N analysis values of field f at point p at ((p nf + f) N ..).
+        let mut out = vec![0.0; np * nf * n];
+        let ens_ref: &Ensemble = ens;
+        let local = |sc: &mut Scratch, (p, chunk): (usize, &mut [f64])| {
+            let w = if self.stride == 1 {
+                self.weights(p, n, &obs, sc)
+            } else {
+                let mut w = std::mem::replace(&mut sc.w, DMatrix::zeros(0, 0));
+                self.interpolated(p, &coarse, &mut w);
+                w
+            };
+            for (f, vals) in chunk.chunks_exact_mut(n).enumerate() {
+                apply_weights_at(ens_ref, f * np + p, &w, &mut sc.vals, vals);
+            }
+            if self.stride != 1 {
+                sc.w = w;
+            }
+        };
+        if parallel {
+            out.par_chunks_mut(nf * n)
+                .enumerate()
+                .for_each_init(|| Scratch::new(n), local);
+        } else {
+            let mut sc = Scratch::new(n);
+            out.chunks_mut(nf * n)
+                .enumerate()
+                .for_each(|pc| local(&mut sc, pc));
+        }
+        let dim = ens.dim();
+        let flat = ens.as_flat_mut();
+        for (i, vals) in out.chunks_exact(n).enumerate() {
+            // Row i of `out` is field i % nf at point i / nf: state element (i % nf) np + i / nf.
+            let e = (i % nf) * np + i / nf;
+            for (k, v) in vals.iter().enumerate() {
+                flat[k * dim + e] = *v;
             }
         }
         self.inflation.relax(ens, &background_std);

@@ -25,6 +25,22 @@
 //!   costs s² fewer eigen-decompositions on a 2-D grid and is accurate while s·Δx ≪ the
 //!   localisation half-width.
 //!
+//! How the LETKF computes ([`Letkf`]; costs in `docs/benchmarks.md`). Each grid point's
+//! observations are found through buckets of cells at least the support 2c wide on the periodic
+//! plane, so the search reads the point's cell and its neighbours, not the whole network. With
+//! Ỹ = R̃^{-1/2} Y the point's m local rows and d̃ = R̃^{-1/2} d, the ensemble-space problem is
+//! carried by the Gram matrix G = ỸᵀỸ and b = Ỹᵀd̃ ([`Gram`]), decomposed once, G = Q diag(λ) Qᵀ;
+//! the transform's matrix (N − 1)/ρ I + G shares its eigenvectors, and so does the EnKF-N's dual
+//! cost, so the adaptive LETKF needs no second decomposition. Where m < N, G has rank ≤ m and its
+//! non-zero eigenpairs come from the m × m matrix K = ỸỸᵀ = U diag(s) Uᵀ: λ = s,
+//! Q = Ỹᵀ U diag(s)^{-1/2}, Qᵀ b = s^{1/2} ∘ Uᵀ d̃, and with α = (N − 1)/ρ
+//!
+//!   P̃a = Q diag(1/(λ + α)) Qᵀ + (I − QQᵀ)/α,
+//!   Wa = √((N − 1)/α) I + Q diag(√((N − 1)/(λ + α)) − √((N − 1)/α)) Qᵀ,
+//!
+//! which is the same transform for m³ + m²N operations instead of N³ (exact up to rounding; a
+//! test checks it against the N × N form, also for a singular K).
+//!
 //! Inflation ([`Inflation`]): multiplicative ρ on the background anomalies (inside the ETKF/LETKF
 //! weights as (N-1)/ρ, explicitly for the stochastic EnKF), then optionally relaxation to prior
 //! spread (RTPS, Whitaker & Hamill 2012): σ_a ← α σ_b + (1 - α) σ_a per state element. The LETKF
@@ -69,7 +85,7 @@ pub use spectral::SpectralCovariance;
 
 use crate::ensemble::Ensemble;
 use crate::obs::{ObsBatch, ObservationOperator};
-use nalgebra::{DMatrix, DVector};
+use nalgebra::{DMatrix, DMatrixView, DVector};
 
 /// Observed ensemble: Y (m × N) anomalies, ȳ, and the innovation d = y - ȳ.
 pub(crate) struct ObservedEnsemble {
@@ -99,6 +115,179 @@ impl ObservedEnsemble {
     }
 }
 
+/// The ensemble-space normal equations of one (local) analysis: the Gram matrix
+/// G = Yᵀ R̃⁻¹ Y (N × N) and b = Yᵀ R̃⁻¹ d, with R̃⁻¹ the (tapered) diagonal of R⁻¹.
+pub(crate) struct Gram {
+    pub g: DMatrix<f64>,
+    pub b: DVector<f64>,
+}
+
+impl Gram {
+    /// From the rows of Y: `yt` holds observation j's N anomalies at `yt[j N .. (j + 1) N]`;
+    /// only the observations `local` enter, observation `local[i]` with weight `rinv[i]`.
+    pub fn from_rows(yt: &[f64], d: &[f64], local: &[usize], rinv: &[f64], n: usize) -> Self {
+        let mut scaled = Vec::new();
+        Self::from_rows_with(yt, d, local, rinv, n, &mut scaled)
+    }
+
+    /// [`Gram::from_rows`] with `scaled` as scratch: the rows R̃^{-1/2} Y are gathered into it
+    /// (m × N, row-major) and G = (R̃^{-1/2} Y)ᵀ (R̃^{-1/2} Y) is one matrix product.
+    pub fn from_rows_with(
+        yt: &[f64],
+        d: &[f64],
+        local: &[usize],
+        rinv: &[f64],
+        n: usize,
+        scaled: &mut Vec<f64>,
+    ) -> Self {
+        let m = local.len();
+        scaled.clear();
+        scaled.reserve(m * n);
+        let mut b = DVector::zeros(n);
+        for (&j, &r) in local.iter().zip(rinv) {
+            let row = &yt[j * n..(j + 1) * n];
+            let s = r.sqrt();
+            let rd = r * d[j];
+            for (bv, &y) in b.iter_mut().zip(row) {
+                *bv += rd * y;
+            }
+            scaled.extend(row.iter().map(|y| s * y));
+        }
+        // Ỹᵀ (N × m, column j = row j of Ỹ) and an owned Ỹ: nalgebra's strided views are not safe
+        // in its matrix-vector kernels (0.34), and the copy costs m N of the product's m N².
+        let ytv = DMatrixView::from_slice(scaled, n, m);
+        let yv = ytv.transpose();
+        let mut g = DMatrix::zeros(n, n);
+        g.gemm(1.0, &ytv, &yv, 0.0);
+        Gram { g, b }
+    }
+
+    /// From dense Y (m × N), d and the diagonal of R̃⁻¹.
+    pub fn from_dense(y: &DMatrix<f64>, d: &DVector<f64>, rinv: &[f64]) -> Self {
+        let yt: Vec<f64> = y.transpose().as_slice().to_vec();
+        let local: Vec<usize> = (0..y.nrows()).collect();
+        Self::from_rows(&yt, d.as_slice(), &local, rinv, y.ncols())
+    }
+
+    /// The eigen-decomposition G = Q diag(λ) Qᵀ that both the transform and the EnKF-N's
+    /// inflation use: the transform's matrix (N − 1)/ρ I + G has the same eigenvectors.
+    pub fn eigen(self) -> GramEigen {
+        let eig = self.g.symmetric_eigen();
+        // G is positive semi-definite; rounding can leave a null direction (Y 1 = 0) at -1e-16.
+        let lam: Vec<f64> = eig.eigenvalues.iter().map(|l| l.max(0.0)).collect();
+        let qtb = eig.eigenvectors.tr_mul(&self.b);
+        GramEigen {
+            lam,
+            q: eig.eigenvectors,
+            qtb,
+            b: self.b,
+        }
+    }
+
+    /// The eigen-decomposition of G for the local observations through their m × m Gram matrix
+    /// K = Ỹ Ỹᵀ (Ỹ = R̃^{-1/2} Y) when m < N: G = Ỹᵀ Ỹ has rank at most m, its non-zero eigenpairs
+    /// are K's, K = U diag(s) Uᵀ, with eigenvectors v_i = Ỹᵀ u_i / √s_i, and Qᵀ b = √s ∘ Uᵀ d̃. This
+    /// costs m³ + m² N instead of N³ (a grid point near one station decomposes a 1 × 1 matrix, not
+    /// a 32 × 32 one). Otherwise the N × N decomposition of [`Gram::eigen`].
+    pub fn local_eigen(
+        yt: &[f64],
+        d: &[f64],
+        local: &[usize],
+        rinv: &[f64],
+        n: usize,
+        scaled: &mut Vec<f64>,
+    ) -> GramEigen {
+        let m = local.len();
+        if m >= n {
+            return Self::from_rows_with(yt, d, local, rinv, n, scaled).eigen();
+        }
+        scaled.clear();
+        let mut dt = DVector::zeros(m);
+        for (i, (&j, &r)) in local.iter().zip(rinv).enumerate() {
+            let s = r.sqrt();
+            dt[i] = s * d[j];
+            scaled.extend(yt[j * n..(j + 1) * n].iter().map(|y| s * y));
+        }
+        let ytv = DMatrixView::from_slice(scaled, n, m);
+        let yv = ytv.transpose();
+        let mut k = DMatrix::zeros(m, m);
+        k.gemm(1.0, &yv, &ytv, 0.0);
+        let b = ytv * &dt;
+        let eig = k.symmetric_eigen();
+        let smax = eig.eigenvalues.iter().fold(0.0_f64, |a, &v| a.max(v));
+        // Directions of K at rounding level carry no information: their eigenvector of G is
+        // undefined and their term in the transform vanishes (module docs of `letkf`).
+        let keep: Vec<usize> = (0..m)
+            .filter(|&i| eig.eigenvalues[i] > 1e-12 * smax && eig.eigenvalues[i] > 0.0)
+            .collect();
+        let lam: Vec<f64> = keep.iter().map(|&i| eig.eigenvalues[i]).collect();
+        let mut q = DMatrix::zeros(n, keep.len());
+        let mut qtb = DVector::zeros(keep.len());
+        for (c, &i) in keep.iter().enumerate() {
+            let u = eig.eigenvectors.column(i);
+            let root = eig.eigenvalues[i].sqrt();
+            q.column_mut(c).gemv(1.0 / root, &ytv, &u, 0.0);
+            qtb[c] = root * u.dot(&dt);
+        }
+        GramEigen { lam, q, qtb, b }
+    }
+}
+
+/// G's non-zero spectrum G = Q diag(λ) Qᵀ (Q: N × r; r = N from [`Gram::eigen`], r ≤ m from the
+/// observation-space path of [`Gram::local_eigen`]), Qᵀ b and b.
+pub(crate) struct GramEigen {
+    pub lam: Vec<f64>,
+    pub q: DMatrix<f64>,
+    pub qtb: DVector<f64>,
+    pub b: DVector<f64>,
+}
+
+impl GramEigen {
+    /// Members N.
+    pub fn members(&self) -> usize {
+        self.q.nrows()
+    }
+
+    /// The transform of Hunt et al. (2007) with prior inflation ρ: with α = (N − 1)/ρ and
+    /// P̃a = [α I + G]⁻¹ = Q diag(1 / (λ + α)) Qᵀ + (I − Q Qᵀ)/α, the N × N matrix W whose column k
+    /// is w̄ + Wa_k, w̄ = P̃a b, Wa = [(N − 1) P̃a]^{1/2} (symmetric)
+    /// = √((N − 1)/α) I + Q diag(√((N − 1)/(λ + α)) − √((N − 1)/α)) Qᵀ. With the whole spectrum
+    /// (r = N, Q Qᵀ = I) this is Q diag(√((N − 1)/(λ + α))) Qᵀ.
+    pub fn transform(&self, rho: f64) -> DMatrix<f64> {
+        let (n, r) = (self.members(), self.lam.len());
+        let nm1 = (n - 1) as f64;
+        let alpha = nm1 / rho;
+        let inv: Vec<f64> = self.lam.iter().map(|l| 1.0 / (l + alpha)).collect();
+        let scaled = DVector::from_iterator(r, self.qtb.iter().zip(&inv).map(|(v, l)| v * l));
+        let mut wbar = &self.q * scaled;
+        let mut w = if r == n {
+            let mut qs = self.q.clone();
+            for (j, mut col) in qs.column_iter_mut().enumerate() {
+                col *= (nm1 * inv[j]).sqrt();
+            }
+            qs * self.q.transpose()
+        } else {
+            // b's part outside Q's span (zero up to rounding: b = Ỹᵀ d̃ lies in it).
+            let rest = &self.b - &self.q * &self.qtb;
+            wbar.axpy(1.0 / alpha, &rest, 1.0);
+            let base = (nm1 / alpha).sqrt();
+            let mut qs = self.q.clone();
+            for (j, mut col) in qs.column_iter_mut().enumerate() {
+                col *= (nm1 * inv[j]).sqrt() - base;
+            }
+            let mut w = qs * self.q.transpose();
+            for i in 0..n {
+                w[(i, i)] += base;
+            }
+            w
+        };
+        for mut col in w.column_iter_mut() {
+            col += &wbar;
+        }
+        w
+    }
+}
+
 /// Ensemble-space transform of Hunt et al. (2007): given local Y (m × N), innovation d, the
 /// (tapered) diagonal of R⁻¹ and ρ, the N × N matrix W whose column k holds w̄ + Wa_k.
 pub(crate) fn transform(
@@ -107,47 +296,43 @@ pub(crate) fn transform(
     rinv: &[f64],
     rho: f64,
 ) -> DMatrix<f64> {
-    let n = y.ncols();
-    let nm1 = (n - 1) as f64;
-    // C = Yᵀ R⁻¹ (N × m)
-    let mut c = y.transpose();
-    for (j, mut col) in c.column_iter_mut().enumerate() {
-        col *= rinv[j];
-    }
-    let mut a = &c * y;
-    for i in 0..n {
-        a[(i, i)] += nm1 / rho;
-    }
-    // A is symmetric positive definite: eigen-decompose once for both P̃a and its square root.
-    let eig = a.symmetric_eigen();
-    let q = &eig.eigenvectors;
-    let inv: Vec<f64> = eig.eigenvalues.iter().map(|l| 1.0 / l).collect();
-    let qt_cd = q.transpose() * (&c * d);
-    let wbar = q * DVector::from_iterator(n, qt_cd.iter().zip(&inv).map(|(v, l)| v * l));
-    let mut qs = q.clone();
-    for (j, mut col) in qs.column_iter_mut().enumerate() {
-        col *= (nm1 * inv[j]).sqrt();
-    }
-    let mut w = qs * q.transpose();
-    for mut col in w.column_iter_mut() {
-        col += &wbar;
-    }
-    w
+    Gram::from_dense(y, d, rinv).eigen().transform(rho)
 }
 
 /// Apply weights W (N × N) to the elements `idx` of the ensemble: x_k^a\[i\] = x̄\[i\] + Σ_j X\[i, j\] W\[j, k\].
 pub(crate) fn apply_weights(ens: &Ensemble, idx: &[usize], w: &DMatrix<f64>, out: &mut [f64]) {
     let n = ens.n_members();
+    let mut vals = vec![0.0; n];
     for (r, &i) in idx.iter().enumerate() {
-        let vals: Vec<f64> = (0..n).map(|k| ens.member(k)[i]).collect();
-        let mean = vals.iter().sum::<f64>() / n as f64;
-        for k in 0..n {
-            let mut v = mean;
-            for (j, xj) in vals.iter().enumerate() {
-                v += (xj - mean) * w[(j, k)];
-            }
-            out[r * n + k] = v;
+        apply_weights_at(ens, i, w, &mut vals, &mut out[r * n..(r + 1) * n]);
+    }
+}
+
+/// [`apply_weights`] for one element `i`, with `vals` (length N) as scratch.
+pub(crate) fn apply_weights_at(
+    ens: &Ensemble,
+    i: usize,
+    w: &DMatrix<f64>,
+    vals: &mut [f64],
+    out: &mut [f64],
+) {
+    let n = vals.len();
+    let flat = ens.as_flat();
+    let dim = ens.dim();
+    for (k, v) in vals.iter_mut().enumerate() {
+        *v = flat[k * dim + i];
+    }
+    let mean = vals.iter().sum::<f64>() / n as f64;
+    for v in vals.iter_mut() {
+        *v -= mean;
+    }
+    for (k, o) in out.iter_mut().enumerate() {
+        let col = &w.as_slice()[k * n..(k + 1) * n];
+        let mut acc = mean;
+        for (xj, wj) in vals.iter().zip(col) {
+            acc += xj * wj;
         }
+        *o = acc;
     }
 }
 

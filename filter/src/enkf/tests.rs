@@ -433,3 +433,105 @@ fn perturbed_obs_enkf_is_the_kalman_update_in_expectation() {
         }
     }
 }
+
+/// The observation-space path (m < N: the m × m Gram matrix) and the ensemble-space one give the
+/// same transform and the same EnKF-N inflation, also where K is singular (a repeated observation,
+/// a single one).
+#[test]
+fn observation_space_path_is_the_ensemble_space_transform() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for (m, n) in [(1, 8), (3, 20), (12, 20), (31, 32)] {
+        let mut yt: Vec<f64> = (0..m * n)
+            .map(|_| StandardNormal.sample(&mut rng))
+            .collect();
+        // Anomalies: each observation's row sums to zero over the members.
+        for row in yt.chunks_exact_mut(n) {
+            let mean = row.iter().sum::<f64>() / n as f64;
+            row.iter_mut().for_each(|v| *v -= mean);
+        }
+        if m >= 3 {
+            let first = yt[..n].to_vec();
+            yt[n..2 * n].copy_from_slice(&first); // a repeated observation: K singular
+        }
+        let d: Vec<f64> = (0..m).map(|_| StandardNormal.sample(&mut rng)).collect();
+        let local: Vec<usize> = (0..m).collect();
+        let rinv: Vec<f64> = (0..m).map(|j| 0.5 + 0.1 * j as f64).collect();
+        let mut scratch = Vec::new();
+        let full = Gram::from_rows_with(&yt, &d, &local, &rinv, n, &mut scratch).eigen();
+        let reduced = Gram::local_eigen(&yt, &d, &local, &rinv, n, &mut scratch);
+        assert!(
+            reduced.lam.len() < n,
+            "m = {m}: the reduced path was not taken"
+        );
+        for rho in [1.0, 1.1] {
+            let (a, b) = (full.transform(rho), reduced.transform(rho));
+            let err = (&a - &b).abs().max();
+            assert!(
+                err < 1e-10,
+                "m = {m}, N = {n}, ρ = {rho}: transforms differ by {err}"
+            );
+        }
+        let (la, lb) = (
+            adaptive::finite_size_from_eigen(&full, 1.0),
+            adaptive::finite_size_from_eigen(&reduced, 1.0),
+        );
+        assert!(
+            (la - lb).abs() < 1e-9 * la,
+            "m = {m}: EnKF-N l² {la} vs {lb}"
+        );
+    }
+}
+
+/// The bucket index offers every observation within the support of every grid point (on a ring and
+/// in a periodic box, supports from under one cell to nearly the domain), so the LETKF with it
+/// uses exactly the observations a scan of all of them would.
+#[test]
+fn observation_index_finds_every_observation_within_the_support() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let geometries = [
+        Geometry::Ring {
+            n: 40,
+            lat_deg: 45.0,
+            lat_tolerance_deg: 0.5,
+        },
+        Geometry::PeriodicBox {
+            nx: 16,
+            ny: 16,
+            length_km: 4000.0,
+            lat0_deg: 45.0,
+            lon0_deg: 0.0,
+        },
+    ];
+    for g in geometries {
+        let xy: Vec<(f64, f64)> = (0..300)
+            .map(|_| {
+                let p = (rand::Rng::random::<f64>(&mut rng) * g.n_points() as f64) as usize;
+                let (lat, lon) = g.point_latlon(p);
+                let jitter = (rand::Rng::random::<f64>(&mut rng) - 0.5) * 2.0;
+                g.to_plane(lat, lon + jitter)
+            })
+            .collect();
+        let spacing = g.spacing_km();
+        let mut candidates = Vec::new();
+        let mut pruned = false;
+        for radius in [0.7 * spacing, 2.0 * spacing, 5.0 * spacing, 9.0 * spacing] {
+            let Some(index) = letkf::ObsIndex::new(&g, radius, &xy) else {
+                continue;
+            };
+            for p in 0..g.n_points() {
+                let (lat, lon) = g.point_latlon(p);
+                let at = g.to_plane(lat, lon);
+                index.candidates(at, &mut candidates);
+                let within: Vec<u32> = (0..xy.len() as u32)
+                    .filter(|&j| g.plane_distance_km(at, xy[j as usize]) <= radius)
+                    .collect();
+                assert!(
+                    within.iter().all(|j| candidates.binary_search(j).is_ok()),
+                    "{g:?}, radius {radius} km, point {p}: an observation within the support is missing"
+                );
+                pruned |= candidates.len() < xy.len();
+            }
+        }
+        assert!(pruned, "{g:?}: the index never pruned anything");
+    }
+}
