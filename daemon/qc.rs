@@ -422,9 +422,8 @@ impl Qc {
         counts.satellite.scale = scales[1];
         let (mut accepted, mut rejected) = (Vec::with_capacity(all.len()), Vec::new());
         let mut accepted_at = Vec::with_capacity(all.len()); // their indices in `all`
-                                                             // Per station: (z, accepted) of each report, and the reported values.
-        type Reports = (Vec<(f64, bool)>, Vec<f64>);
         let mut reports: BTreeMap<&str, Reports> = BTreeMap::new();
+        let mut positions: BTreeMap<&str, (f64, f64)> = BTreeMap::new();
         for (i, ((((o, dep), v), origin), raw)) in all
             .obs
             .iter()
@@ -440,6 +439,7 @@ impl Qc {
                 let r = reports.entry(s.as_str()).or_default();
                 r.0.push((dep.z(), *v == Verdict::Reject));
                 r.1.push(o.value);
+                positions.entry(s.as_str()).or_insert((o.lat, o.lon));
             }
             let reason = if self.excluded(origin.station.as_deref()) {
                 c.blacklisted += 1;
@@ -473,6 +473,12 @@ impl Qc {
         }
         counts.stations_blacklisted = self.blacklisted().len();
         let (newly_blacklisted, rehabilitated) = if self.settings.enabled {
+            local_scale(
+                &mut reports,
+                &positions,
+                self.settings.monitor.neighbours,
+                &space.geometry,
+            );
             let reports: Vec<StationReport> = reports
                 .into_iter()
                 .map(|(s, (obs, values))| StationReport {
@@ -747,6 +753,73 @@ pub fn gather<'a>(
     (obs, origins, verif)
 }
 
+/// Per station: (z, rejected) of each of its observations this cycle, and the reported values.
+type Reports = (Vec<(f64, bool)>, Vec<f64>);
+
+/// The monitor's local departure scale (see `StationMonitor::neighbours`): each station's z divided
+/// by s = max(1, √r), r = median(z²)/median(χ²₁) over the accepted departures of its `k` nearest
+/// reporting stations (itself left out; at least 3 of them, else s = 1). A biased station cannot
+/// move its neighbours' median, so its z stays as large; a local excursion of the background
+/// inflates its neighbours' z as much as its own, and is not taken for a shift of every station
+/// in it.
+fn local_scale(
+    reports: &mut BTreeMap<&str, Reports>,
+    positions: &BTreeMap<&str, (f64, f64)>,
+    k: usize,
+    geometry: &assimd_filter::Geometry,
+) {
+    // median(χ²₁) = (Φ⁻¹(3/4))².
+    const MEDIAN_CHI2_1: f64 = 0.454_936_423_119_572_8;
+    if k == 0 || reports.len() < 2 {
+        return;
+    }
+    let ids: Vec<&str> = reports.keys().copied().collect();
+    let at: Vec<(f64, f64)> = ids.iter().map(|id| positions[id]).collect();
+    let z2: Vec<Vec<f64>> = ids
+        .iter()
+        .map(|id| {
+            reports[id]
+                .0
+                .iter()
+                .filter(|(_, rejected)| !rejected)
+                .map(|(z, _)| z * z)
+                .collect()
+        })
+        .collect();
+    let scales: Vec<f64> = (0..ids.len())
+        .map(|i| {
+            let mut near: Vec<(f64, usize)> = (0..ids.len())
+                .filter(|&j| j != i)
+                .map(|j| (geometry.distance_km(at[i], at[j]), j))
+                .collect();
+            near.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            let mut pooled: Vec<f64> = near
+                .iter()
+                .take(k)
+                .flat_map(|&(_, j)| z2[j].iter().copied())
+                .collect();
+            if pooled.len() < 3 {
+                return 1.0;
+            }
+            pooled.sort_by(f64::total_cmp);
+            let n = pooled.len();
+            let median = if n % 2 == 1 {
+                pooled[n / 2]
+            } else {
+                0.5 * (pooled[n / 2 - 1] + pooled[n / 2])
+            };
+            (median / MEDIAN_CHI2_1).sqrt().max(1.0)
+        })
+        .collect();
+    for (id, s) in ids.iter().zip(scales) {
+        if s > 1.0 {
+            for (z, _) in reports.get_mut(id).unwrap().0.iter_mut() {
+                *z /= s;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -999,5 +1072,55 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("qc.monitor.weight"));
+    }
+    /// The monitor's local scale: a biased station among good neighbours keeps its z; stations in
+    /// a local excursion (all of them far off together) are scaled down to about the neighbourhood's
+    /// robust spread; with `neighbours = 0` nothing changes.
+    #[test]
+    fn local_scale_tells_a_biased_station_from_a_local_excursion() {
+        let space = Testbed::new(TestbedKind::L96).space;
+        let ids: Vec<String> = (0..40).map(|i| format!("S{i:02}")).collect();
+        // Good stations: |z| 0.4-0.6, under χ²₁'s median √0.455 = 0.67, so their scale is 1.
+        let good = |i: usize| -> f64 { [0.5, -0.6, 0.4, -0.5, 0.6, -0.4][i % 6] };
+        let z_of = |i: usize| match i {
+            5 => 3.0,                          // one biased station
+            20..=26 => 4.0 * good(i).signum(), // a local excursion, signs alternating
+            _ => good(i),
+        };
+        let build = || {
+            let mut reports: BTreeMap<&str, Reports> = BTreeMap::new();
+            let mut positions = BTreeMap::new();
+            for (i, id) in ids.iter().enumerate() {
+                reports.insert(id.as_str(), (vec![(z_of(i), false)], vec![0.0]));
+                positions.insert(
+                    id.as_str(),
+                    (45.0, assimd_filter::geometry::wrap_lon(9.0 * i as f64)),
+                );
+            }
+            (reports, positions)
+        };
+        let (mut reports, positions) = build();
+        local_scale(&mut reports, &positions, 4, &space.geometry);
+        assert_eq!(reports["S05"].0[0].0, 3.0, "the biased station's z is kept");
+        assert_eq!(
+            reports["S12"].0[0].0,
+            good(12),
+            "a good station far from both is untouched"
+        );
+        for i in 21..=25 {
+            let z = reports[ids[i].as_str()].0[0].0.abs();
+            // Its 4 nearest neighbours are all at |z| = 4: scale 4/√0.455 = 5.9, z ≈ 0.68.
+            assert!(
+                z < 1.0,
+                "{}: z {z} inside the excursion should be scaled down",
+                ids[i]
+            );
+        }
+        let (mut unchanged, positions) = build();
+        local_scale(&mut unchanged, &positions, 0, &space.geometry);
+        assert!(ids
+            .iter()
+            .enumerate()
+            .all(|(i, id)| unchanged[id.as_str()].0[0].0 == z_of(i)));
     }
 }

@@ -23,7 +23,10 @@
 //! sensor) and of its rejection rate. The caller may divide z by the cycle's network-wide scale
 //! s = max(1, √r) (r the robust innovation ratio below, over all stations), so that a background
 //! worse than its spread claims (spin-up, a regime change) does not make every station look biased
-//! at once. A station past the bias, noise or rejection-rate threshold for W consecutive cycles is
+//! at once; and by the same robust scale of its k nearest reporting stations' departures
+//! (`neighbours`, itself left out), so that a local excursion of the background, which inflates a
+//! neighbourhood's departures together, is not taken for a shift of each station in it, while a
+//! biased station, an outlier among its neighbours, keeps its z. A station past the bias, noise or rejection-rate threshold for W consecutive cycles is
 //! blacklisted; so is, at once, a station whose values repeat exactly `max_repeats` cycles in a row
 //! (the persistence check for a frozen sensor, WMO-No. 488), and, also at once, a station whose
 //! departures shifted suddenly: Page's two-sided CUSUM of its per-cycle departure
