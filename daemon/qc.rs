@@ -473,9 +473,12 @@ impl Qc {
         }
         counts.stations_blacklisted = self.blacklisted().len();
         let (newly_blacklisted, rehabilitated) = if self.settings.enabled {
+            // Blacklisted stations (a stuck sensor, a drift) are no reference for their neighbours.
+            let references: Vec<bool> = reports.keys().map(|id| !self.excluded(Some(id))).collect();
             local_scale(
                 &mut reports,
                 &positions,
+                &references,
                 self.settings.monitor.neighbours,
                 &space.geometry,
             );
@@ -757,19 +760,22 @@ pub fn gather<'a>(
 type Reports = (Vec<(f64, bool)>, Vec<f64>);
 
 /// The monitor's local departure scale (see `StationMonitor::neighbours`): each station's z divided
-/// by s = max(1, √r), r = median(z²)/median(χ²₁) over the accepted departures of its `k` nearest
-/// reporting stations (itself left out; at least 3 of them, else s = 1). A biased station cannot
+/// by s = √r when r > 4 (else 1), r = median(z²)/median(χ²₁) over the accepted departures of its `k` nearest
+/// reporting stations that are `references` (not blacklisted; itself left out; at least 3
+/// departures, else s = 1). A biased station cannot
 /// move its neighbours' median, so its z stays as large; a local excursion of the background
 /// inflates its neighbours' z as much as its own, and is not taken for a shift of every station
 /// in it.
 fn local_scale(
     reports: &mut BTreeMap<&str, Reports>,
     positions: &BTreeMap<&str, (f64, f64)>,
+    references: &[bool],
     k: usize,
     geometry: &assimd_filter::Geometry,
 ) {
     // median(χ²₁) = (Φ⁻¹(3/4))².
     const MEDIAN_CHI2_1: f64 = 0.454_936_423_119_572_8;
+    const LOCAL_EXCURSION: f64 = 4.0;
     if k == 0 || reports.len() < 2 {
         return;
     }
@@ -789,7 +795,7 @@ fn local_scale(
     let scales: Vec<f64> = (0..ids.len())
         .map(|i| {
             let mut near: Vec<(f64, usize)> = (0..ids.len())
-                .filter(|&j| j != i)
+                .filter(|&j| j != i && references[j])
                 .map(|j| (geometry.distance_km(at[i], at[j]), j))
                 .collect();
             near.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
@@ -808,7 +814,15 @@ fn local_scale(
             } else {
                 0.5 * (pooled[n / 2 - 1] + pooled[n / 2])
             };
-            (median / MEDIAN_CHI2_1).sqrt().max(1.0)
+            let r = median / MEDIAN_CHI2_1;
+            // Four good neighbours' median often exceeds χ²₁'s (r > 1 about half the time, r > 4
+            // about 5 %); only a clear excursion scales, else a good station's evidence of a real
+            // shift would be diluted by its neighbours' noise.
+            if r > LOCAL_EXCURSION {
+                r.sqrt()
+            } else {
+                1.0
+            }
         })
         .collect();
     for (id, s) in ids.iter().zip(scales) {
@@ -1100,7 +1114,7 @@ mod tests {
             (reports, positions)
         };
         let (mut reports, positions) = build();
-        local_scale(&mut reports, &positions, 4, &space.geometry);
+        local_scale(&mut reports, &positions, &[true; 40], 4, &space.geometry);
         assert_eq!(reports["S05"].0[0].0, 3.0, "the biased station's z is kept");
         assert_eq!(
             reports["S12"].0[0].0,
@@ -1117,7 +1131,7 @@ mod tests {
             );
         }
         let (mut unchanged, positions) = build();
-        local_scale(&mut unchanged, &positions, 0, &space.geometry);
+        local_scale(&mut unchanged, &positions, &[true; 40], 0, &space.geometry);
         assert!(ids
             .iter()
             .enumerate()

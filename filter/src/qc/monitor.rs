@@ -50,7 +50,7 @@ pub struct StationMonitor {
     /// station is taken back (0 = never: only an operator's `clear` does).
     pub rehabilitate_cycles: u32,
     /// The caller divides each station's z by the robust departure scale of its `neighbours`
-    /// nearest reporting stations, when above 1 (0 = off): a local excursion of the background
+    /// nearest reporting stations, when clearly above 1 (0 = off): a local excursion of the background
     /// (neighbouring good stations' departures inflated together) is not taken for a shift of each
     /// of them, while a biased station leaves its neighbours' scale at 1. Found on l96 `sparse`,
     /// where one excursion made the CUSUM blacklist 5 of 20 good stations (docs/results.md).
