@@ -535,6 +535,18 @@ mod tests {
         (rejected, monitor)
     }
 
+    /// Open a store just dropped in this process. sled's flusher thread lets go of the file lock
+    /// shortly after the store is dropped, so a reopen may find it still held for a moment.
+    fn reopen(dir: &std::path::Path) -> Store {
+        (0..100)
+            .find_map(|_| {
+                Store::open(dir)
+                    .map_err(|_| std::thread::sleep(std::time::Duration::from_millis(50)))
+                    .ok()
+            })
+            .expect("the store's lock was not released within 5 s of dropping it")
+    }
+
     #[test]
     fn journal_dedups_and_commit_is_ordered_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -582,7 +594,7 @@ mod tests {
             s.commit_cycle(&good).unwrap();
             s.flush().unwrap();
         }
-        let s = Store::open(dir.path()).unwrap();
+        let s = reopen(dir.path());
         s.check_or_init(&compat, None, "c.toml").unwrap();
         assert_eq!(s.assimilated_up_to().unwrap(), 1);
         assert_eq!(s.assimilated_messages_total().unwrap(), 2);
@@ -626,15 +638,7 @@ mod tests {
             s.meta.insert(META_SCHEMA, &be(1)).unwrap();
             s.flush().unwrap();
         }
-        // sled's flusher thread lets go of the file lock shortly after the store is dropped: a
-        // reopen in the same process may find it still held for a moment.
-        let s = (0..100)
-            .find_map(|_| {
-                Store::open(dir.path())
-                    .map_err(|_| std::thread::sleep(std::time::Duration::from_millis(50)))
-                    .ok()
-            })
-            .expect("the store's lock was not released within 5 s of dropping it");
+        let s = reopen(dir.path());
         s.check_or_init(&compat, None, "c.toml").unwrap();
         assert_eq!(u64_of(s.meta.get(META_SCHEMA).unwrap()), Some(SCHEMA));
         assert_eq!(s.monitor_state().unwrap(), None);
