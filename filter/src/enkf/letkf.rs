@@ -99,27 +99,31 @@ impl Letkf {
     /// `index` finds: observation j enters with R⁻¹ tapered by GC(distance / c).
     fn weights(&self, p: usize, n: usize, obs: &LocalObs, scratch: &mut Scratch) -> DMatrix<f64> {
         let g = &self.space.geometry;
-        scratch.local.clear();
-        scratch.rinv.clear();
+        let Scratch {
+            local,
+            rinv,
+            candidates,
+            ..
+        } = scratch;
+        local.clear();
+        rinv.clear();
         let xy = self.points_xy[p];
-        let push = |j: usize, scratch: &mut Scratch| {
+        let mut push = |j: usize| {
             let taper = if self.half_width_km.is_infinite() {
                 1.0
             } else {
                 gaspari_cohn(g.plane_distance_km(xy, obs.xy[j]) / self.half_width_km)
             };
             if taper > 0.0 {
-                scratch.local.push(j);
-                scratch.rinv.push(taper / (obs.sigma[j] * obs.sigma[j]));
+                local.push(j);
+                rinv.push(taper / (obs.sigma[j] * obs.sigma[j]));
             }
         };
         match &obs.index {
-            None => (0..obs.xy.len()).for_each(|j| push(j, scratch)),
+            None => (0..obs.xy.len()).for_each(push),
             Some(index) => {
-                index.candidates(xy, &mut scratch.candidates);
-                let candidates = std::mem::take(&mut scratch.candidates);
-                candidates.iter().for_each(|&j| push(j as usize, scratch));
-                scratch.candidates = candidates;
+                index.candidates(xy, candidates);
+                candidates.iter().for_each(|&j| push(j as usize));
             }
         }
         if scratch.local.is_empty() {
@@ -273,15 +277,17 @@ impl ObsIndex {
     pub(super) fn candidates(&self, xy: (f64, f64), out: &mut Vec<u32>) {
         out.clear();
         let (ix, iy) = self.cell(xy);
-        let around = |i: usize, k: usize| -> Vec<usize> {
+        // The cells i − 1, i, i + 1 (mod k), or all k of them when k < 4 (then k ≤ 3).
+        let around = |i: usize, k: usize| -> ([usize; 3], usize) {
             if k < 4 {
-                (0..k).collect()
+                ([0, 1, 2], k)
             } else {
-                vec![(i + k - 1) % k, i, (i + 1) % k]
+                ([(i + k - 1) % k, i, (i + 1) % k], 3)
             }
         };
-        for cy in around(iy, self.cells.1) {
-            for cx in around(ix, self.cells.0) {
+        let ((ys, ny), (xs, nx)) = (around(iy, self.cells.1), around(ix, self.cells.0));
+        for &cy in &ys[..ny] {
+            for &cx in &xs[..nx] {
                 out.extend_from_slice(&self.buckets[cy * self.cells.0 + cx]);
             }
         }
@@ -354,18 +360,16 @@ impl Analysis for Letkf {
         let mut out = vec![0.0; np * nf * n];
         let ens_ref: &Ensemble = ens;
         let local = |sc: &mut Scratch, (p, chunk): (usize, &mut [f64])| {
+            let exact;
             let w = if self.stride == 1 {
-                self.weights(p, n, &obs, sc)
+                exact = self.weights(p, n, &obs, sc);
+                &exact
             } else {
-                let mut w = std::mem::replace(&mut sc.w, DMatrix::zeros(0, 0));
-                self.interpolated(p, &coarse, &mut w);
-                w
+                self.interpolated(p, &coarse, &mut sc.w);
+                &sc.w
             };
             for (f, vals) in chunk.chunks_exact_mut(n).enumerate() {
-                apply_weights_at(ens_ref, f * np + p, &w, &mut sc.vals, vals);
-            }
-            if self.stride != 1 {
-                sc.w = w;
+                apply_weights_at(ens_ref, f * np + p, w, &mut sc.vals, vals);
             }
         };
         if parallel {

@@ -141,17 +141,13 @@ impl Gram {
         scaled: &mut Vec<f64>,
     ) -> Self {
         let m = local.len();
-        scaled.clear();
-        scaled.reserve(m * n);
+        gather_scaled(yt, local, rinv, n, scaled);
         let mut b = DVector::zeros(n);
         for (&j, &r) in local.iter().zip(rinv) {
-            let row = &yt[j * n..(j + 1) * n];
-            let s = r.sqrt();
             let rd = r * d[j];
-            for (bv, &y) in b.iter_mut().zip(row) {
+            for (bv, &y) in b.iter_mut().zip(&yt[j * n..(j + 1) * n]) {
                 *bv += rd * y;
             }
-            scaled.extend(row.iter().map(|y| s * y));
         }
         // Ỹᵀ (N × m, column j = row j of Ỹ) and an owned Ỹ: nalgebra's strided views are not safe
         // in its matrix-vector kernels (0.34), and the copy costs m N of the product's m N².
@@ -201,13 +197,8 @@ impl Gram {
         if m >= n {
             return Self::from_rows_with(yt, d, local, rinv, n, scaled).eigen();
         }
-        scaled.clear();
-        let mut dt = DVector::zeros(m);
-        for (i, (&j, &r)) in local.iter().zip(rinv).enumerate() {
-            let s = r.sqrt();
-            dt[i] = s * d[j];
-            scaled.extend(yt[j * n..(j + 1) * n].iter().map(|y| s * y));
-        }
+        gather_scaled(yt, local, rinv, n, scaled);
+        let dt = DVector::from_iterator(m, local.iter().zip(rinv).map(|(&j, &r)| r.sqrt() * d[j]));
         let ytv = DMatrixView::from_slice(scaled, n, m);
         let yv = ytv.transpose();
         let mut k = DMatrix::zeros(m, m);
@@ -230,6 +221,17 @@ impl Gram {
             qtb[c] = root * u.dot(&dt);
         }
         GramEigen { lam, q, qtb, b }
+    }
+}
+
+/// The local rows of Ỹ = R̃^{-1/2} Y, row i = √rinv[i] · (row `local[i]` of Y), into `scaled`
+/// (m × N, row-major).
+fn gather_scaled(yt: &[f64], local: &[usize], rinv: &[f64], n: usize, scaled: &mut Vec<f64>) {
+    scaled.clear();
+    scaled.reserve(local.len() * n);
+    for (&j, &r) in local.iter().zip(rinv) {
+        let s = r.sqrt();
+        scaled.extend(yt[j * n..(j + 1) * n].iter().map(|y| s * y));
     }
 }
 
