@@ -269,6 +269,15 @@ pub struct Summary {
     pub crps_a: f64,
     /// Wall-clock seconds per cycle (forecast + observations + analysis + scoring).
     pub seconds_per_cycle: f64,
+    /// Of which the ensemble forecast (the truth's forecast not included).
+    pub seconds_forecast: f64,
+    /// Of which the analysis (the filter's update alone).
+    pub seconds_analysis: f64,
+    /// Of which quality control (divergence guard, background check, station monitor).
+    pub seconds_qc: f64,
+    /// Peak resident memory of the process (VmHWM) at the end of the run, in MiB (0 where
+    /// /proc is not there).
+    pub peak_rss_mib: f64,
     /// Time-mean RMSE of the analysis mean against the withheld verification stations' reports.
     pub rmse_withheld_a: f64,
     /// Burn-in cycles excluded from the means.
@@ -289,6 +298,18 @@ pub struct Summary {
     pub blacklistings: Vec<(usize, String)>,
     /// Replays after a blacklisting (`qc.replay_cycles`): (cycle, the analysis cycle re-run from).
     pub replays: Vec<(usize, u64)>,
+}
+
+/// The process's peak resident set size in MiB (`VmHWM` in /proc/self/status; 0 elsewhere).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// One cycle's scores, as [`Summary`] averages them (against the truth; `rmse_withheld_a`
@@ -333,6 +354,9 @@ pub fn run_with(
     }
     let testbed = spec.testbed.testbed()?;
     let network = spec.testbed.network(&testbed)?;
+    // Before the truth and the ensemble (which take a while on large grids): a bad bundle fails at once.
+    let analysis =
+        crate::filters::build_filter(spec.filter, &spec.filters, &testbed)?.map(|b| b.analysis);
     let space = testbed.space.clone();
     let np = space.geometry.n_points();
     let clim = testbed.climatology();
@@ -369,8 +393,6 @@ pub fn run_with(
     };
     let checks = wire::Checks::defaults(&space);
     let mut rng = ChaCha8Rng::seed_from_u64(spec.seed ^ 0x616e_616c);
-    let analysis =
-        crate::filters::build_filter(spec.filter, &spec.filters, &testbed)?.map(|b| b.analysis);
     let assimilated_ids: Vec<String> = sim
         .network
         .stations
@@ -419,13 +441,17 @@ pub fn run_with(
     };
     let mut acc = Accumulator::default();
     let start = Instant::now();
+    let (mut t_forecast, mut t_analysis, mut t_qc) = (0.0, 0.0, 0.0);
+    let secs = |t: Instant| t.elapsed().as_secs_f64();
     for k in 1..=spec.cycles {
         sim.step();
         if analysis.is_some() && spec.qc.enabled {
             previous = Some(ens.clone());
         }
         if spec.filter != FilterKind::Climatology {
+            let t = Instant::now();
             forecast(&*dynamics, &mut ens);
+            t_forecast += secs(t);
         }
         let mut messages = sim.messages();
         injector.apply(k as u64, &mut messages);
@@ -454,6 +480,7 @@ pub fn run_with(
         match spec.filter {
             _ if analysis.is_some() => {
                 let rmse_f = stats::rmse(&ens.mean(), truth);
+                let t = Instant::now();
                 if qc.diverged(&ens, &all, &origins).is_some() {
                     divergences.push(k);
                     let (e, _how) = qc.recover(
@@ -475,6 +502,7 @@ pub fn run_with(
                     last_good = Some((k as u64 - 1, a));
                 }
                 let screened = qc.screen(k as u64, &space, &all, &origins, &ens)?;
+                t_qc += secs(t);
                 qc_total.add(&screened.counts);
                 for s in &screened.newly_blacklisted {
                     blacklistings.push((k, s.clone()));
@@ -506,7 +534,9 @@ pub fn run_with(
                 }
                 if let Some(a) = &analysis {
                     let mut trial = ens.clone();
+                    let t = Instant::now();
                     a.analyse(&mut trial, &batch, &mut rng)?;
+                    t_analysis += secs(t);
                     if trial.as_flat().iter().all(|v| v.is_finite()) {
                         ens = trial;
                     } else if spec.qc.enabled {
@@ -568,6 +598,11 @@ pub fn run_with(
         r.finish()?;
     }
     let mut summary = acc.summary(spec, burn_in, seconds_per_cycle);
+    let per_cycle = |t: f64| t / spec.cycles as f64;
+    summary.seconds_forecast = per_cycle(t_forecast);
+    summary.seconds_analysis = per_cycle(t_analysis);
+    summary.seconds_qc = per_cycle(t_qc);
+    summary.peak_rss_mib = peak_rss_mib();
     summary.qc = qc_total;
     summary.rejected_ingest = rejected_ingest;
     summary.injected = injector.injected;
@@ -709,6 +744,10 @@ impl Accumulator {
             spread_skill: self.spread_a / self.rmse_a,
             crps_a: self.crps_a / n,
             seconds_per_cycle,
+            seconds_forecast: 0.0,
+            seconds_analysis: 0.0,
+            seconds_qc: 0.0,
+            peak_rss_mib: 0.0,
             rmse_withheld_a: self.withheld / n,
             burn_in,
             qc: QcCounts::default(),

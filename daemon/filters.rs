@@ -155,6 +155,15 @@ fn score(settings: &FilterSettings, testbed: &Testbed) -> Result<Built> {
             testbed.kind
         );
     }
+    if bundle.manifest().grid.n_points != testbed.space.dim() {
+        bail!(
+            "score.bundle {} models states of {} values ({:?}), this testbed's have {}: use the grid the bundle was trained for (qg2l bundles: [testbed] resolution = 64) or train one for this grid (models/train/)",
+            dir.display(),
+            bundle.manifest().grid.n_points,
+            bundle.manifest().grid.dims,
+            testbed.space.dim()
+        );
+    }
     let loaded = LoadedBundle {
         hash,
         provider: bundle.provider().to_string(),

@@ -268,6 +268,9 @@ struct ExperimentArgs {
     /// l96: observation error variance σ² of every assimilated observation (`[testbed] obs_error_variance`) [default: the network's].
     #[arg(long)]
     obs_error_variance: Option<f64>,
+    /// qg2l: grid points per side, 64, 128 or 256 (`[testbed] resolution`; larger grids tile the 1000 km box) [default: 64].
+    #[arg(long)]
+    resolution: Option<usize>,
     /// Ensemble size N [default: the tuned table's: l96 20, qg2l 32].
     #[arg(long)]
     members: Option<usize>,
@@ -427,6 +430,7 @@ impl ExperimentArgs {
             &["testbed", "steps_per_cycle"],
             int(self.steps_per_cycle),
         );
+        put(&mut t, &["testbed", "resolution"], int(self.resolution));
         put(
             &mut t,
             &["testbed", "obs_error_variance"],
@@ -838,7 +842,10 @@ fn main() -> Result<()> {
                 );
                 println!("  CRPS            {:.4}", s.crps_a);
                 println!("  withheld RMSE   {:.4}", s.rmse_withheld_a);
-                println!("  s/cycle         {:.6}", s.seconds_per_cycle);
+                println!(
+                    "  s/cycle         {:.6} (forecast {:.6}, analysis {:.6}, qc {:.6}; peak RSS {:.0} MiB)",
+                    s.seconds_per_cycle, s.seconds_forecast, s.seconds_analysis, s.seconds_qc, s.peak_rss_mib
+                );
                 let q = &s.qc;
                 println!(
                     "  QC              stations {} screened, {} rejected (background), {} blacklisted obs; satellite {} screened, {} rejected",

@@ -130,6 +130,11 @@ pub struct TestbedSettings {
     /// (default: the network's, 1 or 1.5 on `sparse`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub obs_error_variance: Option<f64>,
+    /// qg2l: grid points per side, 64 (default), 128 or 256. Larger grids tile the 1000 km box
+    /// (same spacing, physics and climatology on a box 2 or 4 times as long) with networks of the
+    /// same density; the trained score bundles are for 64² only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<usize>,
 }
 
 impl Default for TestbedSettings {
@@ -139,6 +144,7 @@ impl Default for TestbedSettings {
             network: NetworkKind::StationsSatellite,
             steps_per_cycle: None,
             obs_error_variance: None,
+            resolution: None,
         }
     }
 }
@@ -146,7 +152,15 @@ impl Default for TestbedSettings {
 impl TestbedSettings {
     /// The testbed, with the network and the l96 options checked against it.
     pub fn testbed(&self) -> Result<Testbed> {
-        let mut t = Testbed::new(self.name);
+        let mut t = match (self.name, self.resolution) {
+            (_, None) => Testbed::new(self.name),
+            (TestbedKind::Qg2l, Some(n)) => {
+                Testbed::qg2l(n).map_err(|e| anyhow::anyhow!("testbed.resolution: {e}"))?
+            }
+            (_, Some(_)) => {
+                bail!("testbed.resolution exists for qg2l only: remove it from [testbed]")
+            }
+        };
         t.network(self.network)
             .map_err(|e| anyhow::anyhow!("testbed.network: {e}"))?;
         let l96_only = |key: &str| {
@@ -568,8 +582,8 @@ pub fn testbed_of(t: &Table, required: Option<&str>) -> Result<TestbedSettings> 
             }
             ("name" | "network", None) => bail!("testbed.{key} must be a string, got {v}"),
             // Read with the rest of the file; they do not choose the tuned layer.
-            ("steps_per_cycle" | "obs_error_variance", _) => {}
-            _ => bail!("unknown key testbed.{key}: [testbed] takes name, network, steps_per_cycle and obs_error_variance"),
+            ("steps_per_cycle" | "obs_error_variance" | "resolution", _) => {}
+            _ => bail!("unknown key testbed.{key}: [testbed] takes name, network, steps_per_cycle, obs_error_variance and resolution"),
         }
     }
     s.testbed()?;

@@ -224,6 +224,24 @@ fn bad_arguments_fail_with_a_message_that_names_the_fix() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr)
         .contains("possible values: free, climatology, enkf, etkf, letkf, score"));
+    let l96 = ["experiment", "--testbed", "l96", "--filter", "letkf"];
+    let out = assimd(&[&l96[..], &["--network", "full", "--resolution", "128"]].concat());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("testbed.resolution exists for qg2l only: remove it from [testbed]"));
+    let qg = [
+        "experiment",
+        "--testbed",
+        "qg2l",
+        "--filter",
+        "letkf",
+        "--network",
+        "stations",
+    ];
+    let out = assimd(&[&qg[..], &["--resolution", "100"]].concat());
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("qg2l resolution 100 is not available: use one of [64, 128, 256]"));
 }
 
 fn json_of(args: &[&str]) -> serde_json::Value {

@@ -91,6 +91,36 @@ fn score_filter_without_a_bundle_names_the_fix() {
     );
 }
 
+#[test]
+fn a_bundle_for_another_grid_fails_before_the_run_and_names_the_fix() {
+    assert!(
+        std::env::var_os("ORT_DYLIB_PATH").is_some(),
+        "set ORT_DYLIB_PATH (scripts/setup.sh does)"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_assimd"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "experiment",
+            "--config",
+            "configs/experiments/qg2l-stations+satellite-n16-score.toml",
+            "--resolution",
+            "128",
+            "--cycles",
+            "2",
+            "--burn-in",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("models states of 8192 values ([2, 64, 64]), this testbed's have 32768: use the grid the bundle was trained for (qg2l bundles: [testbed] resolution = 64)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Issue 5's must on l96 `full`: the shipped score-filter file, cycled 1,000 times from a
 /// climatological start on test seed 1, stays at or below its `max_rmse_a` (0.30; measured 0.184 over
 /// 2,000 cycles) with spread/skill within 0.7–1.3.

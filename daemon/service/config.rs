@@ -373,10 +373,10 @@ impl Config {
     /// Check everything that can be checked without the network; errors name the fix.
     pub fn validate(self) -> Result<Config> {
         let tb = self.testbed.name;
-        self.testbed.testbed()?;
+        let testbed = self.testbed.testbed()?;
         self.start_time()?;
         self.check_mqtt()?;
-        self.check_ingest(tb)?;
+        self.check_ingest(&testbed)?;
         self.check_rest(tb)?;
         Ok(self)
     }
@@ -449,7 +449,7 @@ impl Config {
     }
 
     /// `[ingest]` and `[qc]`.
-    fn check_ingest(&self, tb: TestbedKind) -> Result<()> {
+    fn check_ingest(&self, testbed: &Testbed) -> Result<()> {
         if let Some(c) = self.ingest.cutoff_seconds {
             if c < 0 {
                 bail!("ingest.cutoff_seconds must be >= 0, got {c}");
@@ -466,7 +466,7 @@ impl Config {
                 bail!("ingest.networks = {n:?}: give one or more topic levels (no '/', '+' or '#'), or remove the key to accept any network");
             }
         }
-        self.ingest.checks(&Testbed::new(tb).space)?;
+        self.ingest.checks(&testbed.space)?;
         self.qc.validate()?;
         self.simulate.faults.validate().context("simulate.faults")?;
         Ok(())

@@ -135,7 +135,7 @@ async fn demo_config(
         // The score filter is optional in the demo: without ONNX Runtime it runs the LETKF alone.
         let probe = cfg.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || {
-            super::build_filters(&probe, &assimd_models::testbed::Testbed::new(tb))
+            super::build_filters(&probe, &probe.testbed.testbed()?)
         })
         .await?
         {

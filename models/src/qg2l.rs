@@ -732,9 +732,67 @@ pub fn spun_up_state() -> Vec<f64> {
     x
 }
 
+/// A state of `n × n` points per layer (`[layer][j][i]`, as the model stores it) repeated `s × s`
+/// times: a state of the same doubly periodic flow on a box `s` times as long. Larger grids start
+/// from it plus noise, which breaks the symmetry ([`crate::testbed::Testbed::initial_truth`]).
+pub fn tile(x: &[f64], n: usize, s: usize) -> Vec<f64> {
+    if s == 1 {
+        return x.to_vec();
+    }
+    let layers = x.len() / (n * n);
+    let big = n * s;
+    let mut out = Vec::with_capacity(x.len() * s * s);
+    for layer in 0..layers {
+        let src = &x[layer * n * n..(layer + 1) * n * n];
+        for j in 0..big {
+            let row = &src[(j % n) * n..(j % n + 1) * n];
+            for _ in 0..s {
+                out.extend_from_slice(row);
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tiled_state_evolves_as_the_tiles_of_its_evolution() {
+        // The equations are translation invariant and doubly periodic: on a box twice as long, a
+        // state repeated 2 × 2 times stays so, and each tile evolves as the small box's state. So
+        // `tile` lays out the layers and rows as the model reads them, and the larger grid's
+        // wavenumbers, filter and inversion match the small one's on the modes they share.
+        let small = Qg2l::new(Qg2lParams::default());
+        let big = Qg2l::new(Qg2lParams {
+            nx: 128,
+            ny: 128,
+            lx: 2.0e6,
+            ly: 2.0e6,
+            ..Qg2lParams::default()
+        });
+        let mut x = spun_up_state();
+        let mut y = tile(&x, 64, 2);
+        assert_eq!(y.len(), 4 * x.len());
+        // Row 1 of layer 1 twice over, then row 64 is row 0 again.
+        assert_eq!(&y[128..192], &x[64..128]);
+        assert_eq!(&y[192..256], &x[64..128]);
+        assert_eq!(&y[128 * 64..128 * 64 + 64], &x[..64]);
+        small.advance(&mut x, 12);
+        big.advance(&mut y, 12);
+        let t = tile(&x, 64, 2);
+        let scale = assimd_filter::stats::rms(&t);
+        let err = t
+            .iter()
+            .zip(&y)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(
+            err < 1e-9 * scale,
+            "max difference {err} against an RMS of {scale}"
+        );
+    }
 
     #[test]
     fn dynamics_constants() {

@@ -350,44 +350,71 @@ impl Testbed {
                     }],
                 },
             },
-            TestbedKind::Qg2l => {
-                let p = Qg2lParams::default();
-                let f1 = 1.0 / (p.rd * p.rd * (1.0 + p.delta));
-                let g_reduced = qg_units::F0 * qg_units::F0 / (f1 * p.h1);
-                let cp = qg_units::RHO0 * qg_units::F0 / 100.0;
-                let ct = qg_units::GAMMA * qg_units::F0 / g_reduced;
-                Testbed {
-                    kind,
-                    dynamics: Arc::new(Qg2l::new(p)),
-                    space: StateSpace {
-                        geometry: Geometry::PeriodicBox {
-                            nx: 64,
-                            ny: 64,
-                            length_km: 1000.0,
-                            lat0_deg: 45.0,
-                            lon0_deg: 10.0,
-                        },
-                        fields: vec!["psi1".into(), "psi2".into()],
-                        variables: vec![
-                            Variable {
-                                name: "pressure".into(),
-                                unit: "hPa".into(),
-                                terms: vec![(1, cp)],
-                            },
-                            Variable {
-                                name: "temperature".into(),
-                                unit: "K".into(),
-                                terms: vec![(0, ct), (1, -ct)],
-                            },
-                            Variable {
-                                name: "brightness_temperature".into(),
-                                unit: "K".into(),
-                                terms: vec![(0, ct), (1, -ct)],
-                            },
-                        ],
+            TestbedKind::Qg2l => Testbed::qg2l(QG_RESOLUTION).expect("the default resolution"),
+        }
+    }
+
+    /// The qg2l testbed on an `n × n` grid, n one of [`QG_RESOLUTIONS`]: the default 64² box of
+    /// 1000 km tiled (n/64)² times, i.e. the same grid spacing (15.6 km), physics and hence
+    /// climatology on a box n/64 times as long, and networks of the same density
+    /// ([`Testbed::network`]). The cost of a cycle grows with the grid at a fixed cost per point,
+    /// as in an operational domain that grows, not a finer grid on the same domain.
+    pub fn qg2l(n: usize) -> Result<Testbed, String> {
+        if !QG_RESOLUTIONS.contains(&n) {
+            return Err(format!(
+                "qg2l resolution {n} is not available: use one of {QG_RESOLUTIONS:?} (grid points per side)"
+            ));
+        }
+        let scale = (n / QG_RESOLUTION) as f64;
+        let p = Qg2lParams {
+            nx: n,
+            ny: n,
+            lx: 1.0e6 * scale,
+            ly: 1.0e6 * scale,
+            ..Qg2lParams::default()
+        };
+        let f1 = 1.0 / (p.rd * p.rd * (1.0 + p.delta));
+        let g_reduced = qg_units::F0 * qg_units::F0 / (f1 * p.h1);
+        let cp = qg_units::RHO0 * qg_units::F0 / 100.0;
+        let ct = qg_units::GAMMA * qg_units::F0 / g_reduced;
+        Ok(Testbed {
+            kind: TestbedKind::Qg2l,
+            dynamics: Arc::new(Qg2l::new(p)),
+            space: StateSpace {
+                geometry: Geometry::PeriodicBox {
+                    nx: n,
+                    ny: n,
+                    length_km: 1000.0 * scale,
+                    lat0_deg: 45.0,
+                    lon0_deg: 10.0,
+                },
+                fields: vec!["psi1".into(), "psi2".into()],
+                variables: vec![
+                    Variable {
+                        name: "pressure".into(),
+                        unit: "hPa".into(),
+                        terms: vec![(1, cp)],
                     },
-                }
-            }
+                    Variable {
+                        name: "temperature".into(),
+                        unit: "K".into(),
+                        terms: vec![(0, ct), (1, -ct)],
+                    },
+                    Variable {
+                        name: "brightness_temperature".into(),
+                        unit: "K".into(),
+                        terms: vec![(0, ct), (1, -ct)],
+                    },
+                ],
+            },
+        })
+    }
+
+    /// qg2l: grid points per side divided by the default 64 (1 for l96).
+    pub fn qg2l_scale(&self) -> usize {
+        match self.space.geometry {
+            Geometry::PeriodicBox { nx, .. } => nx / QG_RESOLUTION,
+            _ => 1,
         }
     }
 
@@ -454,7 +481,9 @@ impl Testbed {
     fn qg2l_network(&self, kind: NetworkKind) -> Network {
         let (sig_p, sig_t, sig_bt) = QG_SIGMAS;
         let mut rng = ChaCha8Rng::seed_from_u64(QG_SITE_SEED);
-        let (lat0, lon0, half) = (45.0f64, 10.0f64, 500.0f64);
+        // Larger grids tile the 1000 km box: s² times the sites, a swath s times as wide and long.
+        let s = self.qg2l_scale();
+        let (lat0, lon0, half) = (45.0f64, 10.0f64, 500.0 * s as f64);
         let mut site = |k: usize, withheld: bool| {
             // Uniform in the box, kept 1 km from its edges.
             let x: f64 = rng.random_range(-half + 1.0..half - 1.0);
@@ -468,8 +497,8 @@ impl Testbed {
             }
         };
         // Generate every site in a fixed order so that each network shares the same stations.
-        let assimilated: Vec<Station> = (0..60).map(|k| site(k, false)).collect();
-        let withheld: Vec<Station> = (0..8).map(|k| site(k, true)).collect();
+        let assimilated: Vec<Station> = (0..60 * s * s).map(|k| site(k, false)).collect();
+        let withheld: Vec<Station> = (0..8 * s * s).map(|k| site(k, true)).collect();
         let mut stations = if matches!(kind, NetworkKind::Stations | NetworkKind::StationsSatellite)
         {
             assimilated
@@ -488,13 +517,13 @@ impl Testbed {
             footprint_km: 60.0,
             sigma: sig_bt,
             swath: Swath::Band {
-                length_km: 1000.0,
+                length_km: 1000.0 * s as f64,
                 lat0,
                 lon0,
-                across: 4,
-                along: 16,
+                across: 4 * s,
+                along: 16 * s,
                 spacing_km: 62.5,
-                shift_km: 375.0,
+                shift_km: 375.0 * s as f64,
             },
         });
         Network {
@@ -518,7 +547,11 @@ impl Testbed {
                 x
             }
             TestbedKind::Qg2l => {
-                let mut x = crate::qg2l::spun_up_state();
+                let mut x = crate::qg2l::tile(
+                    &crate::qg2l::spun_up_state(),
+                    QG_RESOLUTION,
+                    self.qg2l_scale(),
+                );
                 let scale = 0.3 * assimd_filter::stats::rms(&x);
                 for v in x.iter_mut() {
                     let e: f64 = StandardNormal.sample(&mut rng);
@@ -629,6 +662,11 @@ impl Testbed {
     }
 }
 
+/// The qg2l grid's default points per side.
+pub const QG_RESOLUTION: usize = 64;
+/// qg2l grids available ([`Testbed::qg2l`]).
+pub const QG_RESOLUTIONS: [usize; 3] = [64, 128, 256];
+
 /// Days a perturbed qg2l state runs before it serves as a truth (about 1.2 s of computing).
 pub const QG_DECORRELATION_DAYS: f64 = 360.0;
 
@@ -706,6 +744,59 @@ mod tests {
         let mut y = vec![0.0; 5];
         assimd_filter::obs::ObservationOperator::apply(&batch.op, &x, &mut y);
         assert_eq!(y, vec![1.5, 5.5, 9.5, 13.5, 17.5]);
+    }
+
+    #[test]
+    fn larger_qg2l_grids_keep_the_network_density() {
+        let base = Testbed::new(TestbedKind::Qg2l);
+        assert_eq!(Testbed::qg2l(64).unwrap().space, base.space);
+        assert!(Testbed::qg2l(100).err().unwrap().contains("[64, 128, 256]"));
+        for n in [128, 256] {
+            let tb = Testbed::qg2l(n).unwrap();
+            let s = n / 64;
+            assert_eq!(tb.qg2l_scale(), s);
+            assert_eq!(tb.space.geometry.n_points(), n * n);
+            assert_eq!(
+                tb.space.geometry.spacing_km(),
+                base.space.geometry.spacing_km()
+            );
+            let net = tb.network(NetworkKind::StationsSatellite).unwrap();
+            // Per 1000 km × 1000 km: 60 stations, 8 withheld, a swath of 64 footprints.
+            assert_eq!(
+                net.stations.iter().filter(|st| !st.withheld).count(),
+                60 * s * s
+            );
+            assert_eq!(
+                net.stations.iter().filter(|st| st.withheld).count(),
+                8 * s * s
+            );
+            let ids: std::collections::BTreeSet<&str> =
+                net.stations.iter().map(|st| st.id.as_str()).collect();
+            assert_eq!(ids.len(), net.stations.len(), "station ids are unique");
+            assert!(net
+                .stations
+                .iter()
+                .all(|st| tb.space.geometry.contains(st.lat, st.lon)));
+            // Each quarter of the box holds about a quarter of the stations (binomial, 3σ).
+            let east = net
+                .stations
+                .iter()
+                .filter(|st| !st.withheld && st.lon > 10.0)
+                .count() as f64;
+            let total = (60 * s * s) as f64;
+            assert!(
+                (east - total / 2.0).abs() < 3.0 * (total / 4.0).sqrt(),
+                "{east} of {total} east of the centre"
+            );
+            let sat = net.satellite.as_ref().unwrap();
+            for k in 0..8 {
+                let fp = sat.footprints(k);
+                assert_eq!(fp.len(), 64 * s * s);
+                assert!(fp
+                    .iter()
+                    .all(|&(lat, lon)| tb.space.geometry.contains(lat, lon)));
+            }
+        }
     }
 
     #[test]
