@@ -6,7 +6,7 @@
 //! ```text
 //! cargo run --release -p assimd-models --bin qg2l-tools -- regenerate [--seed S] [--days D] [--out PATH]
 //! cargo run --release -p assimd-models --bin qg2l-tools -- equilibrium [--seed S] [--years Y]
-//! cargo run --release -p assimd-models --bin qg2l-tools -- obs-stats [--seed S] [--cycles N]
+//! cargo run --release -p assimd-models --bin qg2l-tools -- obs-stats [--seed S] [--cycles N] [--resolution R]
 //! ```
 //!
 //! - `regenerate` rewrites the spun-up initial state `models/data/qg2l_spinup.f64le` with
@@ -22,7 +22,9 @@
 //! - `obs-stats` runs the qg2l testbed's truth for `N` cycles (default 200) from
 //!   [`testbed::CLIMATOLOGY_SEED`] and prints the RMS of each observable (pressure, temperature,
 //!   brightness temperature) over the grid and the cycles: the scales the observation errors
-//!   [`testbed::QG_SIGMAS`] are set against.
+//!   [`testbed::QG_SIGMAS`] are set against; and each field's mean and standard deviation, the
+//!   climatology [`testbed::QG_CLIM`] records for 64² (the same at every `--resolution`: the
+//!   larger grids tile the same box, `models/data/README.md`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,11 +32,11 @@ use std::time::Instant;
 
 use assimd_filter::Dynamics;
 use assimd_models::qg2l::{self, Qg2l, Qg2lParams};
-use assimd_models::testbed::{self, Testbed, TestbedKind};
+use assimd_models::testbed::{self, Testbed};
 
 const USAGE: &str = "usage: qg2l-tools regenerate [--seed S] [--days D] [--out PATH]
        qg2l-tools equilibrium [--seed S] [--years Y]
-       qg2l-tools obs-stats [--seed S] [--cycles N]";
+       qg2l-tools obs-stats [--seed S] [--cycles N] [--resolution 64|128|256]";
 
 /// Steps of dt = 7200 s per model day.
 const STEPS_PER_DAY: usize = 12;
@@ -76,10 +78,11 @@ fn run(args: &[String]) -> Result<(), String> {
             )
         }
         "obs-stats" => {
-            opts.only(&["seed", "cycles"])?;
+            opts.only(&["seed", "cycles", "resolution"])?;
             obs_stats(
                 opts.value("seed", testbed::CLIMATOLOGY_SEED)?,
                 opts.value("cycles", 200)?,
+                opts.value("resolution", testbed::QG_RESOLUTION)?,
             )
         }
         "-h" | "--help" | "help" => {
@@ -214,26 +217,53 @@ fn equilibrium(seed: u64, years: f64) -> Result<(), String> {
     Ok(())
 }
 
-fn obs_stats(seed: u64, cycles: usize) -> Result<(), String> {
+fn obs_stats(seed: u64, cycles: usize, resolution: usize) -> Result<(), String> {
     if cycles == 0 {
         return Err("--cycles must be at least 1".into());
     }
-    let tb = Testbed::new(TestbedKind::Qg2l);
+    let tb = Testbed::qg2l(resolution)?;
+    let t0 = Instant::now();
     let mut x = tb.initial_truth(seed);
+    let np = tb.space.geometry.n_points();
     let n_vars = tb.space.variables.len();
     let mut s2 = vec![0.0; n_vars];
+    let (mut fs, mut fs2) = ([0.0; 2], [0.0; 2]);
+    println!(
+        "qg2l {resolution}²: initial truth in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let t0 = Instant::now();
     for _ in 0..cycles {
         tb.dynamics.forecast(&mut x);
+        for f in 0..2 {
+            for v in &x[f * np..(f + 1) * np] {
+                fs[f] += v;
+                fs2[f] += v * v;
+            }
+        }
         for (v, acc) in s2.iter_mut().enumerate() {
             let f = tb.space.variable_field(v, &x);
             *acc += f.iter().map(|a| a * a).sum::<f64>() / f.len() as f64;
         }
     }
+    println!(
+        "{cycles} cycles in {:.1} s ({:.1} ms per cycle of one member)",
+        t0.elapsed().as_secs_f64(),
+        1e3 * t0.elapsed().as_secs_f64() / cycles as f64
+    );
     for (v, acc) in s2.iter().enumerate() {
         println!(
             "{}: rms {:.4}",
             tb.space.variables[v].name,
             (acc / cycles as f64).sqrt()
+        );
+    }
+    let n = (cycles * np) as f64;
+    for (f, name) in ["psi1", "psi2"].iter().enumerate() {
+        let mean = fs[f] / n;
+        println!(
+            "{name}: mean {mean:.1}, std {:.1} m²/s",
+            (fs2[f] / n - mean * mean).max(0.0).sqrt()
         );
     }
     Ok(())
