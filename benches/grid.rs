@@ -25,8 +25,7 @@ fn grid(c: &mut Criterion) {
         let s = n / 64;
         let tb = Testbed::qg2l(n).unwrap();
         let x = tile(&truth, 64, s);
-        let ens =
-            Ensemble::from_members(draws.iter().map(|d| tile(d, 64, s)).collect()).unwrap();
+        let ens = Ensemble::from_members(draws.iter().map(|d| tile(d, 64, s)).collect()).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(3);
         let network = tb.network(NetworkKind::StationsSatellite).unwrap();
         let (obs, _) = network.observe(&tb.space, &x, 1, &mut rng);

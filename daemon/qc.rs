@@ -780,7 +780,14 @@ fn local_scale(
         return;
     }
     let ids: Vec<&str> = reports.keys().copied().collect();
-    let at: Vec<(f64, f64)> = ids.iter().map(|id| positions[id]).collect();
+    // Plane coordinates once per station: the distances below need no trigonometry.
+    let at: Vec<(f64, f64)> = ids
+        .iter()
+        .map(|id| {
+            let (lat, lon) = positions[id];
+            geometry.to_plane(lat, lon)
+        })
+        .collect();
     let z2: Vec<Vec<f64>> = ids
         .iter()
         .map(|id| {
@@ -796,9 +803,15 @@ fn local_scale(
         .map(|i| {
             let mut near: Vec<(f64, usize)> = (0..ids.len())
                 .filter(|&j| j != i && references[j])
-                .map(|j| (geometry.distance_km(at[i], at[j]), j))
+                .map(|j| (geometry.plane_distance_km(at[i], at[j]), j))
                 .collect();
-            near.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            // The k nearest (ties by index), in order: a partial selection, then a sort of k.
+            let by = |a: &(f64, usize), b: &(f64, usize)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+            if near.len() > k {
+                near.select_nth_unstable_by(k, by);
+                near.truncate(k);
+            }
+            near.sort_by(by);
             let mut pooled: Vec<f64> = near
                 .iter()
                 .take(k)

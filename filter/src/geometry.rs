@@ -214,14 +214,44 @@ impl Geometry {
     }
 
     /// Grid points whose distance to (lat, lon) is at most `radius_km`.
+    /// In a box only the rows and columns within `radius_km` (plus one spacing for rounding)
+    /// are tested, so the cost is that of the disc, not of the grid; the test itself is the same
+    /// for every point (the round trip through latitude and longitude included), and the points
+    /// come in increasing order.
     pub fn points_within(&self, lat: f64, lon: f64, radius_km: f64) -> Vec<usize> {
         let c = self.latlon_to_xy(lat, lon);
-        (0..self.n_points())
-            .filter(|&p| {
-                let (plat, plon) = self.point_latlon(p);
-                self.plane_distance_km(c, self.latlon_to_xy(plat, plon)) <= radius_km
-            })
-            .collect()
+        let inside = |p: &usize| {
+            let (plat, plon) = self.point_latlon(*p);
+            self.plane_distance_km(c, self.latlon_to_xy(plat, plon)) <= radius_km
+        };
+        match self {
+            Geometry::PeriodicBox {
+                nx, ny, length_km, ..
+            } if radius_km.is_finite() && radius_km >= 0.0 => {
+                // Indices within ± (radius + one spacing) of the centre's, wrapped; all of them when
+                // the disc spans the box.
+                let near = |n: usize, centre_km: f64| -> Vec<usize> {
+                    let d = length_km / n as f64;
+                    let reach = (radius_km / d).ceil() as i64 + 1;
+                    if 2 * reach + 1 >= n as i64 {
+                        return (0..n).collect();
+                    }
+                    let k = ((centre_km + length_km / 2.0) / d - 0.5).round() as i64;
+                    (k - reach..=k + reach)
+                        .map(|v| v.rem_euclid(n as i64) as usize)
+                        .collect()
+                };
+                let (is, js) = (near(*nx, c.0), near(*ny, c.1));
+                let mut out: Vec<usize> = js
+                    .iter()
+                    .flat_map(|&j| is.iter().map(move |&i| j * nx + i))
+                    .filter(inside)
+                    .collect();
+                out.sort_unstable();
+                out
+            }
+            _ => (0..self.n_points()).filter(inside).collect(),
+        }
     }
 
     /// Typical grid spacing in km.
@@ -295,6 +325,46 @@ mod tests {
             length_km: 1000.0,
             lat0_deg: 45.0,
             lon0_deg: 10.0,
+        }
+    }
+
+    #[test]
+    fn points_within_a_box_are_those_of_a_full_scan() {
+        for (n, length_km) in [(64, 1000.0), (128, 2000.0)] {
+            let g = Geometry::PeriodicBox {
+                nx: n,
+                ny: n,
+                length_km,
+                lat0_deg: 45.0,
+                lon0_deg: 10.0,
+            };
+            let scan = |lat: f64, lon: f64, r: f64| -> Vec<usize> {
+                let c = g.latlon_to_xy(lat, lon);
+                (0..g.n_points())
+                    .filter(|&p| {
+                        let (plat, plon) = g.point_latlon(p);
+                        g.plane_distance_km(c, g.latlon_to_xy(plat, plon)) <= r
+                    })
+                    .collect()
+            };
+            // Centres inside, at the edges (the disc wraps) and on grid points; radii from below
+            // one spacing to more than the box.
+            let mut k = 0u64;
+            for r in [5.0, 30.0, 62.5, 400.0, 2.0 * length_km] {
+                for &(fy, fx) in &[(0.0, 0.0), (0.49, -0.49), (-0.499, 0.3), (0.123, 0.377)] {
+                    let (lat, lon) = g.xy_to_latlon(fx * length_km, fy * length_km);
+                    assert_eq!(
+                        g.points_within(lat, lon, r),
+                        scan(lat, lon, r),
+                        "n {n} r {r} at ({fy}, {fx})"
+                    );
+                    k += 1;
+                }
+                let p = g.point_latlon(77);
+                assert_eq!(g.points_within(p.0, p.1, r), scan(p.0, p.1, r));
+            }
+            assert_eq!(k, 20);
+            assert!(g.points_within(45.0, 10.0, 30.0).len() > 1);
         }
     }
 
