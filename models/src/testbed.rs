@@ -25,6 +25,12 @@
 //! `satellite` (one polar-orbiting swath per cycle: a north–south band 250 km wide of 4 × 16
 //! footprints 62.5 km apart, whose centre moves 375 km east each cycle), `stations+satellite`.
 //! 8 further stations are withheld for verification in every network.
+//!
+//! Larger qg2l grids ([`Testbed::qg2l`], `[testbed] resolution` 128 or 256) tile this box 2 × 2 or
+//! 4 × 4 times: the same 15.6 km spacing, physics and climatology on a 2000 or 4000 km box, with
+//! (n/64)² times the stations (same density) and a swath n/64 times as wide and as long, whose centre
+//! moves n/64 × 375 km a cycle. The cost of a cycle per grid point then stays what it is at 64²,
+//! as in an operational domain that grows (docs/benchmarks.md, "Cost against grid size").
 
 use crate::l96::Lorenz96;
 use crate::qg2l::{Qg2l, Qg2lParams};
