@@ -529,8 +529,51 @@ fn corrupt_onnx_file_is_named() {
     );
 }
 
+/// Whether this machine has an NVIDIA GPU the CUDA execution provider could use.
+fn gpu_present() -> bool {
+    Path::new("/dev/nvidia0").exists()
+        || std::process::Command::new("nvidia-smi")
+            .arg("-L")
+            .output()
+            .is_ok_and(|o| o.status.success() && !o.stdout.is_empty())
+}
+
+/// The CUDA path: on a machine with a GPU, every shipped bundle loads on CUDA with the device
+/// strict (no silent CPU fallback) and passes its parity fixtures there. Without a GPU it says so and
+/// checks nothing (the CPU fallback has its own test below).
+#[test]
+fn cuda_provider_runs_the_bundles_when_a_gpu_is_present() {
+    if !gpu_present() {
+        println!(
+            "SKIPPED: no GPU here (/dev/nvidia0 absent, nvidia-smi -L finds none). On a GPU server with \
+             the onnxruntime-gpu wheel's libonnxruntime in ORT_DYLIB_PATH, this test runs every bundle on CUDA."
+        );
+        return;
+    }
+    let strict = BundleOptions {
+        device: Device::Cuda,
+        strict_device: true,
+        ..BundleOptions::default()
+    };
+    for name in ["l96", "l96-long", "qg2l"] {
+        let bundle = Bundle::load(zoo(name), &strict).unwrap_or_else(|e| {
+            panic!("{name} on CUDA: {e} (a GPU is present: use the onnxruntime-gpu wheel's library in ORT_DYLIB_PATH, with CUDA 12 and cuDNN 9)")
+        });
+        assert_eq!(bundle.provider(), "CUDA", "{name}");
+        let checks = bundle.check_fixtures().unwrap();
+        assert!(
+            checks.iter().all(|c| c.passed()),
+            "{name} on CUDA: {checks:?}"
+        );
+    }
+}
+
 #[test]
 fn cuda_request_falls_back_to_cpu_and_says_so() {
+    if gpu_present() {
+        println!("SKIPPED: a GPU is present, so a CUDA request does not fall back (the test above runs instead)");
+        return;
+    }
     let options = BundleOptions {
         device: Device::Cuda,
         ..BundleOptions::default()
