@@ -22,8 +22,8 @@ fn grid(c: &mut Criterion) {
     let truth = base.initial_truth(1);
     let draws = base.climatological_draws(32, 2);
     for n in QG_RESOLUTIONS {
-        let s = n / 64;
         let tb = Testbed::qg2l(n).unwrap();
+        let s = tb.qg2l_scale();
         let x = tile(&truth, 64, s);
         let ens = Ensemble::from_members(draws.iter().map(|d| tile(d, 64, s)).collect()).unwrap();
         let mut rng = ChaCha8Rng::seed_from_u64(3);

@@ -301,7 +301,7 @@ pub struct Summary {
 }
 
 /// The process's peak resident set size in MiB (`VmHWM` in /proc/self/status; 0 elsewhere).
-pub fn peak_rss_mib() -> f64 {
+fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
