@@ -1,9 +1,11 @@
 //! One score-filter analysis with the shipped experiment files' settings (issue 5): qg2l
-//! `stations+satellite` with N = 16 (the issue's benchmark), l96 `full` with N = 20 and the long
+//! `stations+satellite` with N = 16 (the issue's benchmark) and 32 (the daemon's), l96 `full` with N = 20 and the long
 //! window with the learned prior at N = 20 (issue 16).
 //! Needs ORT_DYLIB_PATH (`source scripts/setup.sh`). Network evaluations per member per analysis:
 //! qg2l: 1 encoder + (S-1) × (denoiser + decoder + denoiser_vjp) + 1 decoder, plus one conditioner
-//! call and one encoder batch of the background per cycle; S = 4 levels, no corrections.
+//! call and one encoder batch of the background per cycle; S = 4 levels, no corrections. Before
+//! timing, each case prints the evaluations of one analysis as the bundle counted them
+//! ([`assimd_models::bundle::evaluations`]): calls and batch rows per graph, and rows per member.
 
 use assimd::experiment::ExperimentFile;
 use assimd_filter::obs::ObsBatch;
@@ -57,6 +59,28 @@ fn bench_file(c: &mut Criterion, file: &str, members: usize, samples: usize) {
         .unwrap()
         .to_string_lossy()
         .to_string();
+    // Network evaluations of one analysis, as counted by the bundle's sessions.
+    let before = assimd_models::bundle::evaluations();
+    analysis
+        .analyse(&mut ens.clone(), &batch, &mut rng)
+        .unwrap();
+    let after = assimd_models::bundle::evaluations();
+    let mut line = Vec::new();
+    let mut per_member = 0.0;
+    for (graph, a) in &after {
+        let b = before.get(graph).copied().unwrap_or_default();
+        let (calls, rows) = (a.calls - b.calls, a.rows - b.rows);
+        if calls > 0 {
+            per_member += rows as f64 / members as f64;
+            line.push(format!("{graph} {calls} calls / {rows} rows"));
+        }
+    }
+    println!(
+        "{name} N = {members}, m = {} observations: {:.1} network evaluations per member ({})",
+        batch.len(),
+        per_member,
+        line.join(", ")
+    );
     let mut group = c.benchmark_group("score_analysis");
     group.sample_size(samples);
     group.bench_function(format!("{name}-N{members}"), |b| {
@@ -74,6 +98,13 @@ fn benches(c: &mut Criterion) {
         c,
         "configs/experiments/qg2l-stations+satellite-score.toml",
         16,
+        10,
+    );
+    // The daemon's qg2l ensemble size (configs/tuned.toml: members = 32).
+    bench_file(
+        c,
+        "configs/experiments/qg2l-stations+satellite-score.toml",
+        32,
         10,
     );
     bench_file(c, "configs/experiments/l96-full-score.toml", 20, 20);

@@ -36,4 +36,6 @@ pub use manifest::{
     Latent, Manifest, Noise, Normalisation, KNOWN_GRAPHS,
 };
 pub use npy::read_npy_f32;
-pub use runtime::{BundleOptions, Device, TensorF32, ORT_FIX, ORT_LIBRARY_NAME};
+pub use runtime::{
+    evaluations, BundleOptions, Device, Evaluations, TensorF32, ORT_FIX, ORT_LIBRARY_NAME,
+};

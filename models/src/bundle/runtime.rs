@@ -34,6 +34,11 @@
 //! calls on one bundle are serialised; [`BundleOptions::threads`] is the intra-op thread count of each
 //! session (default 1, so that the daemon's own parallelism is not oversubscribed; 0 = ONNX Runtime's
 //! default).
+//!
+//! ## Counting
+//! Every run is counted per graph name, process-wide: calls and batch rows (the first input's
+//! leading dimension). [`evaluations`] returns the counts, so a benchmark can report network
+//! evaluations per member and analysis as measured rather than as read off the code.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -155,6 +160,27 @@ impl TensorF32 {
     }
 }
 
+/// Calls and batch rows of one graph, counted by [`Graph::run`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Evaluations {
+    /// Runs of the graph.
+    pub calls: u64,
+    /// Batch rows over all runs: one row is one network evaluation (one member, or one
+    /// observation for the likelihood covariance's VJP).
+    pub rows: u64,
+}
+
+static EVALUATIONS: Mutex<BTreeMap<String, Evaluations>> = Mutex::new(BTreeMap::new());
+
+/// The runs of every graph so far in this process, by graph name (`denoiser`, `denoiser_vjp`, …),
+/// summed over bundles.
+pub fn evaluations() -> BTreeMap<String, Evaluations> {
+    EVALUATIONS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
 /// One opened graph: its session and the manifest entry it was checked against.
 pub(super) struct Graph {
     /// The graph's name in `[graphs]`, for messages.
@@ -186,6 +212,11 @@ impl Graph {
                 self.spec.inputs
             )));
         }
+        let rows = inputs
+            .first()
+            .and_then(|(_, t)| t.shape.first())
+            .copied()
+            .unwrap_or(1) as u64;
         let mut values = Vec::with_capacity(inputs.len());
         for (name, t) in inputs {
             let spec = &self.spec.input_shapes[&name];
@@ -214,6 +245,12 @@ impl Graph {
         };
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
         let outputs = session.run(values).map_err(|e| run_err(e.to_string()))?;
+        {
+            let mut counts = EVALUATIONS.lock().unwrap_or_else(|p| p.into_inner());
+            let c = counts.entry(self.name.clone()).or_default();
+            c.calls += 1;
+            c.rows += rows;
+        }
         let mut result = Vec::with_capacity(self.spec.outputs.len());
         for name in &self.spec.outputs {
             let value = outputs
