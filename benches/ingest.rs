@@ -6,7 +6,9 @@
 //!    daemon has journaled (sled insert + flush, then acknowledged) them all, same broker, same stream;
 //! 2. memory: peak RSS of the daemon cycling qg2l with N = 32 (LETKF);
 //! 3. time from SIGKILL to READY=1 of the restarted daemon (sd_notify on a test socket), qg2l store;
-//! 4. ingest while cycling ([`ingest_while_cycling`]): the journal rate while both filters cycle
+//! 4. with `nats-server` installed (full run only), 1 again through a three-node NATS cluster
+//!    (`configs/nats/node.conf`, JetStream R3), all clients on one node;
+//! 5. ingest while cycling ([`ingest_while_cycling`]): the journal rate while both filters cycle
 //!    qg2l at N = 32, against a plain subscriber in the same run under the same load, and whether
 //!    any cycle overran its window.
 //!
@@ -329,6 +331,35 @@ fn main() {
         "  assimd journaled   {d:>10.0} msg/s  ({:.2} of plain)",
         d / p
     );
+
+    // The same through a three-node NATS cluster (JetStream R3, MQTT gateway; configs/nats/), if
+    // nats-server is installed: publisher, plain subscriber and daemon all on node 1.
+    if let Some(bin) = nats_server().filter(|_| full) {
+        let cluster = NatsCluster::start(&tmp.path().join("nats"), &bin);
+        let port = cluster.nodes[0].mqtt_port;
+        let (mut cp, mut cd) = (Vec::new(), Vec::new());
+        for r in 0..reps {
+            cp.push(plain_subscriber(port, &msgs));
+            cd.push(daemon_ingest(
+                port,
+                &tmp.path().join(format!("nats-ingest-{r}")),
+                &msgs,
+            ));
+        }
+        let (p2, d2) = (med(&mut cp), med(&mut cd));
+        println!(
+            "ingest through a 3-node NATS cluster (R3), {n} station reports, median of {reps}:"
+        );
+        println!(
+            "  plain subscriber   {p2:>10.0} msg/s  ({:.2} of Mosquitto's)",
+            p2 / p
+        );
+        println!(
+            "  assimd journaled   {d2:>10.0} msg/s  ({:.2} of plain; {:.2} of Mosquitto's)",
+            d2 / p2,
+            d2 / d
+        );
+    }
 
     // Ingest while both filters cycle: qg2l N = 32 (full) or l96 N = 20 (smoke).
     let env_u64 = |k: &str, d: u64| {

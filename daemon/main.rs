@@ -758,8 +758,11 @@ fn main() -> Result<()> {
                 tracing::debug!("published cycle {k}")
             }))?;
             println!(
-                "published {} cycles, {} observation messages, {} messages in all, to {}:{}",
-                s.cycles, s.observations, s.messages, cfg.mqtt.host, cfg.mqtt.port
+                "published {} cycles, {} observation messages, {} messages in all, to {}",
+                s.cycles,
+                s.observations,
+                s.messages,
+                cfg.mqtt.endpoint_names().join(", ")
             );
         }
         Command::Demo {

@@ -45,10 +45,12 @@ _assimd_setup_ort || exit 1
 unset -f _assimd_setup_ort
 
 # Mosquitto (Debian package) for the daemon's end-to-end tests, which start their own broker on a
-# free port; systemd-analyze for the unit's checks; openssl for the TLS test's certificates.
+# free port; nats-server for the clustered-broker tests and scripts/cluster; systemd-analyze for the
+# unit's checks; openssl for the TLS test's certificates.
 _assimd_setup_apt() {
     local missing=()
     [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+    command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
     command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)   # the TLS test makes its own CA
     [ ${#missing[@]} -eq 0 ] && return 0

@@ -51,10 +51,14 @@ pub struct Config {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MqttSection {
-    /// Broker host name or address.
-    pub host: String,
-    /// Broker port (1883 plain, 8883 TLS by convention).
-    pub port: u16,
+    /// Broker host name or address (one endpoint; default 127.0.0.1).
+    pub host: Option<String>,
+    /// Broker port (1883 plain, 8883 TLS by convention; default 1883).
+    pub port: Option<u16>,
+    /// The nodes of a clustered broker, `"host:port"` each (`"[::1]:1883"` for IPv6), tried in
+    /// order: on a lost connection the client moves to the next one and resumes its persistent
+    /// session there. Instead of `host`/`port`, not with them.
+    pub hosts: Vec<String>,
     /// Fixed client id: the broker keeps the persistent session (subscriptions and queued QoS 1
     /// messages) under it while the daemon is away, so it must not change between restarts.
     pub client_id: String,
@@ -83,11 +87,63 @@ pub struct MqttSection {
     pub max_packet_bytes: usize,
 }
 
+impl MqttSection {
+    /// The broker endpoints (host, port) in the order they are tried: `hosts`, or else the one of
+    /// `host` and `port`.
+    pub fn endpoints(&self) -> Result<Vec<(String, u16)>> {
+        if self.hosts.is_empty() {
+            return Ok(vec![(
+                self.host.clone().unwrap_or_else(|| "127.0.0.1".into()),
+                self.port.unwrap_or(1883),
+            )]);
+        }
+        self.hosts.iter().map(|h| parse_endpoint(h)).collect()
+    }
+
+    /// The endpoints as `host:port` strings, for logs and metrics.
+    pub fn endpoint_names(&self) -> Vec<String> {
+        self.endpoints()
+            .unwrap_or_default()
+            .iter()
+            .map(|(h, p)| endpoint_name(h, *p))
+            .collect()
+    }
+}
+
+/// `host:port` (brackets around an IPv6 address).
+pub fn endpoint_name(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Parse one `mqtt.hosts` entry, `host:port` or `[v6 address]:port`.
+fn parse_endpoint(s: &str) -> Result<(String, u16)> {
+    let fix = || {
+        format!(
+            "mqtt.hosts entry {s:?} must be \"host:port\" (e.g. \"broker-1.example.org:1883\", \"[::1]:1883\")"
+        )
+    };
+    let (host, port) = s.rsplit_once(':').with_context(fix)?;
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let port: u16 = port.parse().ok().filter(|p| *p > 0).with_context(fix)?;
+    if host.is_empty() || (host.contains(':') && !s.starts_with('[')) {
+        bail!("{}", fix());
+    }
+    Ok((host.to_string(), port))
+}
+
 impl Default for MqttSection {
     fn default() -> Self {
         MqttSection {
-            host: "127.0.0.1".into(),
-            port: 1883,
+            host: None,
+            port: None,
+            hosts: Vec::new(),
             client_id: "assimd".into(),
             prefix: "assimd".into(),
             keep_alive_seconds: 30,
@@ -384,11 +440,27 @@ impl Config {
     /// `[mqtt]`.
     fn check_mqtt(&self) -> Result<()> {
         let m = &self.mqtt;
-        if m.host.is_empty() {
+        if !m.hosts.is_empty() && (m.host.is_some() || m.port.is_some()) {
+            bail!(
+                "mqtt.hosts and mqtt.host/mqtt.port are both given: list every node in mqtt.hosts \
+                 (\"host:port\" each) and remove host and port"
+            );
+        }
+        if m.host.as_deref() == Some("") {
             bail!("mqtt.host is empty: give the broker's host name or address");
         }
-        if m.port == 0 {
+        if m.port == Some(0) {
             bail!("mqtt.port must be a port number 1..65535, got 0");
+        }
+        let endpoints = m.endpoints()?;
+        let mut seen = std::collections::HashSet::new();
+        for (h, p) in &endpoints {
+            if !seen.insert((h, p)) {
+                bail!(
+                    "mqtt.hosts lists {} twice: give each node once",
+                    endpoint_name(h, *p)
+                );
+            }
         }
         if m.client_id.is_empty() || m.client_id.len() > 64 {
             bail!("mqtt.client_id must be 1..64 characters (it names the persistent session)");
@@ -595,5 +667,51 @@ mod tests {
         let e =
             Config::parse("[cycle]\nkeep = 10\nkeep_summaries = 5\n", Path::new("t")).unwrap_err();
         assert!(format!("{e:#}").contains("cycle.keep_summaries"), "{e:#}");
+    }
+
+    #[test]
+    fn broker_endpoints_are_one_host_or_a_list_never_both() {
+        let t = Path::new("t");
+        let one = Config::parse("", t).unwrap();
+        assert_eq!(
+            one.mqtt.endpoints().unwrap(),
+            [("127.0.0.1".to_string(), 1883)]
+        );
+        let one = Config::parse("[mqtt]\nhost = \"b1\"\nport = 8883\n", t).unwrap();
+        assert_eq!(one.mqtt.endpoint_names(), ["b1:8883"]);
+        let many = Config::parse(
+            "[mqtt]\nhosts = [\"n1.example.org:4001\", \"10.0.0.2:1883\", \"[::1]:1884\"]\n",
+            t,
+        )
+        .unwrap();
+        assert_eq!(
+            many.mqtt.endpoints().unwrap(),
+            [
+                ("n1.example.org".to_string(), 4001),
+                ("10.0.0.2".to_string(), 1883),
+                ("::1".to_string(), 1884)
+            ]
+        );
+        assert_eq!(
+            many.mqtt.endpoint_names(),
+            ["n1.example.org:4001", "10.0.0.2:1883", "[::1]:1884"]
+        );
+        let both = Config::parse("[mqtt]\nport = 1883\nhosts = [\"a:1\"]\n", t).unwrap_err();
+        assert!(
+            format!("{both:#}").contains("list every node in mqtt.hosts"),
+            "{both:#}"
+        );
+        for bad in ["a", "a:0", "a:x", ":1883", "::1:1883", "a:70000"] {
+            let e = Config::parse(&format!("[mqtt]\nhosts = [\"{bad}\"]\n"), t).unwrap_err();
+            assert!(
+                format!("{e:#}").contains("must be \"host:port\""),
+                "{bad}: {e:#}"
+            );
+        }
+        let twice = Config::parse("[mqtt]\nhosts = [\"a:1\", \"a:1\"]\n", t).unwrap_err();
+        assert!(
+            format!("{twice:#}").contains("lists a:1 twice"),
+            "{twice:#}"
+        );
     }
 }

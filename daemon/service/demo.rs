@@ -114,7 +114,8 @@ async fn demo_config(
         println!("settings: {label}");
     }
     let mut cfg = Config::layered(file)?;
-    cfg.mqtt.port = port;
+    cfg.mqtt.port = Some(port);
+    cfg.mqtt.hosts.clear();
     cfg.mqtt.client_id = format!("assimd-demo-{}", std::process::id());
     cfg.ingest.reject_future = false;
     cfg.store.path = store.to_path_buf();

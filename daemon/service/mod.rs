@@ -297,6 +297,7 @@ fn connection(
     cfg: &Config,
     client: AsyncClient,
     eventloop: rumqttc::EventLoop,
+    endpoints: Vec<(String, rumqttc::MqttOptions)>,
     publishes: mpsc::UnboundedSender<rumqttc::Publish>,
     connected: Option<watch::Sender<bool>>,
 ) -> mqtt::Connection {
@@ -305,6 +306,7 @@ fn connection(
         client,
         eventloop,
         topics: mqtt::subscriptions(prefix, &cfg.testbed.name.to_string(), cfg.ingest.truth),
+        endpoints,
         backoff: (
             Duration::from_millis(cfg.mqtt.reconnect_min_ms),
             Duration::from_millis(cfg.mqtt.reconnect_max_ms),
@@ -342,14 +344,23 @@ pub async fn run(
 ) -> Result<()> {
     let started = start(&cfg, &opts).await?;
     let (store, tokens, tracker) = (started.store.clone(), Tokens::new(), TaskTracker::new());
-    let mut mo = mqtt::options(&cfg.mqtt, &cfg.mqtt.client_id, false)?;
-    mo.set_manual_acks(true);
-    let (client, eventloop) = AsyncClient::new(mo, 16_384);
+    let mut endpoints = mqtt::endpoint_options(&cfg.mqtt, &cfg.mqtt.client_id, false)?;
+    for (_, o) in &mut endpoints {
+        o.set_manual_acks(true);
+    }
+    let (client, eventloop) = AsyncClient::new(endpoints[0].1.clone(), 16_384);
     let (pub_tx, pub_rx) = mpsc::unbounded_channel();
     let (out_tx, out_rx) = mpsc::unbounded_channel::<Outgoing>();
     let (closed_tx, closed_rx) = watch::channel(started.closed);
     let connected = opts.subscribed.take();
-    let conn = connection(&cfg, client.clone(), eventloop, pub_tx, connected);
+    let conn = connection(
+        &cfg,
+        client.clone(),
+        eventloop,
+        endpoints,
+        pub_tx,
+        connected,
+    );
     tracker.spawn(conn.run(tokens.ingest.clone(), tokens.root.clone()));
     let ingest = ingest_service(&cfg, &started, client.clone(), closed_tx, &out_tx)?;
     let mut ingest = tracker.spawn(ingest.run(pub_rx));
@@ -365,7 +376,7 @@ pub async fn run(
         stop: tokens.work.clone(),
     };
     let mut cycles = tracker.spawn(cycles.run());
-    let endpoint = format!("{}:{}", cfg.mqtt.host, cfg.mqtt.port);
+    let endpoint = cfg.mqtt.endpoint_names().join(", ");
     tracing::info!(
         "ready: cycle {} committed, subscribing on {endpoint}",
         store.assimilated_up_to()?

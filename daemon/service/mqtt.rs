@@ -5,6 +5,14 @@
 //! message is acknowledged only once it is journaled ([`super::ingest`]). The [`Connection`] service
 //! drives the event loop: it forwards publishes to the journal writer, subscribes again when the
 //! broker has lost the session, and reconnects with exponential backoff.
+//!
+//! ## Several endpoints
+//! With `mqtt.hosts` (the nodes of a clustered broker that replicates sessions, such as NATS
+//! with JetStream, EMQX or VerneMQ) a lost connection moves the client to the next node at once,
+//! and the backoff only grows when every node has failed in a row. The session is resumed on the
+//! new node under the same client id: the cluster redelivers what was not acknowledged, the
+//! journal's id check drops what was already journaled, and the client retransmits its own
+//! unacknowledged publications. `assimd_mqtt_endpoint` says which node is in use.
 
 use super::config::MqttSection;
 use super::telemetry as tm;
@@ -16,9 +24,37 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-/// Build the client options from the config (reads the password and TLS files).
+/// The client options of every endpoint (`mqtt.hosts`, or `host`/`port`), named `host:port`, in the
+/// order they are tried; the same credentials and TLS settings for each.
+pub fn endpoint_options(
+    m: &MqttSection,
+    client_id: &str,
+    clean_session: bool,
+) -> Result<Vec<(String, MqttOptions)>> {
+    m.endpoints()?
+        .into_iter()
+        .map(|(host, port)| {
+            let name = super::config::endpoint_name(&host, port);
+            Ok((name, options_for(m, client_id, clean_session, host, port)?))
+        })
+        .collect()
+}
+
+/// The client options of the first endpoint.
 pub fn options(m: &MqttSection, client_id: &str, clean_session: bool) -> Result<MqttOptions> {
-    let mut o = MqttOptions::new(client_id, m.host.clone(), m.port);
+    let (_, o) = endpoint_options(m, client_id, clean_session)?.swap_remove(0);
+    Ok(o)
+}
+
+/// Build the client options for one endpoint (reads the password and TLS files).
+fn options_for(
+    m: &MqttSection,
+    client_id: &str,
+    clean_session: bool,
+    host: String,
+    port: u16,
+) -> Result<MqttOptions> {
+    let mut o = MqttOptions::new(client_id, host, port);
     o.set_keep_alive(Duration::from_secs(m.keep_alive_seconds));
     o.set_clean_session(clean_session);
     o.set_max_packet_size(m.max_packet_bytes, m.max_packet_bytes);
@@ -72,6 +108,8 @@ pub struct Connection {
     pub eventloop: EventLoop,
     /// Topic filters to (re)subscribe.
     pub topics: Vec<String>,
+    /// Every endpoint's name and options, in order; the event loop starts on the first.
+    pub endpoints: Vec<(String, MqttOptions)>,
     /// Reconnect backoff bounds.
     pub backoff: (Duration, Duration),
     /// Where publishes go; dropped when ingestion stops.
@@ -88,6 +126,7 @@ impl Connection {
             client,
             mut eventloop,
             topics,
+            endpoints,
             backoff,
             publishes,
             connected,
@@ -95,6 +134,10 @@ impl Connection {
         let mut publishes = Some(publishes);
         let mut delay = backoff.0;
         let mut was_connected = false;
+        // The endpoint in use, and connection failures since the last CONNACK.
+        let (mut current, mut failures) = (0usize, 0usize);
+        let names: Vec<&str> = endpoints.iter().map(|(n, _)| n.as_str()).collect();
+        set_endpoint(&names, current);
         loop {
             let ev = tokio::select! {
                 biased;
@@ -116,11 +159,15 @@ impl Connection {
                 }
                 Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                     delay = backoff.0;
+                    failures = 0;
                     metrics::gauge!(tm::MQTT_CONNECTED).set(1.0);
+                    set_endpoint(&names, current);
                     let ever_connected = std::mem::replace(&mut was_connected, true);
                     tracing::info!(
                         session_present = ack.session_present,
-                        "connected to the broker"
+                        endpoint = names[current],
+                        "connected to the broker at {}",
+                        names[current]
                     );
                     if !ack.session_present && ever_connected {
                         tracing::warn!("the broker lost this client's session (restarted without persistence?): messages published while disconnected are lost");
@@ -144,20 +191,44 @@ impl Connection {
                     metrics::gauge!(tm::MQTT_SUBSCRIBED).set(0.0);
                     metrics::counter!(tm::MQTT_ERRORS).increment(1);
                     let _ = connected.send(false);
+                    // Next endpoint; back off only once every endpoint has failed in a row.
+                    failures += 1;
+                    let failed = current;
+                    current = (current + 1) % endpoints.len();
+                    eventloop.mqtt_options = endpoints[current].1.clone();
+                    let wait = if failures % endpoints.len() == 0 {
+                        let d = delay;
+                        delay = (delay * 2).min(backoff.1);
+                        d
+                    } else {
+                        backoff.0
+                    };
                     tracing::warn!(
-                        "broker connection: {e}; retrying in {} ms",
-                        delay.as_millis()
+                        "broker connection to {}: {e}; trying {} in {} ms",
+                        names[failed],
+                        names[current],
+                        wait.as_millis()
                     );
                     tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
+                        _ = tokio::time::sleep(wait) => {}
                         _ = stop.cancelled() => break,
                     }
-                    delay = (delay * 2).min(backoff.1);
                 }
             }
         }
         disconnect(&client, &mut eventloop).await;
         metrics::gauge!(tm::MQTT_CONNECTED).set(0.0);
+    }
+}
+
+/// `assimd_mqtt_endpoint{endpoint}`: 1 for the endpoint in use (or being tried), 0 for the others.
+fn set_endpoint(names: &[&str], current: usize) {
+    for (i, n) in names.iter().enumerate() {
+        metrics::gauge!(tm::MQTT_ENDPOINT, "endpoint" => n.to_string()).set(if i == current {
+            1.0
+        } else {
+            0.0
+        });
     }
 }
 

@@ -37,12 +37,16 @@ pub async fn simulate(cfg: &Config, mut on_cycle: impl FnMut(u64)) -> Result<Sim
     let s = &cfg.simulate;
     let prefix = &cfg.mqtt.prefix;
     let client_id = format!("{}-sim-{}", cfg.mqtt.client_id, std::process::id());
-    let mut opts = mqtt::options(&cfg.mqtt, &client_id, true)?;
-    opts.set_inflight(1000);
-    let (client, eventloop) = AsyncClient::new(opts, 1024);
+    // A persistent session (under this process's own id), so that a publication in flight when
+    // a node is lost is sent again on the next node rather than dropped.
+    let mut endpoints = mqtt::endpoint_options(&cfg.mqtt, &client_id, false)?;
+    for (_, o) in &mut endpoints {
+        o.set_inflight(1000);
+    }
+    let (client, eventloop) = AsyncClient::new(endpoints[0].1.clone(), 1024);
     let acked = Arc::new(AtomicU64::new(0));
     let (err_tx, mut err_rx) = tokio::sync::watch::channel(None::<String>);
-    let driver = tokio::spawn(drive(eventloop, acked.clone(), err_tx));
+    let driver = tokio::spawn(drive(eventloop, endpoints, acked.clone(), err_tx));
     let assimilated: Vec<String> = network
         .stations
         .iter()
@@ -95,11 +99,11 @@ pub async fn simulate(cfg: &Config, mut on_cycle: impl FnMut(u64)) -> Result<Sim
         }
         stats.cycles += 1;
         if let Some(e) = err_rx.borrow_and_update().clone() {
-            bail!("broker {}:{}: {e}", cfg.mqtt.host, cfg.mqtt.port);
+            bail!("broker {e}");
         }
         on_cycle(k);
     }
-    wait_for_acks(cfg, &acked, stats.messages, &mut err_rx).await?;
+    wait_for_acks(&acked, stats.messages, &mut err_rx).await?;
     let _ = client.disconnect().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), driver).await;
     Ok(stats)
@@ -109,24 +113,36 @@ pub async fn simulate(cfg: &Config, mut on_cycle: impl FnMut(u64)) -> Result<Sim
 /// in a row report the error and stop.
 async fn drive(
     mut eventloop: rumqttc::EventLoop,
+    endpoints: Vec<(String, rumqttc::MqttOptions)>,
     acked2: Arc<AtomicU64>,
     err_tx: tokio::sync::watch::Sender<Option<String>>,
 ) {
-    let mut failures = 0;
+    let (mut failures, mut current) = (0, 0);
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::PubAck(_))) => {
                 acked2.fetch_add(1, Ordering::SeqCst);
             }
-            Ok(Event::Incoming(Packet::ConnAck(_))) => failures = 0,
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                if failures > 0 {
+                    tracing::info!("publishing through {}", endpoints[current].0);
+                }
+                failures = 0;
+            }
             Ok(_) => {}
             Err(e) => {
                 failures += 1;
-                if failures >= 20 {
-                    let _ = err_tx.send(Some(e.to_string()));
+                if failures >= 20 * endpoints.len() {
+                    let _ = err_tx.send(Some(format!("{}: {e}", endpoints[current].0)));
                     return;
                 }
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                tracing::warn!("broker {}: {e}", endpoints[current].0);
+                // The next node at once; wait only once every node has failed in a row.
+                current = (current + 1) % endpoints.len();
+                eventloop.mqtt_options = endpoints[current].1.clone();
+                if failures % endpoints.len() == 0 {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
             }
         }
     }
@@ -134,7 +150,6 @@ async fn drive(
 
 /// Wait for the broker's acknowledgement of every message (the failure guard is generous).
 async fn wait_for_acks(
-    cfg: &Config,
     acked: &AtomicU64,
     messages: u64,
     err_rx: &mut tokio::sync::watch::Receiver<Option<String>>,
@@ -144,7 +159,7 @@ async fn wait_for_acks(
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(20)) => {}
                 _ = err_rx.changed() => {
-                    if let Some(e) = err_rx.borrow().clone() { bail!("broker {}:{}: {e}", cfg.mqtt.host, cfg.mqtt.port); }
+                    if let Some(e) = err_rx.borrow().clone() { bail!("broker {e}"); }
                 }
             }
         }

@@ -69,6 +69,8 @@ pub const LAST_COMMIT_TIME: &str = "assimd_last_commit_timestamp_seconds";
 pub const MQTT_CONNECTED: &str = "assimd_mqtt_connected";
 /// 1 once the subscriptions are in place on the current connection.
 pub const MQTT_SUBSCRIBED: &str = "assimd_mqtt_subscribed";
+/// 1 for the broker endpoint in use (or being tried), 0 for the other `mqtt.hosts`, label `endpoint`.
+pub const MQTT_ENDPOINT: &str = "assimd_mqtt_endpoint";
 /// Connection losses and failed connection attempts.
 pub const MQTT_ERRORS: &str = "assimd_mqtt_connection_errors_total";
 /// Store size on disk, bytes.
@@ -125,6 +127,7 @@ pub const ALL: &[&str] = &[
     LAST_COMMIT_TIME,
     MQTT_CONNECTED,
     MQTT_SUBSCRIBED,
+    MQTT_ENDPOINT,
     MQTT_ERRORS,
     STORE_BYTES,
     ORT_PROVIDER,
@@ -208,6 +211,7 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (LAST_COMMIT_TIME, Kind::Gauge, "Wall time of the last commit"),
     (MQTT_CONNECTED, Kind::Gauge, "1 while connected to the broker"),
     (MQTT_SUBSCRIBED, Kind::Gauge, "1 once subscribed on the current broker connection"),
+    (MQTT_ENDPOINT, Kind::Gauge, "1 for the broker endpoint (mqtt.hosts) in use or being tried, 0 for the others"),
     (MQTT_ERRORS, Kind::Counter, "Broker connection losses and failed attempts"),
     (STORE_BYTES, Kind::Gauge, "State store size on disk"),
     (ORT_PROVIDER, Kind::Gauge, "ONNX Runtime execution provider in use (value 1)"),

@@ -472,3 +472,166 @@ pub fn run_promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
         ),
     )
 }
+
+/// `nats-server` on the PATH, or None (the cluster tests then skip, naming the fix).
+pub fn nats_server() -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("nats-server"))
+            .find(|p| p.is_file())
+    })
+}
+
+/// One node of a [`NatsCluster`].
+pub struct NatsNode {
+    pub mqtt_port: u16,
+    pub http_port: u16,
+    conf: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A three-node NATS cluster with JetStream and the MQTT gateway, each node from
+/// `configs/nats/node.conf` (the file `scripts/cluster` uses) on free loopback ports.
+pub struct NatsCluster {
+    pub nodes: Vec<NatsNode>,
+    bin: PathBuf,
+}
+
+impl NatsCluster {
+    pub fn start(dir: &Path, bin: &Path) -> NatsCluster {
+        let template = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/nats/node.conf"),
+        )
+        .unwrap();
+        let ports: Vec<[u16; 4]> = (0..3)
+            .map(|_| [free_port(), free_port(), free_port(), free_port()])
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, [client, http, cluster, mqtt]) in ports.iter().copied().enumerate() {
+            let routes: Vec<String> = (0..3)
+                .filter(|&j| j != i)
+                .map(|j| format!("nats-route://127.0.0.1:{}", ports[j][2]))
+                .collect();
+            let store = dir.join(format!("n{}", i + 1));
+            std::fs::create_dir_all(&store).unwrap();
+            let conf = dir.join(format!("n{}.conf", i + 1));
+            std::fs::write(
+                &conf,
+                template
+                    .replace("@NAME@", &format!("test-n{}", i + 1))
+                    .replace("@CLIENT_PORT@", &client.to_string())
+                    .replace("@HTTP_PORT@", &http.to_string())
+                    .replace(
+                        "@STORE_DIR@",
+                        &store.join("jetstream").display().to_string(),
+                    )
+                    .replace("@CLUSTER_PORT@", &cluster.to_string())
+                    .replace("@ROUTES@", &routes.join(", "))
+                    .replace("@MQTT_PORT@", &mqtt.to_string()),
+            )
+            .unwrap();
+            nodes.push(NatsNode {
+                mqtt_port: mqtt,
+                http_port: http,
+                conf,
+                log: dir.join(format!("n{}.log", i + 1)),
+                child: None,
+            });
+        }
+        let mut c = NatsCluster {
+            nodes,
+            bin: bin.to_path_buf(),
+        };
+        for i in 0..3 {
+            c.spawn(i);
+        }
+        for i in 0..3 {
+            c.wait_healthy(i);
+        }
+        c
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        let child = Command::new(&self.bin)
+            .arg("-c")
+            .arg(&n.conf)
+            .arg("-l")
+            .arg(&n.log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting nats-server");
+        n.child = Some(child);
+    }
+
+    /// Until the node's /healthz answers 200 (JetStream up and current).
+    pub fn wait_healthy(&self, i: usize) {
+        self.wait_health(i, "/healthz");
+    }
+
+    /// Until the node's `path` on the monitoring port answers 200.
+    fn wait_health(&self, i: usize, path: &str) {
+        let port = self.nodes[i].http_port;
+        let log = self.nodes[i].log.clone();
+        let tail = move || {
+            let t = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = t.lines().collect();
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        };
+        wait_for_or(
+            "a NATS node to be healthy",
+            || {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+                s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+                    .ok()?;
+                let mut r = String::new();
+                s.read_to_string(&mut r).ok()?;
+                r.starts_with("HTTP/1.0 200").then_some(()).or_else(|| {
+                    std::thread::sleep(Duration::from_millis(200));
+                    None
+                })
+            },
+            tail,
+        );
+    }
+
+    /// SIGKILL node i.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Start node i again (same ports, same JetStream store) and wait until its JetStream is up.
+    /// (Not the full /healthz: a rejoining node can report a consumer "not current" for minutes
+    /// with nats-server 2.9 while serving normally.)
+    pub fn restart(&mut self, i: usize) {
+        self.spawn(i);
+        self.wait_health(i, "/healthz?js-enabled-only=true");
+    }
+
+    /// `mqtt.hosts` of a daemon config.
+    pub fn hosts_toml(&self) -> String {
+        let v: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("\"127.0.0.1:{}\"", n.mqtt_port))
+            .collect();
+        format!("hosts = [{}]", v.join(", "))
+    }
+
+    pub fn log_text(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default()
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
