@@ -145,7 +145,13 @@ fn dashboard_uses_only_exported_metrics_and_covers_what_operators_watch() {
         .iter()
         .map(|v| v["name"].as_str().unwrap())
         .collect();
-    assert_eq!(vars, vec!["datasource", "instance"]);
+    assert_eq!(vars, vec!["datasource", "domain", "instance"]);
+    // Every query selects the chosen domain (the fleet label of configs/prometheus.yml).
+    let mut all = Vec::new();
+    exprs(&d["panels"], &mut all);
+    for e in &all {
+        assert!(e.contains("domain=~\"$domain\""), "{e}: no domain selector");
+    }
 }
 
 /// Every dashboard query, with Grafana's variables filled in, as a recording rule: promtool parses
@@ -158,7 +164,8 @@ fn dashboard_queries_parse_as_promql() {
     for (i, e) in all.iter().enumerate() {
         let e = e
             .replace("$__rate_interval", "5m")
-            .replace("$instance", ".*");
+            .replace("$instance", ".*")
+            .replace("$domain", ".*");
         rules += &format!(
             "      - record: dashboard:query{i}\n        expr: {}\n",
             serde_json::to_string(&e).unwrap()
