@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 /// the broker's redelivery of unacknowledged messages).
 const INTERVAL_MS: u64 = 300;
 const CUTOFF_CYCLES: u64 = 150;
-/// Cycles streamed at least (so that at least 60 windows close), in chunks of [`CHUNK`].
-const MIN_CYCLES: u64 = CUTOFF_CYCLES + 61;
+/// Cycles streamed at least, in chunks of [`CHUNK`].
+const MIN_CYCLES: u64 = 100;
 const CHUNK: u64 = 50;
 
 fn cluster_or_skip(dir: &std::path::Path) -> Option<NatsCluster> {
@@ -189,9 +189,21 @@ fn kill_current_node(s: &Setup, c: &mut NatsCluster) -> (usize, f64) {
 /// Every closed window committed with exactly the simulator's messages, contiguous from 1, no late
 /// message, and a summary for every cycle; stops the daemon (SIGTERM) to read its store.
 fn check_exactly_once(s: &Setup, d: Daemon, summaries: &Summaries, streamed: u64) {
-    // Window k closes once an observation later than t_k + c/2 + cutoff has arrived; the last
-    // one is at t_streamed.
-    let last_closed = streamed - CUTOFF_CYCLES - 1;
+    // Window k closes once an observation later than t_k + c/2 + cutoff has arrived: one cycle of
+    // the network at t_K, K = streamed + cutoff + 1, closes every streamed window (and only those).
+    let closing = streamed + CUTOFF_CYCLES + 1;
+    let out = Command::new(ASSIMD)
+        .args(["simulate", "--config"])
+        .arg(&s.config)
+        .args(["--first-cycle", &closing.to_string(), "--cycles", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last_closed = streamed;
     wait_for("every closed window committed", || {
         metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= last_closed as f64)
     });
@@ -211,7 +223,12 @@ fn check_exactly_once(s: &Setup, d: Daemon, summaries: &Summaries, streamed: u64
         (1..=cycles.len() as u64).collect::<Vec<_>>(),
         "cycles not contiguous from 1"
     );
-    assert!(cycles.len() as u64 >= last_closed && last_closed >= 60);
+    assert_eq!(
+        cycles.len() as u64,
+        streamed,
+        "every streamed window committed, no other"
+    );
+    assert!(streamed >= 60);
     for (k, m) in &committed {
         assert_eq!(
             *m, per_cycle,
@@ -220,8 +237,8 @@ fn check_exactly_once(s: &Setup, d: Daemon, summaries: &Summaries, streamed: u64
     }
     assert_eq!(late, 0.0, "messages arrived after their window closed");
     println!(
-        "{} cycles committed, {} messages each ({} in all), lost 0, doubled 0, late {late}, \
-         redeliveries dropped by id {dups}",
+        "{} cycles streamed and committed, {} messages each ({} in all), lost 0, doubled 0, \
+         late {late}, redeliveries dropped by id {dups}",
         committed.len(),
         per_cycle,
         committed.len() as u64 * per_cycle
