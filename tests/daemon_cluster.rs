@@ -15,7 +15,6 @@ mod common;
 use common::*;
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use std::collections::BTreeSet;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -121,22 +120,7 @@ impl Stream {
         let handle = std::thread::spawn(move || {
             let mut done = 0;
             while done < MIN_CYCLES || !st.load(Ordering::SeqCst) {
-                let out = Command::new(ASSIMD)
-                    .args(["simulate", "--config"])
-                    .arg(&config)
-                    .args([
-                        "--first-cycle",
-                        &(done + 1).to_string(),
-                        "--cycles",
-                        &CHUNK.to_string(),
-                    ])
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "assimd simulate failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                simulate_config(&config, done + 1, CHUNK);
                 done += CHUNK;
             }
             done
@@ -192,17 +176,7 @@ fn check_exactly_once(s: &Setup, d: Daemon, summaries: &Summaries, streamed: u64
     // Window k closes once an observation later than t_k + c/2 + cutoff has arrived: one cycle of
     // the network at t_K, K = streamed + cutoff + 1, closes every streamed window (and only those).
     let closing = streamed + CUTOFF_CYCLES + 1;
-    let out = Command::new(ASSIMD)
-        .args(["simulate", "--config"])
-        .arg(&s.config)
-        .args(["--first-cycle", &closing.to_string(), "--cycles", "1"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    simulate(s, closing, 1);
     let last_closed = streamed;
     wait_for("every closed window committed", || {
         metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= last_closed as f64)
@@ -359,19 +333,7 @@ fn two_domains_share_one_cluster() {
         .iter()
         .map(|(_, s, _)| {
             let config = s.config.clone();
-            std::thread::spawn(move || {
-                let out = Command::new(ASSIMD)
-                    .args(["simulate", "--config"])
-                    .arg(&config)
-                    .args(["--cycles", &cycles.to_string()])
-                    .output()
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "assimd simulate failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            })
+            std::thread::spawn(move || simulate_config(&config, 1, cycles))
         })
         .collect();
     for h in sims {

@@ -246,9 +246,14 @@ impl Drop for Daemon {
 
 /// Run `assimd simulate` to completion (every message acknowledged by the broker).
 pub fn simulate(s: &Setup, first_cycle: u64, cycles: u64) {
+    simulate_config(&s.config, first_cycle, cycles)
+}
+
+/// [`simulate`] with a config file.
+pub fn simulate_config(config: &Path, first_cycle: u64, cycles: u64) {
     let out = Command::new(ASSIMD)
         .args(["simulate", "--config"])
-        .arg(&s.config)
+        .arg(config)
         .args([
             "--first-cycle",
             &first_cycle.to_string(),
