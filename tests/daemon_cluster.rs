@@ -28,6 +28,10 @@ const CUTOFF_CYCLES: u64 = 150;
 const MIN_CYCLES: u64 = 100;
 const CHUNK: u64 = 50;
 
+/// One cluster at a time: three nodes each, the failover times and the cutoff are sized for a
+/// machine not running two other clusters (`cargo test` runs a file's tests in parallel).
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 fn cluster_or_skip(dir: &std::path::Path) -> Option<NatsCluster> {
     match nats_server() {
         Some(bin) => Some(NatsCluster::start(&dir.join("cluster"), &bin)),
@@ -221,6 +225,7 @@ fn check_exactly_once(s: &Setup, d: Daemon, summaries: &Summaries, streamed: u64
 
 #[test]
 fn the_daemon_fails_over_between_cluster_nodes_without_losing_or_doubling_an_observation() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let Some(mut c) = cluster_or_skip(tmp.path()) else {
         return;
@@ -269,6 +274,7 @@ fn the_daemon_fails_over_between_cluster_nodes_without_losing_or_doubling_an_obs
 
 #[test]
 fn a_daemon_killed_while_a_node_is_down_resumes_on_the_others() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let Some(mut c) = cluster_or_skip(tmp.path()) else {
         return;
@@ -306,6 +312,7 @@ fn a_daemon_killed_while_a_node_is_down_resumes_on_the_others() {
 /// with exactly its own network's messages: nothing crosses between the prefixes.
 #[test]
 fn two_domains_share_one_cluster() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let tmp = tempfile::tempdir().unwrap();
     let Some(c) = cluster_or_skip(tmp.path()) else {
         return;
