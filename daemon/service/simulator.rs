@@ -37,9 +37,11 @@ pub async fn simulate(cfg: &Config, mut on_cycle: impl FnMut(u64)) -> Result<Sim
     let s = &cfg.simulate;
     let prefix = &cfg.mqtt.prefix;
     let client_id = format!("{}-sim-{}", cfg.mqtt.client_id, std::process::id());
-    // A persistent session (under this process's own id), so that a publication in flight when
-    // a node is lost is sent again on the next node rather than dropped.
-    let mut endpoints = mqtt::endpoint_options(&cfg.mqtt, &client_id, false)?;
+    // With several nodes, a persistent session (under this process's own id), so that a
+    // publication in flight when a node is lost is sent again on the next node rather than
+    // dropped; with one broker a clean session, which leaves nothing behind on it.
+    let clean = cfg.mqtt.hosts.len() <= 1;
+    let mut endpoints = mqtt::endpoint_options(&cfg.mqtt, &client_id, clean)?;
     for (_, o) in &mut endpoints {
         o.set_inflight(1000);
     }
