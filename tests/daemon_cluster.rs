@@ -65,6 +65,19 @@ fn cluster_config(dir: &std::path::Path, c: &NatsCluster) -> Setup {
     s
 }
 
+/// A cluster, a daemon on it, a summary subscriber and the simulated stream, started in that
+/// order; None where `nats-server` is missing.
+fn streaming_on_a_cluster(
+    dir: &std::path::Path,
+) -> Option<(NatsCluster, Setup, Daemon, Summaries, Stream)> {
+    let c = cluster_or_skip(dir)?;
+    let s = cluster_config(&dir.join("daemon"), &c);
+    let d = Daemon::start(&s, &[]);
+    let summaries = Summaries::start(&c, &s.prefix);
+    let sim = Stream::start(&s);
+    Some((c, s, d, summaries, sim))
+}
+
 /// A subscriber with a persistent session that moves to the next node when its node dies,
 /// collecting the cycle numbers of the daemon's LETKF summaries.
 struct Summaries {
@@ -254,14 +267,10 @@ fn check_exactly_once(s: &Setup, d: Daemon, summaries: &Summaries, streamed: u64
 fn the_daemon_fails_over_between_cluster_nodes_without_losing_or_doubling_an_observation() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let tmp = tempfile::tempdir().unwrap();
-    let Some(mut c) = cluster_or_skip(tmp.path()) else {
+    let Some((mut c, s, mut d, summaries, sim)) = streaming_on_a_cluster(tmp.path()) else {
         return;
     };
-    let s = cluster_config(&tmp.path().join("daemon"), &c);
-    let mut d = Daemon::start(&s, &[]);
     let pid = d.child.id();
-    let summaries = Summaries::start(&c, &s.prefix);
-    let sim = Stream::start(&s);
     // Kill the node the daemon is on, three times at least, until each node has been killed.
     let mut killed = Vec::new();
     while killed.len() < 3 || killed.iter().collect::<BTreeSet<_>>().len() < 3 {
@@ -304,13 +313,9 @@ fn the_daemon_fails_over_between_cluster_nodes_without_losing_or_doubling_an_obs
 fn a_daemon_killed_while_a_node_is_down_resumes_on_the_others() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let tmp = tempfile::tempdir().unwrap();
-    let Some(mut c) = cluster_or_skip(tmp.path()) else {
+    let Some((mut c, s, d, summaries, sim)) = streaming_on_a_cluster(tmp.path()) else {
         return;
     };
-    let s = cluster_config(&tmp.path().join("daemon"), &c);
-    let d = Daemon::start(&s, &[]);
-    let summaries = Summaries::start(&c, &s.prefix);
-    let sim = Stream::start(&s);
     std::thread::sleep(Duration::from_secs(8));
     let (node, secs) = kill_current_node(&s, &mut c);
     println!("killed node {}: ingest resumed after {secs:.2} s", node + 1);

@@ -40,12 +40,6 @@ pub fn endpoint_options(
         .collect()
 }
 
-/// The client options of the first endpoint.
-pub fn options(m: &MqttSection, client_id: &str, clean_session: bool) -> Result<MqttOptions> {
-    let (_, o) = endpoint_options(m, client_id, clean_session)?.swap_remove(0);
-    Ok(o)
-}
-
 /// Build the client options for one endpoint (reads the password and TLS files).
 fn options_for(
     m: &MqttSection,
