@@ -308,6 +308,11 @@ fn broker_restart_daemon_reconnects_and_loses_nothing() {
     );
     let errors = metric(s.metrics_port, "assimd_mqtt_connection_errors_total").unwrap_or(0.0);
     assert!(errors >= 1.0, "the connection loss was counted");
+    assert_eq!(
+        metric(s.metrics_port, "assimd_mqtt_sessions_lost_total"),
+        Some(0.0),
+        "the persistent broker kept the session"
+    );
     daemon.terminate();
     let state = inspect(&s.store);
     assert_eq!(
@@ -324,6 +329,50 @@ fn broker_restart_daemon_reconnects_and_loses_nothing() {
         state["assimilated_messages_total"].as_u64(),
         Some(8 * per_cycle)
     );
+}
+
+/// A broker that comes back without its persistence (here: its file deleted) no longer has the
+/// daemon's session: the daemon subscribes again, counts the loss and says so, both when the
+/// broker restarts under a running daemon and when a daemon with a journal starts on such a
+/// broker. A daemon's very first connection (empty store) expects no session and counts none.
+#[test]
+fn a_broker_that_lost_the_session_is_counted_and_logged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut broker = Mosquitto::start(&tmp.path().join("broker"));
+    let s = write_config(tmp.path(), broker.port, "");
+    let lost = |port| metric(port, "assimd_mqtt_sessions_lost_total");
+    let forget = |broker: &mut Mosquitto| {
+        broker.stop();
+        std::fs::remove_file(broker.dir.join("mosquitto.db")).expect("the persistence file");
+        broker.restart();
+    };
+    let daemon = Daemon::start(&s, &[]);
+    simulate(&s, 1, 2);
+    wait_for("messages journaled", || {
+        metric(s.metrics_port, "assimd_obs_journaled_total").filter(|v| *v > 0.0)
+    });
+    assert_eq!(lost(s.metrics_port), Some(0.0), "a first connection");
+    forget(&mut broker);
+    wait_for("the lost session counted", || {
+        lost(s.metrics_port).filter(|v| *v == 1.0)
+    });
+    simulate(&s, 3, 1);
+    wait_for("subscribed again: cycle 3 journaled", || {
+        metric(s.metrics_port, "assimd_obs_journaled_total")
+            .filter(|v| *v >= 3.0 * messages_per_cycle(TB, NET) as f64)
+    });
+    daemon.terminate();
+    forget(&mut broker);
+    let daemon = Daemon::start(&s, &[]);
+    wait_for("the lost session counted after a restart", || {
+        lost(s.metrics_port).filter(|v| *v == 1.0)
+    });
+    let log = daemon.log_text();
+    assert!(
+        log.contains("no longer had this client's session"),
+        "the loss is logged:\n{log}"
+    );
+    daemon.terminate();
 }
 
 /// SIGINT abandons a running cycle at once; SIGTERM lets it run for the grace period, then

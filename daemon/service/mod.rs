@@ -300,6 +300,7 @@ fn connection(
     endpoints: Vec<(String, rumqttc::MqttOptions)>,
     publishes: mpsc::UnboundedSender<rumqttc::Publish>,
     connected: Option<watch::Sender<bool>>,
+    expect_session: bool,
 ) -> mqtt::Connection {
     let prefix = &cfg.mqtt.prefix;
     mqtt::Connection {
@@ -313,6 +314,7 @@ fn connection(
         ),
         publishes,
         connected: connected.unwrap_or_else(|| watch::channel(false).0),
+        expect_session,
     }
 }
 
@@ -360,6 +362,7 @@ pub async fn run(
         endpoints,
         pub_tx,
         connected,
+        store.journaled_total()? > 0,
     );
     tracker.spawn(conn.run(tokens.ingest.clone(), tokens.root.clone()));
     let ingest = ingest_service(&cfg, &started, client.clone(), closed_tx, &out_tx)?;

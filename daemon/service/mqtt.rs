@@ -110,6 +110,10 @@ pub struct Connection {
     pub publishes: mpsc::UnboundedSender<Publish>,
     /// Set to true once subscribed (SUBACK, or a CONNACK with the session present), false on loss.
     pub connected: watch::Sender<bool>,
+    /// Whether the broker should already hold this client's session at the first connection (the
+    /// store has journaled messages: an earlier run of the daemon subscribed). Every later
+    /// connection expects it.
+    pub expect_session: bool,
 }
 
 impl Connection {
@@ -124,10 +128,11 @@ impl Connection {
             backoff,
             publishes,
             connected,
+            expect_session,
         } = self;
         let mut publishes = Some(publishes);
         let mut delay = backoff.0;
-        let mut was_connected = false;
+        let mut session_expected = expect_session;
         // The endpoint in use, and connection failures since the last CONNACK.
         let (mut current, mut failures) = (0usize, 0usize);
         let names: Vec<&str> = endpoints.iter().map(|(n, _)| n.as_str()).collect();
@@ -156,15 +161,16 @@ impl Connection {
                     failures = 0;
                     metrics::gauge!(tm::MQTT_CONNECTED).set(1.0);
                     set_endpoint(&names, current);
-                    let ever_connected = std::mem::replace(&mut was_connected, true);
+                    let expected = std::mem::replace(&mut session_expected, true);
                     tracing::info!(
                         session_present = ack.session_present,
                         endpoint = names[current],
                         "connected to the broker at {}",
                         names[current]
                     );
-                    if !ack.session_present && ever_connected {
-                        tracing::warn!("the broker lost this client's session (restarted without persistence?): messages published while disconnected are lost");
+                    if !ack.session_present && expected {
+                        metrics::counter!(tm::MQTT_SESSIONS_LOST).increment(1);
+                        tracing::warn!("the broker no longer had this client's session (restarted without persistence, or a cluster that lost it): QoS 1 messages it held for the daemon may be lost; check the journal counts of the open windows");
                     }
                     // Subscribe at every connection, session or not: idempotent, and a changed
                     // prefix or truth setting takes effect on a kept session too.

@@ -73,6 +73,8 @@ pub const MQTT_SUBSCRIBED: &str = "assimd_mqtt_subscribed";
 pub const MQTT_ENDPOINT: &str = "assimd_mqtt_endpoint";
 /// Connection losses and failed connection attempts.
 pub const MQTT_ERRORS: &str = "assimd_mqtt_connection_errors_total";
+/// Counter.
+pub const MQTT_SESSIONS_LOST: &str = "assimd_mqtt_sessions_lost_total";
 /// Store size on disk, bytes.
 pub const STORE_BYTES: &str = "assimd_store_size_bytes";
 /// 1 for the ONNX Runtime execution provider in use, label `provider`.
@@ -129,6 +131,7 @@ pub const ALL: &[&str] = &[
     MQTT_SUBSCRIBED,
     MQTT_ENDPOINT,
     MQTT_ERRORS,
+    MQTT_SESSIONS_LOST,
     STORE_BYTES,
     ORT_PROVIDER,
     ANALYSIS_FAILURES,
@@ -213,6 +216,7 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (MQTT_SUBSCRIBED, Kind::Gauge, "1 once subscribed on the current broker connection"),
     (MQTT_ENDPOINT, Kind::Gauge, "1 for the broker endpoint (mqtt.hosts) in use or being tried, 0 for the others"),
     (MQTT_ERRORS, Kind::Counter, "Broker connection losses and failed attempts"),
+    (MQTT_SESSIONS_LOST, Kind::Counter, "Connections on which the broker no longer had this client's persistent session: QoS 1 messages it held for the daemon may be lost"),
     (STORE_BYTES, Kind::Gauge, "State store size on disk"),
     (ORT_PROVIDER, Kind::Gauge, "ONNX Runtime execution provider in use (value 1)"),
     (ANALYSIS_FAILURES, Kind::Counter, "Analyses that failed (background kept) or diverged (restarted from climatology), by filter and reason"),
@@ -263,6 +267,7 @@ fn describe() {
         OBS_JOURNALED,
         OBS_ASSIMILATED,
         MQTT_ERRORS,
+        MQTT_SESSIONS_LOST,
     ] {
         metrics::counter!(c).absolute(0);
     }
