@@ -434,19 +434,26 @@ pub fn committed_messages(state: &serde_json::Value) -> Vec<(u64, u64)> {
 /// it), else `promtool` on the PATH. Panics with the fix when there is none: CI installs it, so a
 /// missing promtool is a failure, never a skip.
 pub fn promtool() -> PathBuf {
-    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/promtool");
-    let found = std::env::var_os("PROMTOOL")
+    tool("PROMTOOL", "promtool").unwrap_or_else(|| panic!("promtool is missing: run `source scripts/setup.sh` (it extracts promtool from Debian's prometheus package into .tools/bin) or set PROMTOOL"))
+}
+
+/// A tool that scripts/setup.sh provides: the file named by the environment variable `var`, else
+/// `.tools/bin/<name>` (where setup extracts it), else `<name>` on the PATH.
+fn tool(var: &str, name: &str) -> Option<PathBuf> {
+    let local = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".tools/bin")
+        .join(name);
+    std::env::var_os(var)
         .map(PathBuf::from)
         .filter(|p| p.is_file())
-        .or_else(|| local.is_file().then(|| local.clone()))
+        .or_else(|| local.is_file().then_some(local))
         .or_else(|| {
             std::env::var_os("PATH").and_then(|paths| {
                 std::env::split_paths(&paths)
-                    .map(|d| d.join("promtool"))
+                    .map(|d| d.join(name))
                     .find(|p| p.is_file())
             })
-        });
-    found.unwrap_or_else(|| panic!("promtool is missing: run `source scripts/setup.sh` (it extracts promtool from Debian's prometheus package into {}) or set PROMTOOL", local.display()))
+        })
 }
 
 /// Run promtool with `args` (and `stdin`); returns (success, stdout + stderr).
@@ -482,18 +489,7 @@ pub fn run_promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
 /// the PATH's; None where there is none (the cluster tests then skip, naming the fix). Panics, naming
 /// the fix, on a version older than 2.10.
 pub fn nats_server() -> Option<PathBuf> {
-    let local = Path::new(env!("CARGO_MANIFEST_DIR")).join(".tools/bin/nats-server");
-    let found = std::env::var_os("ASSIMD_NATS_SERVER")
-        .map(PathBuf::from)
-        .filter(|p| p.is_file())
-        .or_else(|| local.is_file().then(|| local.clone()))
-        .or_else(|| {
-            std::env::var_os("PATH").and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|d| d.join("nats-server"))
-                    .find(|p| p.is_file())
-            })
-        })?;
+    let found = tool("ASSIMD_NATS_SERVER", "nats-server")?;
     // 2.9 leaves a restarted node out of some consumer groups for minutes, which these tests
     // would see as a stalled cluster (docs/operations.md, "A clustered broker").
     let out = Command::new(&found).arg("--version").output().ok()?;
