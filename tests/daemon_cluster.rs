@@ -237,27 +237,27 @@ fn check_exactly_once(s: &Setup, d: Daemon, summaries: &Summaries, streamed: u64
     let dups = metric(s.metrics_port, "assimd_obs_duplicates_total").unwrap_or(0.0);
     // Every cycle's summary reached the subscriber across the failovers (the daemon resends its
     // unacknowledged publications on the new node; the subscriber resumes its session there).
-    let t0 = Instant::now();
-    let missing = loop {
-        let got = summaries.cycles.lock().unwrap().clone();
-        let missing: Vec<u64> = (1..=last_closed).filter(|k| !got.contains(k)).collect();
-        if missing.is_empty() || t0.elapsed() > Duration::from_secs(60) {
-            break missing;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    if !missing.is_empty() {
-        let log: Vec<String> = d
-            .log_text()
-            .lines()
-            .filter(|l| l.contains("broker") || l.contains("session"))
-            .map(String::from)
-            .collect();
-        panic!(
-            "published summaries of cycles {missing:?} not received; the daemon's broker log:\n{}",
-            log.join("\n")
-        );
-    }
+    wait_for_or(
+        "a summary received for every committed cycle",
+        || {
+            let got = summaries.cycles.lock().unwrap();
+            (1..=last_closed).all(|k| got.contains(&k)).then_some(())
+        },
+        || {
+            let got = summaries.cycles.lock().unwrap();
+            let missing: Vec<u64> = (1..=last_closed).filter(|k| !got.contains(k)).collect();
+            let log: Vec<String> = d
+                .log_text()
+                .lines()
+                .filter(|l| l.contains("broker") || l.contains("session"))
+                .map(String::from)
+                .collect();
+            format!(
+                "cycles {missing:?} not received; the daemon's broker log:\n{}",
+                log.join("\n")
+            )
+        },
+    );
     d.terminate();
     let state = inspect(&s.store);
     let committed = committed_messages(&state);

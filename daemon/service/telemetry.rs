@@ -73,7 +73,7 @@ pub const MQTT_SUBSCRIBED: &str = "assimd_mqtt_subscribed";
 pub const MQTT_ENDPOINT: &str = "assimd_mqtt_endpoint";
 /// Connection losses and failed connection attempts.
 pub const MQTT_ERRORS: &str = "assimd_mqtt_connection_errors_total";
-/// Counter.
+/// Connections on which the broker no longer had the daemon's persistent session.
 pub const MQTT_SESSIONS_LOST: &str = "assimd_mqtt_sessions_lost_total";
 /// Store size on disk, bytes.
 pub const STORE_BYTES: &str = "assimd_store_size_bytes";
