@@ -54,7 +54,7 @@ def bench(bundle: str) -> dict:
     cond = [ld(n) for n in names]
     x1 = ld("x_sigma")[:1]
     P = x1.shape[-1]
-    g = DenoiserGraph(model.den).eval()
+    g = DenoiserGraph(model.den, names).eval()
     out = {"bundle": bundle, "threads": 1, "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
            "what": "median seconds per call, PyTorch eager, one thread", "batches": {}}
     for b in BATCHES:

@@ -1,12 +1,14 @@
-"""python -m assimd_train <testbed> [options]: data -> train -> export -> manifest, for one testbed.
+"""python -m assimd_train l96 [options]: data -> train -> export -> manifest for the l96 bundles.
 
-l96 ships two bundles: `l96` (mean + spread + set-encoder features, conditioner.onnx) and
-`l96-meanspread` (mean + per-point spread only) so that the two conditionings can be measured
-against each other. qg2l will register its own runs, codec (autoencoder) and latent nets here.
+Variants (VARIANTS): `l96` (mean + spread + set-encoder features, conditioner.onnx, and the localised
+ensemble Gaussian as the denoiser's skip), the ablations `l96-gauss-meanspread`, `l96-setenc` and
+`l96-meanspread`, the self-training round `l96-selftrain`, and the long window's `l96-long` and
+`l96-long-selftrain` (data.l96_long_runs, issue 16: `run.sh l96 --bundles l96-long`).
 
 Each variant trains on one data set: its `runs` (a key of data.RUNS, default the testbed), cached in
 `data/<data_dir>/` (default the testbed), with runs above `max_rmse` dropped as diverged (default 2).
-`l96-long` is the long window's own bundle (data.l96_long_runs, issue 16): `run.sh l96 --bundles l96-long`.
+Bundles are written to `<--out-root>/<bundle>/` (default models/zoo), the EMA weights and a JSON report
+to models/train/runs/<bundle>/. The qg2l bundle has its own driver (qg2l.py).
 """
 from __future__ import annotations
 
@@ -20,12 +22,13 @@ import time
 import numpy as np
 import torch
 
-from . import data, nets, tomlw, train as tr_mod
+from . import data, manifest_toml, nets, train as tr_mod
 from .export import export_bundle
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRAIN_DIR = os.path.dirname(HERE)
 REPO = os.path.abspath(os.path.join(TRAIN_DIR, "..", ".."))
+ZOO = os.path.join(REPO, "models", "zoo")
 
 # The long window's variant settings, shared by round 1 (l96-long) and round 2 (l96-long-selftrain).
 L96_LONG = {"testbed": "l96", "set_encoder": True, "gauss": False, "runs": "l96-long",
@@ -61,10 +64,7 @@ SELFTRAIN_SAMPLER = ["--steps", "8", "--corrections", "0", "--sigma-start", "0.1
 
 
 def git_commit():
-    return tomlw.git_commit("models/train", "models/train")
-
-
-toml_dump = tomlw.toml_dump
+    return manifest_toml.git_commit("models/train", "models/train")
 
 
 def data_spec(bundle: str) -> tuple[str, str, float]:
@@ -109,7 +109,9 @@ def load_bundle_weights(model, bundle_dir: str, log=print):
 
 
 def build(bundle: str, kept: list[dict], iters: int, batch: int, seed: int, log=print,
-          dropped: list[str] | None = None):
+          dropped: list[str] | None = None, out_root: str = ZOO):
+    """Train, evaluate and export one variant into out_root/<bundle>/ (manifest.toml, graphs, fixtures);
+    the EMA weights and a JSON report go to models/train/runs/<bundle>/."""
     cfg = VARIANTS[bundle]
     torch.manual_seed(seed)
     trn = data.load(kept, "train")
@@ -147,8 +149,9 @@ def build(bundle: str, kept: list[dict], iters: int, batch: int, seed: int, log=
     # one held-out triple as export example / fixtures
     k = len(val.truth) // 3
     example = {"members": val.members[k], "mean": val.mean[k], "spread": val.spread[k]}
-    out_dir = os.path.join(REPO, "models", "zoo", bundle)
-    rep = export_bundle(ema, out_dir, 40, example)
+    out_dir = os.path.join(out_root, bundle)
+    extra = (lambda mem: dict(zip(("basis", "eigvals"), ema.spectrum(mem)))) if ema.gauss else None
+    rep = export_bundle(out_dir, ema.den, example, cond=ema.cond, extra=extra)
     log(f"[{bundle}] export checks: {json.dumps(rep['checks'])}")
     man = manifest(bundle, cfg, ema, kept, trn, val, info, bins, cal, rep, wall_train, wall_eval, dropped)
     with open(os.path.join(out_dir, "manifest.toml"), "w") as f:
@@ -273,7 +276,7 @@ def manifest(bundle, cfg, model, kept, trn, val, info, bins, cal, rep, wall_trai
         items = list(m.items())
         at = [k for k, _ in items].index("variables") + 1
         m = dict(items[:at] + [("regime", {**regime, "members": n_members})] + items[at:])
-    return "# assimd model bundle (DESIGN §5), written by models/train (python -m assimd_train)\n" + toml_dump(m)
+    return manifest_toml.dumps(m, "assimd model bundle (DESIGN §5), written by models/train (python -m assimd_train)")
 
 
 def main():
@@ -284,6 +287,9 @@ def main():
                          "l96-selftrain through --self-train)")
     ap.add_argument("--binary", default=os.path.join(REPO, "target", "release", "assimd"))
     ap.add_argument("--data-dir", default=os.path.join(TRAIN_DIR, "data"))
+    ap.add_argument("--out-root", default=ZOO,
+                    help="bundles go to OUT_ROOT/<bundle>/ (default models/zoo; e.g. a scratch directory to "
+                         "retrain without touching the committed bundles)")
     ap.add_argument("--iters", type=int, default=5000)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
@@ -316,8 +322,8 @@ def main():
                            runs=st_runs, index="runs-selftrain.json", label=f"{bundle} data")
         st_names = {r["name"] for r in st}
         dropped = dropped + [r.name for r in st_runs if r.name not in st_names]
-        build(bundle, kept + st, a.self_train_iters, a.batch, a.seed + 1, dropped=dropped)
+        build(bundle, kept + st, a.self_train_iters, a.batch, a.seed + 1, dropped=dropped, out_root=a.out_root)
         return
     for b in bundles:
         kept, dropped = sets[data_spec(b)]
-        build(b, kept, a.iters, a.batch, a.seed, dropped=dropped)
+        build(b, kept, a.iters, a.batch, a.seed, dropped=dropped, out_root=a.out_root)

@@ -3,7 +3,7 @@
 
 Export constraints (TOOLCHAIN "PyTorch and ONNX export"): periodic padding is an explicit concatenation
 of slices, every convolution is stride 1 with no implicit padding (so that the VJP graph can replace
-`convolution_backward` by a plain convolution, see qg2l_export.py), down-sampling is pixel-unshuffle
+`convolution_backward` by a plain convolution, see export.py), down-sampling is pixel-unshuffle
 (space-to-depth, a reshape/permute) or average pooling written as reshape + mean, up-sampling is
 pixel-shuffle (reshape/permute). All of these differentiate into reshapes, slices and sums.
 

@@ -7,30 +7,19 @@ whole cells; the autoencoder sees states rolled by any number of pixels.
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 
 import numpy as np
 import torch
 
+from .fit import fit
 from .train import heun
 from .qg2l_nets import CP_HPA, CT_K, OBS_SIGMA, PSI_STD, AutoEncoder, ScoreModel
 
 SIG_LO, SIG_HI = 0.005, 12.0        # training range (latent units; z has unit climatological std)
 SIGMA_MIN, SIGMA_MAX = 0.01, 10.0
 BINS = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
-
-
-def _ema_update(ema, model, it, decay):
-    with torch.no_grad():
-        d = min(decay, (1 + it) / (10 + it))
-        for pe, pm in zip(ema.parameters(), model.parameters()):
-            pe.mul_(d).add_(pm.detach(), alpha=1 - d)
-
-
-def _lr(it, iters, lr, warmup=100):
-    return lr * min(1.0, (it + 1) / warmup) * (0.5 * (1 + math.cos(math.pi * it / iters)) * 0.99 + 0.01)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -41,40 +30,23 @@ def train_ae(states: np.ndarray, iters: int, batch: int = 32, lr: float = 2e-3, 
              ae_kw: dict | None = None, log=print, log_every: int = 100, max_seconds: float | None = None):
     """states (M,2,64,64) float32 (truth and background members). Loss: sum over the two layers of the
     MSE relative to the layer's climatological variance. Returns the EMA copy and a training record."""
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)                     # the initial weights
     X = torch.from_numpy(states)
     model = AutoEncoder(**(ae_kw or {}))
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    ema = copy.deepcopy(model).eval()
-    for p in ema.parameters():
-        p.requires_grad_(False)
     std = torch.tensor(PSI_STD).view(1, 2, 1, 1)
-    t0, run, hist = time.time(), 0.0, []
-    it = 0
-    for it in range(iters):
-        for g in opt.param_groups:
-            g["lr"] = _lr(it, iters, lr)
+
+    def loss_fn(gen):
         idx = torch.randint(0, len(X), (batch,), generator=gen)
         dy, dx = (int(v) for v in torch.randint(0, 64, (2,), generator=gen))
         x = torch.roll(X[idx], shifts=(dy, dx), dims=(2, 3))
         err = (model(x) - x) / std
-        loss = (err ** 2).mean(dim=(0, 2, 3)).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        _ema_update(ema, model, it, 0.998)
-        run = 0.97 * run + 0.03 * loss.item() if it else loss.item()
-        el = time.time() - t0
-        if (it + 1) % log_every == 0 or it == iters - 1:
-            hist.append({"iter": it + 1, "loss_ema": run, "seconds": el})
-            log(f"[ae] it {it + 1:5d}/{iters} rel-MSE(sum of layers) {run:.5f}  {el:5.0f}s ({el / (it + 1):.3f} s/it)")
-        if max_seconds and el > max_seconds:
-            log(f"[ae] stopping at {it + 1} iterations: time budget {max_seconds:.0f}s reached")
-            break
-    return ema, {"iters": it + 1, "iters_planned": iters, "batch": batch, "lr": lr, "ema_decay": 0.998,
-                 "final_train_loss": run, "history": hist, "seconds": time.time() - t0}
+        return (err ** 2).mean(dim=(0, 2, 3)).sum()
+
+    ema, info = fit(model, loss_fn, iters, lr=lr, warmup=100, ema_decay=0.998, loss_weight=0.03, seed=seed,
+                    tag="ae", loss_name="rel-MSE(sum of layers)", log=log, log_every=log_every,
+                    max_seconds=max_seconds)
+    info["batch"] = batch
+    return ema, info
 
 
 def disc_filter(radius_km: float, n: int = 64, length_km: float = 1000.0) -> np.ndarray:
@@ -200,43 +172,25 @@ def rep(a, r):
 def train_score(model: ScoreModel, lat: dict, iters: int, batch: int = 32, reps: int = 2,
                 n_members: int = 16, lr: float = 2e-3, seed: int = 0, log=print, log_every: int = 100,
                 max_seconds: float | None = None):
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
+    """fit.fit on the EDM loss of `reps` sigma draws per latent triple, the conditioner seeing a random
+    `n_members` of the members; returns the EMA copy and a training record."""
     data = LatentBatcher(lat)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    ema = copy.deepcopy(model).eval()
-    for p in ema.parameters():
-        p.requires_grad_(False)
-    t0, run, hist = time.time(), 0.0, []
-    it = 0
-    for it in range(iters):
-        for g in opt.param_groups:
-            g["lr"] = _lr(it, iters, lr, warmup=200)
+
+    def loss_fn(gen):
         idx = torch.randint(0, data.K, (batch,), generator=gen)
         shift = tuple(int(v) for v in torch.randint(0, 16, (2,), generator=gen))
         t, m, s, mem = data.get(idx, shift, n_members, gen)
         feats = model.features(mem, m, s)
         t, m, s, feats = rep(t, reps), rep(m, reps), rep(s, reps), rep(feats, reps)
-        B = batch * reps
-        sigma = torch.exp(torch.empty(B).uniform_(math.log(SIG_LO), math.log(SIG_HI), generator=gen))
+        sigma = torch.exp(torch.empty(batch * reps).uniform_(math.log(SIG_LO), math.log(SIG_HI), generator=gen))
         eps = torch.randn(t.shape, generator=gen)
-        loss = edm_loss(model, t, m, s, feats, sigma, eps)[0].mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        _ema_update(ema, model, it, 0.999)
-        run = 0.98 * run + 0.02 * loss.item() if it else loss.item()
-        el = time.time() - t0
-        if (it + 1) % log_every == 0 or it == iters - 1:
-            hist.append({"iter": it + 1, "loss_ema": run, "seconds": el})
-            log(f"[score] it {it + 1:5d}/{iters} loss {run:.4f}  {el:5.0f}s ({el / (it + 1):.3f} s/it)")
-        if max_seconds and el > max_seconds:
-            log(f"[score] stopping at {it + 1} iterations: time budget {max_seconds:.0f}s reached")
-            break
-    return ema, {"iters": it + 1, "iters_planned": iters, "batch_triples": batch,
-                 "sigma_draws_per_triple": reps, "members_per_triple_in_training": n_members, "lr": lr,
-                 "ema_decay": 0.999, "final_train_loss": run, "history": hist, "seconds": time.time() - t0}
+        return edm_loss(model, t, m, s, feats, sigma, eps)[0].mean()
+
+    ema, info = fit(model, loss_fn, iters, lr=lr, warmup=200, ema_decay=0.999, loss_weight=0.02, seed=seed,
+                    tag="score", log=log, log_every=log_every, max_seconds=max_seconds)
+    info.update({"batch_triples": batch, "sigma_draws_per_triple": reps,
+                 "members_per_triple_in_training": n_members})
+    return ema, info
 
 
 @torch.no_grad()

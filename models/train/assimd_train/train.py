@@ -7,12 +7,12 @@ ring as augmentation (no reflection: not an L96 symmetry).
 """
 from __future__ import annotations
 
-import copy
 import math
-import time
 
 import numpy as np
 import torch
+
+from .fit import fit
 
 SIG_LO, SIG_HI = 0.005, 12.0          # training range (slightly wider than the advertised 0.01..10)
 SIGMA_MIN, SIGMA_MAX = 0.01, 10.0
@@ -27,7 +27,8 @@ SIGMA_DISTS = ("loguniform", "pilot")
 
 
 def draw_sigma(n: int, gen, dist: str = "loguniform") -> torch.Tensor:
-    """n training noise levels. "loguniform" draws exactly as before the option existed (same generator calls)."""
+    """n training noise levels from `gen`: "loguniform" one uniform draw of log sigma per level; "pilot"
+    n normal, n uniform and n selector draws (PILOT)."""
     if dist == "loguniform":
         return torch.exp(torch.empty(n).uniform_(math.log(SIG_LO), math.log(SIG_HI), generator=gen))
     if dist == "pilot":
@@ -88,51 +89,26 @@ def edm_loss(model, t, m, s, mem, sigma, eps, feats=None, spec=None):
 
 def train(model, tr, iters: int, batch: int = 128, reps: int = 2, lr: float = 2e-3, seed: int = 0,
           log_every: int = 250, log=print, sigma_dist: str = "loguniform"):
-    """Adam + cosine decay, EMA of the weights (returned model is the EMA copy). sigma_dist: the
-    training distribution of sigma (SIGMA_DISTS, draw_sigma)."""
+    """fit.fit on the EDM loss of `reps` sigma draws per triple (the conditioner runs once per triple);
+    returns the EMA copy and the training report. sigma_dist: the training distribution of sigma
+    (SIGMA_DISTS, draw_sigma)."""
     sigma_text = sigma_dist_text(sigma_dist)  # fails early on an unknown name
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
     data = Batcher(tr)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    ema = copy.deepcopy(model).eval()
-    for p in ema.parameters():
-        p.requires_grad_(False)
-    ema_decay = 0.999
-    hist = []
-    t0 = time.time()
-    run = 0.0
-    for it in range(iters):
-        warm = min(1.0, (it + 1) / 200)
-        for g in opt.param_groups:
-            g["lr"] = lr * warm * (0.5 * (1 + math.cos(math.pi * it / iters)) * 0.99 + 0.01)
+    rep = lambda a: a.repeat((reps,) + (1,) * (a.dim() - 1)) if a is not None else None
+
+    def loss_fn(gen):
         t, m, s, mem = data.sample(batch, gen)
         feats = model.features(mem, m, s)
         u, lam = model.spectrum(mem)
-        rep = lambda a: a.repeat((reps,) + (1,) * (a.dim() - 1)) if a is not None else None
-        t, m, s = rep(t), rep(m), rep(s)
-        feats = rep(feats)
-        spec = (rep(u), rep(lam))
+        t, m, s, feats = rep(t), rep(m), rep(s), rep(feats)
         sigma = draw_sigma(batch * reps, gen, sigma_dist)
         eps = torch.randn(batch * reps, data.P, generator=gen)
-        loss = edm_loss(model, t, m, s, None, sigma, eps, feats=feats, spec=spec)[0].mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            d = min(ema_decay, (1 + it) / (10 + it))
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.mul_(d).add_(pm.detach(), alpha=1 - d)
-        run = 0.98 * run + 0.02 * loss.item() if it else loss.item()
-        if (it + 1) % log_every == 0 or it == iters - 1:
-            el = time.time() - t0
-            hist.append({"iter": it + 1, "loss_ema": run, "seconds": el})
-            log(f"[train] it {it + 1:6d}/{iters} loss {run:.4f}  {el:6.0f}s  ({el / (it + 1):.3f} s/it)")
-    info = {"iters": iters, "batch_triples": batch, "sigma_draws_per_triple": reps, "lr": lr,
-            "ema_decay": ema_decay, "final_train_loss": run, "history": hist,
-            "seconds": time.time() - t0}
-    if sigma_dist != "loguniform":  # (the default's report stays as it was)
+        return edm_loss(model, t, m, s, None, sigma, eps, feats=feats, spec=(rep(u), rep(lam)))[0].mean()
+
+    ema, info = fit(model, loss_fn, iters, lr=lr, warmup=200, ema_decay=0.999, loss_weight=0.02, seed=seed,
+                    tag="train", log=log, log_every=log_every)
+    info.update({"batch_triples": batch, "sigma_draws_per_triple": reps})
+    if sigma_dist != "loguniform":  # (the default's report has no sigma_dist keys)
         info.update({"sigma_dist": sigma_dist, "sigma_distribution": sigma_text})
     return ema, info
 
