@@ -5,7 +5,7 @@
 
 #[path = "common/daemon.rs"]
 mod common;
-use assimd::plot::canvas::read_png;
+use assimd::plot::picture::read_png;
 use assimd::service::telemetry;
 use common::*;
 use std::collections::BTreeSet;

@@ -1,6 +1,6 @@
 //! `assimd experiment --history` and `assimd plot skill` as a user runs them.
 
-use assimd::plot::canvas::read_png;
+use assimd::plot::picture::read_png;
 use assimd::plot::skill::colour;
 use std::process::Command;
 

@@ -9,9 +9,12 @@
 //! Both carry the keys of the daemon's per-filter summaries: `cycle`, `filter`, `rmse_a_truth`,
 //! `rmse_f_truth`, `spread_a`, `rmse_a_withheld`, `rmse_f_withheld` (absent or null = unknown).
 
-use super::canvas::{Align, Canvas, Rgb, BLACK, GREY, WHITE};
-use super::{label, ticks};
+use super::label;
+use super::picture::{font, rgb, Area, Picture, Rgb, BLACK, GREY, WHITE};
 use anyhow::{bail, Context, Result};
+use plotters::coord::ranged1d::{Ranged, ValueFormatter};
+use plotters::coord::types::RangedCoordf64;
+use plotters::prelude::*;
 use serde_json::Value;
 use std::path::Path;
 
@@ -160,12 +163,12 @@ const PALETTE: [Rgb; 6] = [
     [148, 103, 189],
     [140, 86, 75],
 ];
-const W: i64 = 900;
-const PANEL_H: i64 = 280;
-const LEFT: i64 = 78;
-const RIGHT: i64 = 24;
-const TOP: i64 = 70;
-const GAP: i64 = 70;
+/// Width of the picture in pixels.
+pub const W: u32 = 900;
+/// Height of a panel, with its title and axis labels.
+pub const PANEL_H: u32 = 350;
+/// Height of the picture's title.
+pub const TOP: u32 = 70;
 
 /// The colour of run i.
 pub fn colour(i: usize) -> Rgb {
@@ -174,16 +177,40 @@ pub fn colour(i: usize) -> Rgb {
 
 type Get = fn(&SkillPoint) -> f64;
 
-/// A line of a panel: the value it draws, its dash pattern (None = solid) and its width.
-type Line = (Get, Option<(f64, f64)>, f64);
+/// How a line is drawn: solid, dashed or dotted (dash and gap lengths in pixels), and its width.
+#[derive(Clone, Copy)]
+enum Stroke {
+    Solid(u32),
+    Dashed(u32, u32, u32),
+}
 
 struct Panel {
     title: &'static str,
-    lines: Vec<Line>,
+    lines: Vec<(Get, Stroke)>,
+}
+
+/// The value axis of a panel: [0, 1.05 max] or, on a log axis, whole decades around the data.
+pub fn value_range(values: impl IntoIterator<Item = f64>, log_y: bool) -> (f64, f64) {
+    let (vmin, vmax) = values
+        .into_iter()
+        .filter(|v| v.is_finite() && (!log_y || *v > 0.0))
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
+    if log_y {
+        if !vmin.is_finite() {
+            return (0.1, 10.0);
+        }
+        let lo = vmin.log10().floor();
+        let hi = vmax.log10().ceil().max(lo + 1.0);
+        (10f64.powf(lo), 10f64.powf(hi))
+    } else {
+        (0.0, if vmax > 0.0 { vmax * 1.05 } else { 1.0 })
+    }
 }
 
 /// Draw the history of `runs`; `log_y` puts the values on a logarithmic axis.
-pub fn render(runs: &[SkillRun], title: &str, log_y: bool) -> Result<Canvas> {
+pub fn render(runs: &[SkillRun], title: &str, log_y: bool) -> Result<Picture> {
     let has = |g: Get| {
         runs.iter()
             .flat_map(|r| &r.points)
@@ -193,124 +220,134 @@ pub fn render(runs: &[SkillRun], title: &str, log_y: bool) -> Result<Canvas> {
     if has(|p| p.rmse_a_truth) {
         panels.push(Panel {
             title: "against the truth: RMSE of the analysis (solid) and background (dashed) mean, ensemble spread (dotted)",
-            lines: vec![(|p| p.rmse_a_truth, None, 2.2), (|p| p.rmse_f_truth, Some((7.0, 5.0)), 1.4), (|p| p.spread_a, Some((1.5, 3.5)), 1.6)],
+            lines: vec![(|p| p.rmse_a_truth, Stroke::Solid(2)), (|p| p.rmse_f_truth, Stroke::Dashed(7, 5, 1)), (|p| p.spread_a, Stroke::Dashed(2, 4, 2))],
         });
     }
     if has(|p| p.rmse_a_withheld) {
         panels.push(Panel {
             title: "against the withheld stations: RMSE of the analysis (solid) and background (dashed) mean",
-            lines: vec![(|p| p.rmse_a_withheld, None, 2.2), (|p| p.rmse_f_withheld, Some((7.0, 5.0)), 1.4)],
+            lines: vec![(|p| p.rmse_a_withheld, Stroke::Solid(2)), (|p| p.rmse_f_withheld, Stroke::Dashed(7, 5, 1))],
         });
     }
     if panels.is_empty() {
         bail!("no finite score to plot (neither a truth nor withheld stations in the input)");
     }
-    let h = TOP + panels.len() as i64 * (PANEL_H + GAP);
-    let mut c = Canvas::new(W as u32, h as u32, WHITE);
-    c.text(LEFT as f64, 10.0, 18.0, BLACK, Align::Left, title);
-    // Legend: one swatch per run.
-    let mut x = LEFT as f64;
-    for (i, r) in runs.iter().enumerate() {
-        c.line((x, 44.0), (x + 26.0, 44.0), 3.0, colour(i), None);
-        c.text(x + 32.0, 36.0, 14.0, BLACK, Align::Left, &r.label);
-        x += 32.0 + Canvas::text_width(14.0, &r.label) + 24.0;
-    }
     let (c0, c1) = runs
         .iter()
         .flat_map(|r| &r.points)
         .fold((u64::MAX, 0), |(a, b), p| (a.min(p.cycle), b.max(p.cycle)));
-    let (x_lo, x_hi) = (c0 as f64, if c1 > c0 { c1 as f64 } else { c0 as f64 + 1.0 });
-    for (pi, panel) in panels.iter().enumerate() {
-        let y0 = TOP + pi as i64 * (PANEL_H + GAP) + 24;
-        let (x0, x1, y1) = (LEFT, W - RIGHT, y0 + PANEL_H - 24);
-        c.text(
-            x0 as f64,
-            (y0 - 22) as f64,
-            13.0,
-            BLACK,
-            Align::Left,
-            panel.title,
-        );
-        let vals: Vec<f64> = runs
-            .iter()
-            .flat_map(|r| &r.points)
-            .flat_map(|p| panel.lines.iter().map(move |(g, _, _)| g(p)))
-            .filter(|v| v.is_finite() && (!log_y || *v > 0.0))
-            .collect();
-        let vmax = vals.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-        let vmin = vals.iter().copied().fold(f64::INFINITY, f64::min);
-        let (lo, hi) = if log_y {
-            (
-                vmin.log10().floor(),
-                vmax.log10().ceil().max(vmin.log10().floor() + 1.0),
-            )
-        } else {
-            (0.0, if vmax > 0.0 { vmax * 1.05 } else { 1.0 })
-        };
-        let ty = |v: f64| if log_y { v.log10() } else { v };
-        let px = |cy: f64| x0 as f64 + (cy - x_lo) / (x_hi - x_lo) * (x1 - x0) as f64;
-        let py = |v: f64| y1 as f64 - (ty(v) - lo) / (hi - lo) * (y1 - y0) as f64;
-        // Grid and axes.
-        let yt: Vec<f64> = if log_y {
-            (lo as i64..=hi as i64)
-                .map(|e| 10f64.powi(e as i32))
-                .collect()
-        } else {
-            ticks(lo, hi, 5)
-        };
-        for t in yt {
-            let y = py(t);
-            c.fill_rect(x0, y as i64, x1, y as i64 + 1, [225, 225, 225]);
-            c.text(
-                (x0 - 6) as f64,
-                y - 7.0,
-                12.0,
-                BLACK,
-                Align::Right,
-                &label(t),
-            );
+    let x = c0 as f64..if c1 > c0 { c1 as f64 } else { c0 as f64 + 1.0 };
+    let height = TOP + panels.len() as u32 * PANEL_H;
+    Picture::draw(W, height, |root| {
+        root.fill(&rgb(WHITE))?;
+        root.draw(&Text::new(title.to_string(), (78, 10), font(20.0)))?;
+        let (_, body) = root.split_vertically(TOP);
+        for (panel, area) in panels.iter().zip(body.split_evenly((panels.len(), 1))) {
+            let values = runs
+                .iter()
+                .flat_map(|r| &r.points)
+                .flat_map(|p| panel.lines.iter().map(move |(g, _)| g(p)));
+            let (lo, hi) = value_range(values, log_y);
+            if log_y {
+                // Widened by a hair so the decades at the ends are inside the axis and labelled.
+                let y = (lo * (1.0 - 1e-9)..hi * (1.0 + 1e-9)).log_scale();
+                draw_panel::<LogCoord<f64>>(&area, panel, runs, x.clone(), y.into(), log_y, 12)?;
+            } else {
+                draw_panel::<RangedCoordf64>(
+                    &area,
+                    panel,
+                    runs,
+                    x.clone(),
+                    (lo..hi).into(),
+                    log_y,
+                    6,
+                )?;
+            }
         }
-        for t in ticks(x_lo, x_hi, 8)
-            .into_iter()
-            .filter(|t| t.fract() == 0.0)
-        {
-            let x = px(t);
-            c.fill_rect(x as i64, y1, x as i64 + 1, y1 + 4, BLACK);
-            c.text(x, (y1 + 5) as f64, 12.0, BLACK, Align::Centre, &label(t));
-        }
-        c.stroke_rect(x0, y0, x1 + 1, y1 + 1, GREY);
-        c.text(
-            ((x0 + x1) / 2) as f64,
-            (y1 + 20) as f64,
-            12.0,
-            BLACK,
-            Align::Centre,
-            "cycle",
-        );
-        for (i, r) in runs.iter().enumerate() {
-            for (g, dash, w) in &panel.lines {
-                let pts: Vec<(f64, f64)> = r
-                    .points
-                    .iter()
-                    .map(|p| {
-                        (
-                            px(p.cycle as f64),
-                            if g(p).is_finite() && (!log_y || g(p) > 0.0) {
-                                py(g(p))
-                            } else {
-                                f64::NAN
-                            },
-                        )
-                    })
-                    .collect();
-                c.polyline(&pts, *w, colour(i), *dash);
-                if pts.len() == 1 && pts[0].1.is_finite() {
-                    c.disc(pts[0].0, pts[0].1, 3.0, colour(i));
+        Ok(())
+    })
+}
+
+/// One panel: the panel's lines of every run on the value axis `y`.
+fn draw_panel<Y>(
+    area: &Area,
+    panel: &Panel,
+    runs: &[SkillRun],
+    x: std::ops::Range<f64>,
+    y: Y,
+    log_y: bool,
+    y_labels: usize,
+) -> Result<()>
+where
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let mut chart = ChartBuilder::on(area)
+        .caption(panel.title, font(13.0))
+        .margin_right(24)
+        .margin_bottom(20)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x, y)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .y_labels(y_labels)
+        .max_light_lines(0)
+        .bold_line_style(rgb([225, 225, 225]))
+        .axis_style(rgb(GREY))
+        .x_labels(8)
+        .x_label_formatter(&|v| label(*v))
+        .y_label_formatter(&|v| label(*v))
+        .label_style(font(12.0))
+        .x_desc("cycle")
+        .axis_desc_style(font(12.0))
+        .draw()?;
+    for (i, run) in runs.iter().enumerate() {
+        let c = rgb(colour(i));
+        for (li, (g, stroke)) in panel.lines.iter().enumerate() {
+            // Unknown values (NaN, and non-positive ones on a log axis) break the line.
+            let value =
+                |p: &SkillPoint| Some(g(p)).filter(|v| v.is_finite() && (!log_y || *v > 0.0));
+            let mut segments: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
+            for p in &run.points {
+                match value(p) {
+                    Some(v) => segments
+                        .last_mut()
+                        .expect("one segment")
+                        .push((p.cycle as f64, v)),
+                    None => segments.push(Vec::new()),
+                }
+            }
+            for (si, seg) in segments.iter().filter(|s| !s.is_empty()).enumerate() {
+                if seg.len() == 1 {
+                    chart.draw_series(std::iter::once(Circle::new(seg[0], 3, c.filled())))?;
+                    continue;
+                }
+                let anno =
+                    match *stroke {
+                        Stroke::Solid(w) => {
+                            chart.draw_series(LineSeries::new(seg.clone(), c.stroke_width(w)))?
+                        }
+                        Stroke::Dashed(dash, gap, w) => chart.draw_series(
+                            DashedLineSeries::new(seg.clone(), dash, gap, c.stroke_width(w)),
+                        )?,
+                    };
+                if li == 0 && si == 0 {
+                    anno.label(run.label.clone()).legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 26, y)], c.stroke_width(3))
+                    });
                 }
             }
         }
     }
-    Ok(c)
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(rgb(WHITE).mix(0.85))
+        .border_style(rgb(BLACK))
+        .label_font(font(14.0))
+        .draw()?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -338,15 +375,29 @@ mod tests {
         assert_eq!(both[0].label, "letkf (h)");
         let c = render(&runs, "t", false).unwrap();
         assert_eq!(
-            c.height as i64,
-            TOP + PANEL_H + GAP,
+            (c.width, c.height),
+            (W, TOP + PANEL_H),
             "one panel: no withheld scores"
         );
         assert!(
-            c.pixels.chunks(3).any(|p| p == colour(0)),
+            c.pixels.chunks(3).filter(|p| *p == colour(0)).count() > 50,
             "the run's colour is drawn"
         );
         std::fs::write(&h, "{\"testbed\":\"l96\",\"rmse_a\":0.2}\n").unwrap();
         assert!(format!("{:#}", load(&h).unwrap_err()).contains("--history"));
+    }
+
+    /// The value axis holds every finite value: from 0 on a linear axis, whole decades on a log one.
+    #[test]
+    fn the_value_axis_covers_the_data() {
+        let v = [0.031, 0.4, f64::NAN, 2.7, 0.0];
+        assert_eq!(value_range(v, false), (0.0, 2.7 * 1.05));
+        let (lo, hi) = value_range(v, true);
+        assert!(
+            (lo - 0.01).abs() < 1e-15 && (hi - 10.0).abs() < 1e-12,
+            "{lo} {hi}"
+        );
+        assert_eq!(value_range([1.0], true), (1.0, 10.0), "at least one decade");
+        assert_eq!(value_range([f64::NAN], false), (0.0, 1.0));
     }
 }
