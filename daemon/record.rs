@@ -3,7 +3,8 @@
 //! While `assimd experiment` cycles, it can record what a score model is trained on (DESIGN §6):
 //! per recorded cycle the truth, the background ensemble mean and per-point spread, and optionally
 //! the background members themselves (for the set encoder over anomalies). Files are NumPy `.npy`
-//! (format 1.0, little-endian float32, C order), readable by `numpy.load` with no other dependency:
+//! (little-endian float32, C order, written by `assimd_models::bundle::NpyRows` through `npyz`),
+//! readable by `numpy.load` with no other dependency:
 //!
 //! | file | shape |
 //! |---|---|
@@ -16,88 +17,19 @@
 //! n is the state length (l96: 40; qg2l: 2 × 64 × 64, field-major, row-major within a field).
 
 use anyhow::{Context, Result};
-use std::fs::File;
-use std::io::{BufWriter, Seek, SeekFrom, Write};
-use std::path::Path;
-
-/// Bytes reserved for the `.npy` header, so that it can be rewritten with the final shape.
-const HEADER_LEN: usize = 128;
-
-/// A `.npy` file of float32 rows, written as they come; the shape is fixed up by [`NpyWriter::finish`].
-pub struct NpyWriter {
-    out: BufWriter<File>,
-    row_shape: Vec<usize>,
-    rows: usize,
-}
-
-fn header(shape: &[usize]) -> Vec<u8> {
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape = if dims.len() == 1 {
-        format!("({},)", dims[0])
-    } else {
-        format!("({})", dims.join(", "))
-    };
-    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
-    let mut h = b"\x93NUMPY\x01\x00".to_vec();
-    let body_len = HEADER_LEN - 10;
-    h.extend_from_slice(&(body_len as u16).to_le_bytes());
-    let mut body = dict.into_bytes();
-    body.resize(body_len - 1, b' ');
-    body.push(b'\n');
-    h.extend_from_slice(&body);
-    h
-}
-
-impl NpyWriter {
-    /// Create `path` for rows of shape `row_shape`.
-    pub fn create(path: &Path, row_shape: &[usize]) -> Result<Self> {
-        let file = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        let mut out = BufWriter::new(file);
-        out.write_all(&header(&[0]))?;
-        Ok(NpyWriter {
-            out,
-            row_shape: row_shape.to_vec(),
-            rows: 0,
-        })
-    }
-
-    /// Append one row (its length must be the product of the row shape).
-    pub fn push(&mut self, row: &[f64]) -> Result<()> {
-        assert_eq!(
-            row.len(),
-            self.row_shape.iter().product::<usize>(),
-            "npy row of the wrong length"
-        );
-        for v in row {
-            self.out.write_all(&(*v as f32).to_le_bytes())?;
-        }
-        self.rows += 1;
-        Ok(())
-    }
-
-    /// Rewrite the header with the final shape and flush.
-    pub fn finish(mut self) -> Result<usize> {
-        let mut shape = vec![self.rows];
-        shape.extend(&self.row_shape);
-        self.out.flush()?;
-        let mut file = self.out.into_inner().map_err(|e| e.into_error())?;
-        file.seek(SeekFrom::Start(0))?;
-        file.write_all(&header(&shape))?;
-        file.sync_all()?;
-        Ok(self.rows)
-    }
-}
+use assimd_models::bundle::NpyRows;
+use std::path::{Path, PathBuf};
 
 /// The recorder of one experiment.
 pub struct Recorder {
     /// Record every this many cycles (after burn-in).
     pub every: usize,
-    truth: NpyWriter,
-    mean: NpyWriter,
-    spread: NpyWriter,
-    members: Option<NpyWriter>,
+    truth: NpyRows,
+    mean: NpyRows,
+    spread: NpyRows,
+    members: Option<NpyRows>,
     meta: serde_json::Value,
-    dir: std::path::PathBuf,
+    dir: PathBuf,
 }
 
 impl Recorder {
@@ -112,16 +44,17 @@ impl Recorder {
     ) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("creating the record directory {}", dir.display()))?;
+        let rows = |name: &str, shape: &[usize]| {
+            let p = dir.join(name);
+            NpyRows::create(&p, shape).with_context(|| format!("creating {}", p.display()))
+        };
         Ok(Recorder {
             every: every.max(1),
-            truth: NpyWriter::create(&dir.join("truth.npy"), &[dim])?,
-            mean: NpyWriter::create(&dir.join("mean.npy"), &[dim])?,
-            spread: NpyWriter::create(&dir.join("spread.npy"), &[dim])?,
+            truth: rows("truth.npy", &[dim])?,
+            mean: rows("mean.npy", &[dim])?,
+            spread: rows("spread.npy", &[dim])?,
             members: if with_members {
-                Some(NpyWriter::create(
-                    &dir.join("members.npy"),
-                    &[n_members, dim],
-                )?)
+                Some(rows("members.npy", &[n_members, dim])?)
             } else {
                 None
             },
@@ -143,11 +76,15 @@ impl Recorder {
 
     /// Finish every file and write `meta.json`.
     pub fn finish(mut self) -> Result<usize> {
-        let rows = self.truth.finish()?;
-        self.mean.finish()?;
-        self.spread.finish()?;
+        let done = |w: NpyRows, name: &str| {
+            w.finish()
+                .with_context(|| format!("writing {}", self.dir.join(name).display()))
+        };
+        let rows = done(self.truth, "truth.npy")?;
+        done(self.mean, "mean.npy")?;
+        done(self.spread, "spread.npy")?;
         if let Some(m) = self.members {
-            m.finish()?;
+            done(m, "members.npy")?;
         }
         self.meta["records"] = rows.into();
         std::fs::write(
@@ -161,28 +98,55 @@ impl Recorder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use assimd_filter::Ensemble;
+    use assimd_models::bundle::read_npy_f32;
 
+    /// What is recorded reads back as the truth, the background's mean, spread and members, in
+    /// float32, with the shapes of the module doc.
     #[test]
-    fn npy_files_have_a_valid_header_and_the_final_shape() {
-        let dir = std::env::temp_dir().join(format!("assimd-npy-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("a.npy");
-        let mut w = NpyWriter::create(&path, &[2, 3]).unwrap();
-        w.push(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
-        w.push(&[0.5; 6]).unwrap();
-        assert_eq!(w.finish().unwrap(), 2);
-        let bytes = std::fs::read(&path).unwrap();
-        assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
-        let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-        assert_eq!((10 + hlen) % 64, 0, "numpy wants the data 64-byte aligned");
-        let h = std::str::from_utf8(&bytes[10..10 + hlen]).unwrap();
-        assert!(
-            h.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2, 3), }")
-                && h.ends_with('\n'),
-            "{h}"
+    fn a_recording_reads_back_as_what_was_pushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (dim, n) = (5, 3);
+        let mut r = Recorder::create(dir.path(), dim, n, true, 1, serde_json::json!({})).unwrap();
+        let mut pushed = Vec::new();
+        for k in 0..4 {
+            let truth: Vec<f64> = (0..dim).map(|i| (k * dim + i) as f64 / 7.0).collect();
+            let members: Vec<Vec<f64>> = (0..n)
+                .map(|m| truth.iter().map(|v| v + 0.1 * m as f64).collect())
+                .collect();
+            let ens = Ensemble::from_members(members).unwrap();
+            r.push(&truth, &ens).unwrap();
+            pushed.push((truth, ens));
+        }
+        assert_eq!(r.finish().unwrap(), 4);
+        let read = |name: &str| read_npy_f32(&dir.path().join(name)).unwrap();
+        let f32s = |v: &[f64]| v.iter().map(|x| *x as f32).collect::<Vec<_>>();
+        let (truth, mean, spread, members) = (
+            read("truth.npy"),
+            read("mean.npy"),
+            read("spread.npy"),
+            read("members.npy"),
         );
-        let data = &bytes[10 + hlen..];
-        assert_eq!(data.len(), 12 * 4);
-        assert_eq!(f32::from_le_bytes(data[8..12].try_into().unwrap()), 3.0);
+        assert_eq!(truth.shape, vec![4, dim]);
+        assert_eq!(members.shape, vec![4, n, dim]);
+        for (k, (t, ens)) in pushed.iter().enumerate() {
+            let row = k * dim..(k + 1) * dim;
+            assert_eq!(truth.data[row.clone()], f32s(t)[..]);
+            assert_eq!(mean.data[row.clone()], f32s(&ens.mean())[..]);
+            assert_eq!(spread.data[row], f32s(&ens.std())[..]);
+            assert_eq!(
+                members.data[k * n * dim..(k + 1) * n * dim],
+                f32s(ens.as_flat())[..]
+            );
+        }
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join("meta.json")).unwrap()).unwrap();
+        assert_eq!(meta["records"], 4);
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|f| f.ends_with(".part"))
+            .collect();
+        assert!(left.is_empty(), "part files removed: {left:?}");
     }
 }

@@ -35,7 +35,7 @@ pub use manifest::{
     Conditioning, ConditioningInput, Dim, EnsembleGaussianSpec, FixturesSpec, GraphSpec, Grid,
     Latent, Manifest, Noise, Normalisation, KNOWN_GRAPHS,
 };
-pub use npy::read_npy_f32;
+pub use npy::{read_npy_f32, NpyRows};
 pub use runtime::{
     evaluations, BundleOptions, Device, Evaluations, TensorF32, ORT_FIX, ORT_LIBRARY_NAME,
 };

@@ -49,6 +49,12 @@ class Run:
         return a
 
 
+# The l96 training runs' LETKF as the committed bundles were recorded: the inflation and
+# localisation given per run, no adaptive inflation, no quality control (tuned.toml's l96 default
+# is now the adaptive EnKF-N, which would record other backgrounds).
+FIXED_LETKF = ("--adaptive", "off", "--qc", "off")
+
+
 def l96_runs() -> list[Run]:
     """Cycled LETKF runs on training seeds: tuned, under-inflated, over-inflated, other localisation,
     RTPS, on three observing networks. Validation runs use their own seeds (1900+)."""
@@ -66,10 +72,12 @@ def l96_runs() -> list[Run]:
         ]
         for tag, i, l, r in variants:
             seed += 1
-            runs.append(Run(f"{short}-{tag}", net, seed, i, l, rtps=r))
+            runs.append(Run(f"{short}-{tag}", net, seed, i, l, rtps=r, extra=FIXED_LETKF))
         # held-out validation runs (own seeds): tuned and one mis-tuned
-        runs.append(Run(f"val-{short}-tuned", net, 1900 + len(runs), infl, loc, split="val"))
-        runs.append(Run(f"val-{short}-infl1.08", net, 1950 + len(runs), 1.08, loc, split="val"))
+        runs.append(Run(f"val-{short}-tuned", net, 1900 + len(runs), infl, loc, split="val",
+                        extra=FIXED_LETKF))
+        runs.append(Run(f"val-{short}-infl1.08", net, 1950 + len(runs), 1.08, loc, split="val",
+                        extra=FIXED_LETKF))
     return runs
 
 
