@@ -209,6 +209,16 @@ fn draw_field(
     frame(root, origin)
 }
 
+/// A colour bar's `n` bands from the low to the high end of `scale`: each band's value range and
+/// the colour of its middle.
+fn bands(scale: &Scale, n: i32) -> impl Iterator<Item = (f64, f64, RGBColor)> + '_ {
+    let step = (scale.hi - scale.lo) / n as f64;
+    (0..n).map(move |k| {
+        let a = scale.lo + k as f64 * step;
+        (a, a + step, rgb(scale.colour(a + step / 2.0)))
+    })
+}
+
 /// A vertical colour bar of `h` pixels with its top-left corner at (x0, y0), labels and title on
 /// its right.
 fn vertical_bar(
@@ -234,17 +244,9 @@ fn vertical_bar(
         .y_desc(title)
         .axis_desc_style(font(13.0))
         .draw()?;
-    let step = (scale.hi - scale.lo) / h as f64;
-    chart.draw_series((0..h).map(|k| {
-        let v = scale.lo + (k as f64 + 0.5) * step;
-        Rectangle::new(
-            [
-                (0.0, scale.lo + k as f64 * step),
-                (1.0, scale.lo + (k + 1) as f64 * step),
-            ],
-            rgb(scale.colour(v)).filled(),
-        )
-    }))?;
+    chart.draw_series(
+        bands(scale, h).map(|(a, b, c)| Rectangle::new([(0.0, a), (1.0, b)], c.filled())),
+    )?;
     root.draw(&Rectangle::new(
         [(x0 - 1, y0 - 1), (x0 + BAR, y0 + h)],
         rgb(BLACK),
@@ -278,17 +280,9 @@ fn horizontal_bar(
         .x_desc(title)
         .axis_desc_style(font(12.0))
         .draw()?;
-    let step = (scale.hi - scale.lo) / w as f64;
-    chart.draw_series((0..w).map(|k| {
-        let v = scale.lo + (k as f64 + 0.5) * step;
-        Rectangle::new(
-            [
-                (scale.lo + k as f64 * step, 0.0),
-                (scale.lo + (k + 1) as f64 * step, 1.0),
-            ],
-            rgb(scale.colour(v)).filled(),
-        )
-    }))?;
+    chart.draw_series(
+        bands(scale, w).map(|(a, b, c)| Rectangle::new([(a, 0.0), (b, 1.0)], c.filled())),
+    )?;
     root.draw(&Rectangle::new(
         [(x0 - 1, y0 - 1), (x0 + w, y0 + h)],
         rgb(BLACK),

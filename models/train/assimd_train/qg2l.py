@@ -381,6 +381,15 @@ def manifest(ae, model, kept, lat_tr, lat_va, ae_info, ae_eval, ae_c8, sc_info, 
     return manifest_toml.dumps(m, "assimd model bundle (DESIGN §5), written by models/train (python -m assimd_train.qg2l)")
 
 
+def _ms_per_call(session, feed, reps: int) -> float:
+    """Mean wall time (ms) of `reps` calls after one warm-up call."""
+    session.run(None, feed)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        session.run(None, feed)
+    return round((time.perf_counter() - t0) / reps * 1000, 2)
+
+
 def benchmark(out_dir: str, C: int, Fch: int, example_cond: dict, threads=(1, 2), batches=(1, 16, 32), reps: int = 20):
     """ORT wall time per call (ms) of denoiser, denoiser_vjp, conditioner, encoder, decoder."""
     out = {}
@@ -395,26 +404,14 @@ def benchmark(out_dir: str, C: int, Fch: int, example_cond: dict, threads=(1, 2)
                             "sigma": np.full(B, 0.5, np.float32), **example_cond}
                     if g == "denoiser_vjp":
                         feed["v"] = np.random.randn(B, 2, 64, 64).astype(np.float32)
-                s.run(None, feed)
-                t0 = time.perf_counter()
-                for _ in range(reps):
-                    s.run(None, feed)
-                out[f"{g}_B{B}_threads{th}_ms"] = round((time.perf_counter() - t0) / reps * 1000, 2)
+                out[f"{g}_B{B}_threads{th}_ms"] = _ms_per_call(s, feed, reps)
         s = ort_session(os.path.join(out_dir, "conditioner.onnx"), th)
         feed = {k: example_cond[k] for k in ("mean", "spread")}
         feed["members"] = np.random.randn(1, 32, C, 16, 16).astype(np.float32)
-        s.run(None, feed)
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            s.run(None, feed)
-        out[f"conditioner_N32_threads{th}_ms"] = round((time.perf_counter() - t0) / reps * 1000, 2)
+        out[f"conditioner_N32_threads{th}_ms"] = _ms_per_call(s, feed, reps)
         s = ort_session(os.path.join(out_dir, "encoder.onnx"), th)
         feed = {"x": np.random.randn(32, 2, 64, 64).astype(np.float32) * 1000}
-        s.run(None, feed)
-        t0 = time.perf_counter()
-        for _ in range(5):
-            s.run(None, feed)
-        out[f"encoder_B32_threads{th}_ms"] = round((time.perf_counter() - t0) / 5 * 1000, 2)
+        out[f"encoder_B32_threads{th}_ms"] = _ms_per_call(s, feed, 5)
     return out
 
 
