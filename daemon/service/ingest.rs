@@ -46,6 +46,8 @@ pub struct Ingest {
     pub closed: watch::Sender<u64>,
     /// For acknowledgements.
     pub client: AsyncClient,
+    /// Acknowledgements only on the connection a message came in on.
+    pub gate: super::mqtt::AckGate,
     /// Dead letters go out here (None: not forwarded).
     pub dead_letter: Option<mpsc::UnboundedSender<Outgoing>>,
     /// Largest batch.
@@ -80,7 +82,7 @@ struct TruthMsg {
 impl Ingest {
     /// Journal until the publishes channel closes (ingestion stopped); returns after the last
     /// batch is acknowledged.
-    pub async fn run(self, mut rx: mpsc::UnboundedReceiver<Publish>) -> Result<()> {
+    pub async fn run(self, mut rx: mpsc::UnboundedReceiver<(u64, Publish)>) -> Result<()> {
         let mut closed = *self.closed.borrow();
         let mut last_log: HashMap<RejectReason, Instant> = HashMap::new();
         let mut batch = Vec::with_capacity(self.max_batch);
@@ -94,7 +96,7 @@ impl Ingest {
             let mut msgs = Vec::new();
             let mut truths = Vec::new();
             let mut modalities = Vec::new();
-            for p in &batch {
+            for (_, p) in &batch {
                 match self.parse(p, closed, now) {
                     Parsed::Obs {
                         cycle,
@@ -129,12 +131,11 @@ impl Ingest {
                     Journaled::Duplicate => metrics::counter!(tm::OBS_DUPLICATES).increment(1),
                 }
             }
-            // Durable: acknowledge the whole batch (rejected and late ones too: they are final).
-            for p in &batch {
-                if self.client.ack(p).await.is_err() {
-                    // The event loop is gone (shutdown): the broker will redeliver; nothing is lost.
-                    break;
-                }
+            // Durable: acknowledge the whole batch (rejected and late ones too: they are final), each
+            // on the connection it came in on; after a reconnect or at shutdown the broker
+            // redelivers the rest and the id check drops them.
+            for (connection, p) in &batch {
+                self.gate.ack(&self.client, *connection, p).await;
             }
             metrics::histogram!(tm::JOURNAL_SECONDS).record(t0.elapsed().as_secs_f64());
             if let Some(clock_ms) = self.store.obs_clock_ms()? {

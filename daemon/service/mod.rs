@@ -208,6 +208,7 @@ fn ingest_service(
     cfg: &Config,
     s: &Started,
     client: AsyncClient,
+    gate: mqtt::AckGate,
     closed: watch::Sender<u64>,
     out: &mpsc::UnboundedSender<Outgoing>,
 ) -> Result<ingest::Ingest> {
@@ -227,6 +228,7 @@ fn ingest_service(
         clock: s.clock,
         closed,
         client,
+        gate,
         dead_letter: cfg.mqtt.dead_letter.then(|| out.clone()),
         max_batch: cfg.ingest.max_batch,
     })
@@ -298,7 +300,7 @@ fn connection(
     client: AsyncClient,
     eventloop: rumqttc::EventLoop,
     endpoints: Vec<(String, rumqttc::MqttOptions)>,
-    publishes: mpsc::UnboundedSender<rumqttc::Publish>,
+    publishes: mpsc::UnboundedSender<(u64, rumqttc::Publish)>,
     connected: Option<watch::Sender<bool>>,
     expect_session: bool,
 ) -> mqtt::Connection {
@@ -313,6 +315,7 @@ fn connection(
             Duration::from_millis(cfg.mqtt.reconnect_max_ms),
         ),
         publishes,
+        gate: mqtt::AckGate::default(),
         connected: connected.unwrap_or_else(|| watch::channel(false).0),
         expect_session,
     }
@@ -364,8 +367,9 @@ pub async fn run(
         connected,
         store.journaled_total()? > 0,
     );
+    let gate = conn.gate.clone();
     tracker.spawn(conn.run(tokens.ingest.clone(), tokens.root.clone()));
-    let ingest = ingest_service(&cfg, &started, client.clone(), closed_tx, &out_tx)?;
+    let ingest = ingest_service(&cfg, &started, client.clone(), gate, closed_tx, &out_tx)?;
     let mut ingest = tracker.spawn(ingest.run(pub_rx));
     let publisher = tracker.spawn(publisher::Publisher { client, rx: out_rx }.run());
     let (qc_tx, qc_rx) = watch::channel(cfg.qc.clone());

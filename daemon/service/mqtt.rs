@@ -13,6 +13,17 @@
 //! new node under the same client id: the cluster redelivers what was not acknowledged, the
 //! journal's id check drops what was already journaled, and the client retransmits its own
 //! unacknowledged publications. `assimd_mqtt_endpoint` says which node is in use.
+//!
+//! ## Acknowledgements stay on their connection
+//! A message is acknowledged by its packet identifier, which only means something on the
+//! connection it came in on: a cluster node that resumes the session numbers its (re)deliveries
+//! afresh (nats-server reuses identifiers from 1 whenever nothing is pending), so an
+//! acknowledgement carried over from the lost connection would acknowledge a different message,
+//! one the daemon may never receive if that node is lost in turn. The [`AckGate`] numbers the
+//! connections: a lost connection drops the acknowledgements still queued for it, and ingest
+//! acknowledges a message only while the connection it came in on is the current one. What is left
+//! unacknowledged comes again on the resumed session and the journal's id check drops it (a
+//! single broker resends it under its old identifier, MQTT 3.1.1 §4.4; the same id check applies).
 
 use super::config::MqttSection;
 use super::telemetry as tm;
@@ -20,6 +31,7 @@ use anyhow::{Context, Result};
 use rumqttc::{
     AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport,
 };
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -94,6 +106,56 @@ pub fn subscriptions(prefix: &str, testbed: &str, truth: bool) -> Vec<String> {
     v
 }
 
+/// The number of the current broker connection, shared by the event loop and ingest (module doc:
+/// acknowledgements stay on their connection).
+#[derive(Clone, Debug, Default)]
+pub struct AckGate(Arc<Mutex<u64>>);
+
+/// The gate's number once the event loop has stopped: nothing is acknowledged any more.
+const CLOSED: u64 = u64::MAX;
+
+impl AckGate {
+    fn lock(&self) -> std::sync::MutexGuard<'_, u64> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The current connection's number.
+    pub fn current(&self) -> u64 {
+        *self.lock()
+    }
+
+    /// Acknowledge `p`, received on connection `connection`, if that is still the current one;
+    /// otherwise do nothing (the broker redelivers it). Waits while the client's queue is full.
+    pub async fn ack(&self, client: &AsyncClient, connection: u64, p: &Publish) {
+        loop {
+            {
+                let current = self.lock();
+                if *current != connection || client.try_ack(p).is_ok() {
+                    return;
+                }
+            }
+            // The request queue is full: the event loop is busy sending; try again shortly.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// The connection is lost: a new number, so that ingest no longer acknowledges the old
+    /// connection's messages, and the acknowledgements already queued for it are dropped
+    /// (`EventLoop::clean` drops the queue's acknowledgements; it ran once when the loop failed,
+    /// and runs again here, under the gate's lock, for those queued since).
+    fn connection_lost(&self, eventloop: &mut EventLoop) {
+        let mut current = self.lock();
+        if *current != CLOSED {
+            *current += 1;
+        }
+        eventloop.clean();
+    }
+
+    fn close(&self) {
+        *self.lock() = CLOSED;
+    }
+}
+
 /// The event-loop service.
 pub struct Connection {
     /// The client (for subscribing).
@@ -106,8 +168,11 @@ pub struct Connection {
     pub endpoints: Vec<(String, MqttOptions)>,
     /// Reconnect backoff bounds.
     pub backoff: (Duration, Duration),
-    /// Where publishes go; dropped when ingestion stops.
-    pub publishes: mpsc::UnboundedSender<Publish>,
+    /// Where publishes go, with the number of the connection they came in on; dropped when
+    /// ingestion stops.
+    pub publishes: mpsc::UnboundedSender<(u64, Publish)>,
+    /// The connection numbers ([`AckGate`]).
+    pub gate: AckGate,
     /// Set to true once subscribed (SUBACK, or a CONNACK with the session present), false on loss.
     pub connected: watch::Sender<bool>,
     /// Whether the broker should already hold this client's session at the first connection (the
@@ -127,6 +192,7 @@ impl Connection {
             endpoints,
             backoff,
             publishes,
+            gate,
             connected,
             expect_session,
         } = self;
@@ -150,7 +216,7 @@ impl Connection {
                         // Never block here: the event loop must keep running to send the journal
                         // writer's acknowledgements. The queue is bounded by the broker's in-flight
                         // window (unacknowledged QoS 1 messages), max_inflight_messages in Mosquitto.
-                        if tx.send(p).is_err() {
+                        if tx.send((gate.current(), p)).is_err() {
                             publishes = None;
                         }
                     }
@@ -187,6 +253,7 @@ impl Connection {
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    gate.connection_lost(&mut eventloop);
                     metrics::gauge!(tm::MQTT_CONNECTED).set(0.0);
                     metrics::gauge!(tm::MQTT_SUBSCRIBED).set(0.0);
                     metrics::counter!(tm::MQTT_ERRORS).increment(1);
@@ -217,6 +284,7 @@ impl Connection {
             }
         }
         disconnect(&client, &mut eventloop).await;
+        gate.close();
         metrics::gauge!(tm::MQTT_CONNECTED).set(0.0);
     }
 }
@@ -244,4 +312,48 @@ async fn disconnect(client: &AsyncClient, eventloop: &mut EventLoop) {
         }
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::Request;
+
+    /// The client's request queue holds one request here, so whether an acknowledgement was
+    /// queued shows in whether a publication still fits.
+    fn fits(client: &AsyncClient) -> bool {
+        client
+            .try_publish("t", QoS::AtLeastOnce, false, vec![1])
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn acknowledgements_go_only_to_the_connection_their_message_came_in_on() {
+        let (client, mut eventloop) = AsyncClient::new(MqttOptions::new("t", "127.0.0.1", 1), 1);
+        let mut p = Publish::new("obs/station/x", QoS::AtLeastOnce, vec![0]);
+        p.pkid = 7;
+        let gate = AckGate::default();
+        let first = gate.current();
+        // On the current connection: queued.
+        gate.ack(&client, first, &p).await;
+        assert!(!fits(&client), "the acknowledgement is queued");
+        // The connection is lost: the queued acknowledgement is dropped, a queued publication kept.
+        gate.connection_lost(&mut eventloop);
+        assert_ne!(gate.current(), first);
+        assert!(eventloop.pending.is_empty(), "no PubAck(7) left to send");
+        assert!(fits(&client));
+        eventloop.clean();
+        assert!(matches!(
+            eventloop.pending.iter().collect::<Vec<_>>()[..],
+            [Request::Publish(_)]
+        ));
+        // A message of the lost connection is no longer acknowledged (the broker redelivers it).
+        gate.ack(&client, first, &p).await;
+        assert!(fits(&client), "nothing queued for the old connection");
+        eventloop.clean();
+        // Once the event loop has stopped, nothing is acknowledged.
+        gate.close();
+        gate.ack(&client, gate.current() - 1, &p).await;
+        assert!(fits(&client));
+    }
 }
