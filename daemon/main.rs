@@ -137,6 +137,11 @@ enum StateCommand {
         /// One JSON object.
         #[arg(long)]
         json: bool,
+        /// Print instead one cycle's journal: every message journaled for it (id, observation
+        /// time, station, the validated observations), what QC left out of it, and its summary,
+        /// while the store still keeps it (the last `cycle.keep` committed cycles and the open ones).
+        #[arg(long)]
+        cycle: Option<u64>,
     },
 }
 
@@ -171,13 +176,7 @@ async fn signals() -> Stop {
 }
 
 fn stations(store: &std::path::Path, config: Option<&std::path::Path>, json: bool) -> Result<()> {
-    if !store.exists() {
-        anyhow::bail!(
-            "{} does not exist (give store.path of the daemon's config)",
-            store.display()
-        );
-    }
-    let s = service::store::Store::open(store)?;
+    let s = open_store(store)?;
     let settings = match config {
         Some(p) => Config::load(p)?.qc,
         None => assimd::qc::QcSettings::default(),
@@ -220,11 +219,62 @@ fn stations(store: &std::path::Path, config: Option<&std::path::Path>, json: boo
     Ok(())
 }
 
-fn inspect(store: &std::path::Path, json: bool) -> Result<()> {
+/// A stopped daemon's store, or an error naming the missing directory.
+fn open_store(store: &std::path::Path) -> Result<service::store::Store> {
     if !store.exists() {
-        anyhow::bail!("{} does not exist", store.display());
+        anyhow::bail!(
+            "{} does not exist (give store.path of the daemon's config)",
+            store.display()
+        );
     }
-    let s = service::store::Store::open(store)?;
+    service::store::Store::open(store)
+}
+
+/// Print `v` as one line (`json`) or indented.
+fn print_json(v: &serde_json::Value, json: bool) -> Result<()> {
+    if json {
+        println!("{v}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    }
+    Ok(())
+}
+
+fn inspect_cycle(store: &std::path::Path, cycle: u64, json: bool) -> Result<()> {
+    let s = open_store(store)?;
+    let messages = s.journal_cycle(cycle)?;
+    let summary = s.summaries()?.into_iter().find(|(k, _)| *k == cycle);
+    let assimilated_up_to = s.assimilated_up_to()?;
+    if messages.is_empty() && summary.is_none() {
+        let kept: Vec<u64> = s.journal_counts()?.into_iter().map(|(c, _)| c).collect();
+        anyhow::bail!(
+            "cycle {cycle} has neither journal entries nor a summary in {} (assimilated up to {assimilated_up_to}; journal kept for cycles {kept:?}; `cycle.keep` sets how many committed cycles stay)",
+            store.display()
+        );
+    }
+    let rejections: Vec<_> = s
+        .qc_rejections()?
+        .into_iter()
+        .filter(|(k, _)| *k == cycle)
+        .map(|(_, r)| r)
+        .collect();
+    let v = serde_json::json!({
+        "cycle": cycle,
+        "committed": cycle <= assimilated_up_to,
+        "messages": messages.iter().map(|(id, e)| serde_json::json!({
+            "id": id,
+            "time": chrono::DateTime::from_timestamp_millis(e.time_ms).map(assimd::wire::format_time),
+            "station": e.station,
+            "obs": e.obs,
+        })).collect::<Vec<_>>(),
+        "qc_rejections": rejections,
+        "summary": summary.map(|(_, v)| v),
+    });
+    print_json(&v, json)
+}
+
+fn inspect(store: &std::path::Path, json: bool) -> Result<()> {
+    let s = open_store(store)?;
     let (compat, bundle) = s.identity()?;
     let v = serde_json::json!({
         "store": store.display().to_string(),
@@ -240,12 +290,7 @@ fn inspect(store: &std::path::Path, json: bool) -> Result<()> {
         "qc_rejections": s.qc_rejections()?.into_iter().map(|(c, r)| serde_json::json!({"cycle": c, "record": r})).collect::<Vec<_>>(),
         "size_bytes": s.size_on_disk(),
     });
-    if json {
-        println!("{v}");
-    } else {
-        println!("{}", serde_json::to_string_pretty(&v)?);
-    }
-    Ok(())
+    print_json(&v, json)
 }
 
 #[derive(clap::Args)]
@@ -816,8 +861,11 @@ fn main() -> Result<()> {
             );
         }
         Command::State {
-            command: StateCommand::Inspect { store, json },
-        } => inspect(&store, json)?,
+            command: StateCommand::Inspect { store, json, cycle },
+        } => match cycle {
+            Some(k) => inspect_cycle(&store, k, json)?,
+            None => inspect(&store, json)?,
+        },
         Command::Stations {
             store,
             config,

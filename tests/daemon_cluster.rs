@@ -221,6 +221,15 @@ fn kill_current_node(s: &Setup, c: &mut NatsCluster) -> (usize, f64) {
     (node, t0.elapsed().as_secs_f64())
 }
 
+/// The daemon's log lines about its broker connections and sessions.
+fn broker_log(d: &Daemon) -> String {
+    d.log_text()
+        .lines()
+        .filter(|l| l.contains("broker") || l.contains("session"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Every closed window committed with exactly the simulator's messages, contiguous from 1, no late
 /// message, and a summary for every cycle; stops the daemon (SIGTERM) to read its store.
 fn check_exactly_once(s: &Setup, d: Daemon, summaries: &Summaries, streamed: u64) {
@@ -246,18 +255,14 @@ fn check_exactly_once(s: &Setup, d: Daemon, summaries: &Summaries, streamed: u64
         || {
             let got = summaries.cycles.lock().unwrap();
             let missing: Vec<u64> = (1..=last_closed).filter(|k| !got.contains(k)).collect();
-            let log: Vec<String> = d
-                .log_text()
-                .lines()
-                .filter(|l| l.contains("broker") || l.contains("session"))
-                .map(String::from)
-                .collect();
             format!(
                 "cycles {missing:?} not received; the daemon's broker log:\n{}",
-                log.join("\n")
+                broker_log(&d)
             )
         },
     );
+    let sessions_lost = metric(s.metrics_port, "assimd_mqtt_sessions_lost_total").unwrap_or(0.0);
+    let broker_log = broker_log(&d);
     d.terminate();
     let state = inspect(&s.store);
     let committed = committed_messages(&state);
@@ -281,7 +286,8 @@ fn check_exactly_once(s: &Setup, d: Daemon, summaries: &Summaries, streamed: u64
     assert!(
         wrong.is_empty(),
         "(cycle, messages journaled) {wrong:?}: the simulator published {per_cycle} per cycle (lost \
-         or doubled); late {late}, redeliveries dropped by id {dups}"
+         or doubled); late {late}, redeliveries dropped by id {dups}, sessions lost {sessions_lost}; \
+         the daemon's broker log:\n{broker_log}"
     );
     assert_eq!(late, 0.0, "messages arrived after their window closed");
     println!(

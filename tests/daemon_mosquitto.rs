@@ -98,6 +98,39 @@ fn observations_in_analyses_and_metrics_out() {
         committed_messages(&state),
         (1..=6).map(|k| (k, per_cycle)).collect::<Vec<_>>()
     );
+
+    // One cycle's journal: a committed cycle with its summary, an open one without, and a cycle
+    // the store never had.
+    for (k, committed) in [(6, true), (8, false)] {
+        let c = inspect_cycle(&s.store, k).unwrap();
+        assert_eq!(c["committed"], committed, "cycle {k}");
+        let messages = c["messages"].as_array().unwrap();
+        assert_eq!(messages.len() as u64, per_cycle, "cycle {k}: {c}");
+        let ids: std::collections::BTreeSet<&str> =
+            messages.iter().map(|m| m["id"].as_str().unwrap()).collect();
+        assert_eq!(ids.len(), messages.len(), "message ids are unique");
+        let stations = messages.iter().filter(|m| m["station"].is_string()).count();
+        let granules = messages.len() - stations;
+        assert!(stations > 0 && granules > 0, "stations and a granule: {c}");
+        assert!(messages
+            .iter()
+            .all(|m| !m["obs"].as_array().unwrap().is_empty()));
+        if committed {
+            assert_eq!(c["summary"]["cycle"], k);
+            assert_eq!(c["summary"]["messages"].as_u64(), Some(per_cycle));
+            assert_eq!(
+                c["summary"]["obs"]["satellite"].as_u64().unwrap() > 0,
+                granules > 0
+            );
+        } else {
+            assert!(c["summary"].is_null(), "an open cycle has no summary: {c}");
+        }
+    }
+    let err = inspect_cycle(&s.store, 100).unwrap_err();
+    assert!(
+        err.contains("cycle 100") && err.contains("cycle.keep"),
+        "a cycle the store does not hold: {err}"
+    );
 }
 
 /// A burst of malformed and duplicate messages is rejected and counted, sent to the dead-letter

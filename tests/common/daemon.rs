@@ -312,6 +312,28 @@ pub fn inspect(store: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `assimd state inspect --json --cycle K`: the cycle's journal, or the error it printed.
+#[allow(dead_code)]
+pub fn inspect_cycle(store: &Path, cycle: u64) -> Result<serde_json::Value, String> {
+    let out = Command::new(ASSIMD)
+        .args([
+            "state",
+            "inspect",
+            "--json",
+            "--cycle",
+            &cycle.to_string(),
+            "--store",
+        ])
+        .arg(store)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 /// Observation messages the simulator publishes per cycle for this testbed and network.
 pub fn messages_per_cycle(testbed: &str, network: &str) -> u64 {
     use assimd_models::testbed::Testbed;
