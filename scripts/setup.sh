@@ -105,22 +105,24 @@ _assimd_setup_promtool() {
 _assimd_setup_promtool || exit 1
 unset -f _assimd_setup_promtool
 
-# nats-server 2.10 or later for the clustered-broker tests and scripts/cluster. Debian bookworm's
-# 2.9.10 (installed above, for its dependencies and service files) leaves a restarted node out of
-# some JetStream consumer groups for minutes, so that losing a second node stalls the MQTT gateway,
-# and redelivers in-flight QoS 1 messages only after ack_wait (docs/operations.md, "A clustered
-# broker"). The binary (static Go) is extracted from Debian trixie's package into $REPO/.tools/bin,
-# checked along Debian's chain of trust: the InRelease signature (gpgv, debian-archive-keyring), the
-# Packages index's SHA-256 signed in it, the package's SHA-256 in that index. A nats-server 2.10 or
-# later already on the PATH is used as it is. Exports ASSIMD_NATS_SERVER.
+# nats-server 2.14.4 or later for the clustered-broker tests and scripts/cluster. Older releases
+# have MQTT and JetStream bugs the failure tests can run into: bookworm's 2.9.10 (installed above,
+# for its dependencies and service files) leaves a restarted node out of some JetStream consumer
+# groups for minutes; trixie's 2.10.27 can leave a push consumer inactive after a delivery over a
+# route to a killed node failed (fixed in 2.10.28) and restarts the MQTT packet identifiers at 1
+# whenever nothing is pending (monotonic from 2.14.4); docs/operations.md, "A clustered broker".
+# The binary (Go) is extracted from Debian testing's (forky) package into $REPO/.tools/bin, checked
+# along Debian's chain of trust: the InRelease signature (gpgv, debian-archive-keyring), the
+# Packages index's SHA-256 signed in it, the package's SHA-256 in that index. A nats-server 2.14.4
+# or later already on the PATH is used as it is. Exports ASSIMD_NATS_SERVER.
 _assimd_setup_nats() {
     local repo tools tmp mirror arch sum file
     repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
     tools="$repo/.tools/bin"
     _assimd_nats_recent() {
         local v
-        v="$("$1" --version 2>/dev/null | sed -n 's/.*v\([0-9]*\)\.\([0-9]*\)\..*/\1 \2/p')"
-        [ -n "$v" ] && set -- $v && { [ "$1" -gt 2 ] || { [ "$1" -eq 2 ] && [ "$2" -ge 10 ]; }; }
+        v="$("$1" --version 2>/dev/null | sed -n 's/.*v\([0-9]*\.[0-9]*\.[0-9]*\).*/\1/p')"
+        [ -n "$v" ] && [ "$(printf '%s\n2.14.4\n' "$v" | sort -V | head -1)" = "2.14.4" ]
     }
     if [ -x "$tools/nats-server" ] && _assimd_nats_recent "$tools/nats-server"; then
         export ASSIMD_NATS_SERVER="$tools/nats-server"; return 0
@@ -128,27 +130,27 @@ _assimd_setup_nats() {
     if command -v nats-server >/dev/null 2>&1 && _assimd_nats_recent "$(command -v nats-server)"; then
         export ASSIMD_NATS_SERVER="$(command -v nats-server)"; return 0
     fi
-    echo "setup: extracting nats-server 2.10 from Debian trixie's package into $tools"
+    echo "setup: extracting nats-server from Debian testing's (forky) package into $tools"
     mirror="http://deb.debian.org/debian"
     arch="$(dpkg --print-architecture)"
     tmp="$(mktemp -d)"
-    fail() { echo "setup: nats-server 2.10: $1" >&2; rm -rf "$tmp"; return 1; }
-    curl -sfL --max-time 120 "$mirror/dists/trixie/InRelease" -o "$tmp/InRelease" || { fail "downloading trixie's InRelease failed"; return 1; }
+    fail() { echo "setup: nats-server: $1" >&2; rm -rf "$tmp"; return 1; }
+    curl -sfL --max-time 120 "$mirror/dists/forky/InRelease" -o "$tmp/InRelease" || { fail "downloading forky's InRelease failed"; return 1; }
     gpgv --keyring /usr/share/keyrings/debian-archive-keyring.gpg --output "$tmp/Release" "$tmp/InRelease" 2>/dev/null \
-        || { fail "trixie's InRelease signature does not verify (debian-archive-keyring)"; return 1; }
+        || { fail "forky's InRelease signature does not verify (debian-archive-keyring)"; return 1; }
     sum="$(awk -v f="main/binary-$arch/Packages.xz" '/^SHA256:/{s=1;next} /^[^ ]/{s=0} s && $3==f {print $1}' "$tmp/Release")"
-    curl -sfL --max-time 300 "$mirror/dists/trixie/main/binary-$arch/Packages.xz" -o "$tmp/Packages.xz" \
+    curl -sfL --max-time 300 "$mirror/dists/forky/main/binary-$arch/Packages.xz" -o "$tmp/Packages.xz" \
         && echo "$sum  $tmp/Packages.xz" | sha256sum -c --quiet - \
-        || { fail "trixie's Packages index is missing or does not match its signed checksum"; return 1; }
+        || { fail "forky's Packages index is missing or does not match its signed checksum"; return 1; }
     read -r file sum < <(xz -dc "$tmp/Packages.xz" | awk '/^Package: nats-server$/{p=1} p && /^Filename:/{f=$2} p && /^SHA256:/{s=$2} p && /^$/{print f, s; exit}')
-    [ -n "$file" ] || { fail "no nats-server in trixie's index"; return 1; }
+    [ -n "$file" ] || { fail "no nats-server in forky's index"; return 1; }
     curl -sfL --max-time 300 "$mirror/$file" -o "$tmp/nats.deb" \
         && echo "$sum  $tmp/nats.deb" | sha256sum -c --quiet - \
         || { fail "$file is missing or does not match the index's checksum"; return 1; }
     dpkg-deb -x "$tmp/nats.deb" "$tmp/x" && mkdir -p "$tools" && install -m 0755 "$tmp/x/usr/sbin/nats-server" "$tools/nats-server" \
         || { fail "extracting $file failed"; return 1; }
     rm -rf "$tmp"
-    _assimd_nats_recent "$tools/nats-server" || { echo "setup: $file is older than 2.10" >&2; return 1; }
+    _assimd_nats_recent "$tools/nats-server" || { echo "setup: $file is older than 2.14.4" >&2; return 1; }
     export ASSIMD_NATS_SERVER="$tools/nats-server"
 }
 _assimd_setup_nats || exit 1

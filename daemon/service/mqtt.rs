@@ -3,8 +3,16 @@
 //! A rumqttc client with a persistent session (clean_session = false, a fixed client id) and
 //! manual acknowledgements: the broker keeps QoS 1 messages for the daemon while it is away, and a
 //! message is acknowledged only once it is journaled ([`super::ingest`]). The [`Connection`] service
-//! drives the event loop: it forwards publishes to the journal writer, subscribes again when the
-//! broker has lost the session, and reconnects with exponential backoff.
+//! drives the event loop: it forwards publishes to the journal writer, subscribes at every
+//! connection, and reconnects with exponential backoff.
+//!
+//! ## Refused subscriptions
+//! A SUBACK carries one return code per topic filter, and a broker may refuse some (0x80): an ACL
+//! that forbids the topic, or a clustered broker that could not create the filter's consumer
+//! while electing leaders. A refused filter's messages never come on that connection, so the
+//! daemon reads the codes: it counts each refusal (`assimd_mqtt_subscribe_failures_total`), logs
+//! the filters, asks again for those with the reconnect backoff, and reports itself subscribed
+//! (`assimd_mqtt_subscribed`) only once every filter is granted.
 //!
 //! ## Several endpoints
 //! With `mqtt.hosts` (the nodes of a clustered broker that replicates sessions, such as NATS
@@ -29,7 +37,8 @@ use super::config::MqttSection;
 use super::telemetry as tm;
 use anyhow::{Context, Result};
 use rumqttc::{
-    AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, TlsConfiguration, Transport,
+    AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, SubscribeReasonCode,
+    TlsConfiguration, Transport,
 };
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -203,11 +212,24 @@ impl Connection {
         let (mut current, mut failures) = (0usize, 0usize);
         let names: Vec<&str> = endpoints.iter().map(|(n, _)| n.as_str()).collect();
         set_endpoint(&names, current);
+        // The filters of the SUBSCRIBE in flight (its SUBACK answers them in this order), and the
+        // refused ones with the time to ask again.
+        let mut asked: Vec<String> = Vec::new();
+        let mut retry: Option<(tokio::time::Instant, Vec<String>)> = None;
+        let mut retry_delay = backoff.0;
         loop {
+            let retry_at = retry.as_ref().map(|(t, _)| *t);
             let ev = tokio::select! {
                 biased;
                 _ = stop.cancelled() => break,
                 _ = stop_ingest.cancelled(), if publishes.is_some() => { publishes = None; continue; }
+                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)), if retry_at.is_some() => {
+                    if let Some((_, refused)) = retry.take() {
+                        asked = refused;
+                        subscribe(&client, &asked);
+                    }
+                    continue;
+                }
                 ev = eventloop.poll() => ev,
             };
             match ev {
@@ -240,20 +262,36 @@ impl Connection {
                     }
                     // Subscribe at every connection, session or not: idempotent, and a changed
                     // prefix or truth setting takes effect on a kept session too.
-                    let subs = topics
-                        .iter()
-                        .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
-                    if let Err(e) = client.try_subscribe_many(subs) {
-                        tracing::error!("subscribing: {e}");
-                    }
+                    retry = None;
+                    retry_delay = backoff.0;
+                    asked = topics.clone();
+                    subscribe(&client, &asked);
                 }
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    metrics::gauge!(tm::MQTT_SUBSCRIBED).set(1.0);
-                    let _ = connected.send(true);
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    let refused = refused_filters(&asked, &ack.return_codes);
+                    if refused.is_empty() {
+                        metrics::gauge!(tm::MQTT_SUBSCRIBED).set(1.0);
+                        let _ = connected.send(true);
+                        retry_delay = backoff.0;
+                    } else {
+                        // A clustered broker refuses a filter whose consumer it could not create
+                        // (e.g. during a leader election): without asking again, that filter's
+                        // messages would never come on this connection.
+                        metrics::counter!(tm::MQTT_SUBSCRIBE_FAILURES)
+                            .increment(refused.len() as u64);
+                        tracing::warn!(
+                            "the broker at {} refused the subscription to {refused:?}; asking again in {} ms",
+                            names[current],
+                            retry_delay.as_millis()
+                        );
+                        retry = Some((tokio::time::Instant::now() + retry_delay, refused));
+                        retry_delay = (retry_delay * 2).min(backoff.1);
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => {
                     gate.connection_lost(&mut eventloop);
+                    retry = None;
                     metrics::gauge!(tm::MQTT_CONNECTED).set(0.0);
                     metrics::gauge!(tm::MQTT_SUBSCRIBED).set(0.0);
                     metrics::counter!(tm::MQTT_ERRORS).increment(1);
@@ -287,6 +325,35 @@ impl Connection {
         gate.close();
         metrics::gauge!(tm::MQTT_CONNECTED).set(0.0);
     }
+}
+
+/// SUBSCRIBE `filters` at QoS 1, in one packet.
+fn subscribe(client: &AsyncClient, filters: &[String]) {
+    let subs = filters
+        .iter()
+        .map(|t| rumqttc::SubscribeFilter::new(t.clone(), QoS::AtLeastOnce));
+    if let Err(e) = client.try_subscribe_many(subs) {
+        tracing::error!("subscribing: {e}");
+    }
+}
+
+/// The filters of `asked` that a SUBACK's return codes (one per filter, in order) refused; a
+/// code missing from a short SUBACK counts as refused. A filter granted at QoS 0 is not
+/// refused, but its messages are not kept while the daemon is away: that is logged.
+fn refused_filters(asked: &[String], codes: &[SubscribeReasonCode]) -> Vec<String> {
+    asked
+        .iter()
+        .enumerate()
+        .filter(|(i, f)| match codes.get(*i) {
+            Some(SubscribeReasonCode::Success(QoS::AtMostOnce)) => {
+                tracing::warn!("the broker granted {f} at QoS 0 only: messages published while the daemon is away are not kept for it");
+                false
+            }
+            Some(SubscribeReasonCode::Success(_)) => false,
+            Some(SubscribeReasonCode::Failure) | None => true,
+        })
+        .map(|(_, f)| f.clone())
+        .collect()
 }
 
 /// `assimd_mqtt_endpoint{endpoint}`: 1 for the endpoint in use (or being tried), 0 for the others.

@@ -75,6 +75,8 @@ pub const MQTT_ENDPOINT: &str = "assimd_mqtt_endpoint";
 pub const MQTT_ERRORS: &str = "assimd_mqtt_connection_errors_total";
 /// Connections on which the broker no longer had the daemon's persistent session.
 pub const MQTT_SESSIONS_LOST: &str = "assimd_mqtt_sessions_lost_total";
+/// Topic filters the broker refused in a SUBACK (retried until granted).
+pub const MQTT_SUBSCRIBE_FAILURES: &str = "assimd_mqtt_subscribe_failures_total";
 /// Store size on disk, bytes.
 pub const STORE_BYTES: &str = "assimd_store_size_bytes";
 /// 1 for the ONNX Runtime execution provider in use, label `provider`.
@@ -132,6 +134,7 @@ pub const ALL: &[&str] = &[
     MQTT_ENDPOINT,
     MQTT_ERRORS,
     MQTT_SESSIONS_LOST,
+    MQTT_SUBSCRIBE_FAILURES,
     STORE_BYTES,
     ORT_PROVIDER,
     ANALYSIS_FAILURES,
@@ -217,6 +220,7 @@ const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     (MQTT_ENDPOINT, Kind::Gauge, "1 for the broker endpoint (mqtt.hosts) in use or being tried, 0 for the others"),
     (MQTT_ERRORS, Kind::Counter, "Broker connection losses and failed attempts"),
     (MQTT_SESSIONS_LOST, Kind::Counter, "Connections on which the broker no longer had this client's persistent session: QoS 1 messages it held for the daemon may be lost"),
+    (MQTT_SUBSCRIBE_FAILURES, Kind::Counter, "Topic filters the broker refused in a SUBACK; retried until granted, and assimd_mqtt_subscribed stays 0 meanwhile"),
     (STORE_BYTES, Kind::Gauge, "State store size on disk"),
     (ORT_PROVIDER, Kind::Gauge, "ONNX Runtime execution provider in use (value 1)"),
     (ANALYSIS_FAILURES, Kind::Counter, "Analyses that failed (background kept) or diverged (restarted from climatology), by filter and reason"),
@@ -268,6 +272,7 @@ fn describe() {
         OBS_ASSIMILATED,
         MQTT_ERRORS,
         MQTT_SESSIONS_LOST,
+        MQTT_SUBSCRIBE_FAILURES,
     ] {
         metrics::counter!(c).absolute(0);
     }
