@@ -1,11 +1,11 @@
-//! The daemon on a clustered broker: a real three-node NATS cluster (nats-server 2.10, JetStream,
-//! MQTT gateway, sessions and QoS 1 messages replicated on all three; `configs/nats/node.conf`),
-//! `mqtt.hosts` listing its nodes. While `assimd simulate` streams the l96 network through the
-//! cluster, the node the daemon is connected to is SIGKILLed (until each of the three has been, at
-//! least three times, each restarted later), and, in the second test, the daemon itself is
-//! SIGKILLed once while a node is down. As an operator would, a node is taken down only once the
-//! cluster is current again ([`NatsCluster::wait_current`]), and the stream runs on for the cutoff
-//! after the last failure, so that every window closes by the stream's own clock.
+//! The daemon on a clustered broker: a real three-node NATS cluster (nats-server 2.14.4 or later,
+//! JetStream, MQTT gateway, sessions and QoS 1 messages replicated on all three;
+//! `configs/nats/node.conf`), `mqtt.hosts` listing its nodes. While `assimd simulate` streams the
+//! l96 network through the cluster, the node the daemon is connected to is SIGKILLed (until each
+//! of the three has been, at least three times, each restarted later), and, in the second test,
+//! the daemon itself is SIGKILLed once while a node is down. As an operator would, a node is taken
+//! down only once the cluster is current again ([`NatsCluster::wait_current`]), and the stream runs
+//! on for the cutoff after the last failure, so that every window closes by the stream's own clock.
 //!
 //! Checked from the store and the daemon's own publications: every cycle's messages journaled and
 //! assimilated exactly once (the count the simulator publishes per cycle, no more, no fewer), none
@@ -13,6 +13,9 @@
 //! in the first test, one daemon process throughout. Failover times (SIGKILL to the next journaled
 //! message) are printed. `ASSIMD_KEEP_TEST_DIRS=1` keeps the store and the logs of the daemon and
 //! the nodes.
+//!
+//! Also on NATS (one node): a subscription the broker refuses is counted and asked for again until
+//! it is granted.
 //!
 //! Skipped, with a message naming the fix, where `nats-server` is not installed.
 

@@ -529,7 +529,7 @@ pub fn run_promtool(args: &[&str], stdin: Option<&str>) -> (bool, String) {
 
 /// `nats-server`: `$ASSIMD_NATS_SERVER` (set by scripts/setup.sh), else `.tools/bin/nats-server`, else
 /// the PATH's; None where there is none (the cluster tests then skip, naming the fix). Panics, naming
-/// the fix, on a version older than 2.10.
+/// the fix, on a version older than 2.14.4.
 pub fn nats_server() -> Option<PathBuf> {
     let found = tool("ASSIMD_NATS_SERVER", "nats-server")?;
     // Older releases have MQTT and JetStream bugs these tests run into (scripts/setup.sh and
@@ -537,7 +537,7 @@ pub fn nats_server() -> Option<PathBuf> {
     let out = Command::new(&found).arg("--version").output().ok()?;
     let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let parts: Vec<u32> = version
-        .split_once('v')
+        .rsplit_once('v')
         .map(|(_, v)| v.split('.').filter_map(|p| p.parse().ok()).collect())
         .unwrap_or_default();
     assert!(
@@ -739,7 +739,7 @@ impl NatsCluster {
                             r["active"].as_u64().is_some_and(|ns| ns < 3_000_000_000)
                         }
                     };
-                    // No replicas: a single-replica asset by design (nats-server 2.10 keeps
+                    // No replicas: a single-replica asset by design (nats-server keeps
                     // one retained-message consumer per node).
                     let replicated = replicas.len() == 2 || (replicas.is_empty() && !is_stream);
                     *entry = Some(if replicated && replicas.iter().all(ok) {
