@@ -364,6 +364,51 @@ fn broker_restart_daemon_reconnects_and_loses_nothing() {
     );
 }
 
+/// A broker that dies with publications in flight and comes back without their session (here the
+/// simulator's clean session on one broker; a cluster that lost a session record does the same):
+/// rumqttc drops what the broker had not acknowledged. The simulator keeps those publications and
+/// sends them again, so that it ends with every message acknowledged (it fails after 120 s of
+/// waiting otherwise) and says so in its log.
+#[test]
+fn publications_in_flight_survive_a_broker_that_lost_the_session() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut broker = Mosquitto::start(&tmp.path().join("broker"));
+    let s = write_config(tmp.path(), broker.port, "");
+    // 20 ms a cycle (1,250 messages a second): the stream is still running when the broker dies.
+    let cfg = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("interval_ms = 0", "interval_ms = 20");
+    std::fs::write(&s.config, cfg).unwrap();
+    let config = s.config.clone();
+    let sim = std::thread::spawn(move || {
+        std::process::Command::new(ASSIMD)
+            .args(["simulate", "--config"])
+            .arg(&config)
+            .args(["--cycles", "100"])
+            .output()
+            .unwrap()
+    });
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    // Frozen for 300 ms: a few hundred publications sent and not acknowledged when it dies.
+    broker.freeze_then_kill(std::time::Duration::from_millis(300));
+    broker.restart();
+    let out = sim.join().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "simulate failed: {log}");
+    let again: u64 = log
+        .lines()
+        .filter_map(|l| l.split("publishing again ").nth(1))
+        .filter_map(|r| r.split(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        again > 0,
+        "the broker died with publications unacknowledged, sent again on the new session: {log}"
+    );
+    let published = format!("{} observation messages", 100 * messages_per_cycle(TB, NET));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(&published), "{stdout}");
+}
+
 /// A broker that comes back without its persistence (here: its file deleted) no longer has the
 /// daemon's session: the daemon subscribes again, counts the loss and says so, both when the
 /// broker restarts under a running daemon and when a daemon with a journal starts on such a

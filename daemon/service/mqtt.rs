@@ -6,6 +6,12 @@
 //! drives the event loop: it forwards publishes to the journal writer, subscribes at every
 //! connection, and reconnects with exponential backoff.
 //!
+//! ## Publications across a lost session
+//! rumqttc resends the client's unacknowledged publications on a resumed session but drops them
+//! when the broker answers without it; [`Unacknowledged`] keeps them at each connection error and
+//! queues them again then, so the daemon's summaries, means and dead letters (and the simulator's
+//! observations) are published at least once.
+//!
 //! ## Refused subscriptions
 //! A SUBACK carries one return code per topic filter, and a broker may refuse some (0x80): an ACL
 //! that forbids the topic, or a clustered broker that could not create the filter's consumer
@@ -217,6 +223,7 @@ impl Connection {
         let mut asked: Vec<String> = Vec::new();
         let mut retry: Option<(tokio::time::Instant, Vec<String>)> = None;
         let mut retry_delay = backoff.0;
+        let mut unacknowledged = Unacknowledged::default();
         loop {
             let retry_at = retry.as_ref().map(|(t, _)| *t);
             let ev = tokio::select! {
@@ -260,6 +267,10 @@ impl Connection {
                         metrics::counter!(tm::MQTT_SESSIONS_LOST).increment(1);
                         tracing::warn!("the broker no longer had this client's session (restarted without persistence, or a cluster that lost it): QoS 1 messages it held for the daemon may be lost; check the journal counts of the open windows");
                     }
+                    let again = unacknowledged.restore(&mut eventloop, ack.session_present);
+                    if again > 0 {
+                        tracing::warn!("publishing again {again} messages the broker had not acknowledged before it lost the session");
+                    }
                     // Subscribe at every connection, session or not: idempotent, and a changed
                     // prefix or truth setting takes effect on a kept session too.
                     retry = None;
@@ -291,6 +302,7 @@ impl Connection {
                 Ok(_) => {}
                 Err(e) => {
                     gate.connection_lost(&mut eventloop);
+                    unacknowledged.keep(&eventloop);
                     retry = None;
                     metrics::gauge!(tm::MQTT_CONNECTED).set(0.0);
                     metrics::gauge!(tm::MQTT_SUBSCRIBED).set(0.0);
@@ -324,6 +336,43 @@ impl Connection {
         disconnect(&client, &mut eventloop).await;
         gate.close();
         metrics::gauge!(tm::MQTT_CONNECTED).set(0.0);
+    }
+}
+
+/// The client's own QoS 1 publications not yet acknowledged when a connection broke. rumqttc sends
+/// them again itself on a resumed session, but drops them when the broker answers without the
+/// session (a broker restarted without persistence, a cluster that lost the session record, or any
+/// reconnect of a clean session): the daemon's summaries and the simulator's observations would be
+/// lost without a word. Kept here at each connection error and queued again at a CONNACK without
+/// the session, they go out as new messages: subscribers get them at least once (the journal's id
+/// check drops a copy of an observation the broker had in fact received).
+#[derive(Default)]
+pub struct Unacknowledged(Vec<rumqttc::Request>);
+
+impl Unacknowledged {
+    /// After a connection error, once rumqttc has moved what was in flight or queued into
+    /// `pending` ([`EventLoop::clean`]).
+    pub fn keep(&mut self, eventloop: &EventLoop) {
+        self.0 = eventloop
+            .pending
+            .iter()
+            .filter(|r| matches!(r, rumqttc::Request::Publish(_)))
+            .cloned()
+            .collect();
+    }
+
+    /// At a CONNACK: without the session, queue the kept publications again (ahead of anything
+    /// queued since); the number queued.
+    pub fn restore(&mut self, eventloop: &mut EventLoop, session_present: bool) -> usize {
+        let kept = std::mem::take(&mut self.0);
+        if session_present {
+            return 0;
+        }
+        let n = kept.len();
+        for r in kept.into_iter().rev() {
+            eventloop.pending.push_front(r);
+        }
+        n
     }
 }
 

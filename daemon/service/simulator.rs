@@ -120,19 +120,25 @@ async fn drive(
     err_tx: tokio::sync::watch::Sender<Option<String>>,
 ) {
     let (mut failures, mut current) = (0, 0);
+    let mut unacknowledged = mqtt::Unacknowledged::default();
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::PubAck(_))) => {
                 acked2.fetch_add(1, Ordering::SeqCst);
             }
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 if failures > 0 {
                     tracing::info!("publishing through {}", endpoints[current].0);
+                }
+                let again = unacknowledged.restore(&mut eventloop, ack.session_present);
+                if again > 0 {
+                    tracing::warn!("publishing again {again} messages the broker had not acknowledged (it answered without the session)");
                 }
                 failures = 0;
             }
             Ok(_) => {}
             Err(e) => {
+                unacknowledged.keep(&eventloop);
                 failures += 1;
                 if failures >= 20 * endpoints.len() {
                     let _ = err_tx.send(Some(format!("{}: {e}", endpoints[current].0)));

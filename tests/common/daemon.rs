@@ -135,6 +135,18 @@ impl Mosquitto {
         });
     }
 
+    /// Freeze the broker (SIGSTOP) for `frozen`, so that publications pile up unacknowledged,
+    /// then SIGKILL it: nothing is saved, and every client's connection breaks at once.
+    #[allow(dead_code)]
+    pub fn freeze_then_kill(&mut self, frozen: Duration) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGSTOP) };
+            std::thread::sleep(frozen);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// SIGTERM (Mosquitto saves its persistence file) and wait.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
