@@ -18,6 +18,13 @@
 //! names, float32, with the manifest's ranks; a dimension fixed in the manifest is fixed to the same
 //! size (or dynamic) in the graph, and one the manifest calls dynamic is dynamic in the graph.
 //!
+//! ## Memory
+//! Sessions run without ONNX Runtime's memory pattern, which plans and keeps one allocation
+//! pattern per input shape: the bundles' batches change shape (the members; the m observations of
+//! a cycle in the likelihood's VJP rows), and with it a qg2l daemon's peak RSS grew to 0.94-1.4 GB
+//! (0.55 GB without, for about 4 % more time; `docs/benchmarks.md`). The CPU arena stays on: off,
+//! it saved another 60 MB and cost 17 % of the analysis time.
+//!
 //! ## Provider selection
 //! [`BundleOptions::device`] chooses CPU or CUDA. For CUDA the bundle asks ONNX Runtime whether its build
 //! has the CUDA execution provider and registers `ort::ep::CUDA` with `error_on_failure`, so a failed
@@ -373,6 +380,13 @@ fn open_session(
     };
     let mut builder =
         Session::builder(env).map_err(|e| gerr(format!("cannot create a session builder: {e}")))?;
+    // No memory pattern: ONNX Runtime plans and keeps one allocation pattern per input shape,
+    // and ours vary (the batch is the members, or the m observations of a cycle for the VJP
+    // rows). With it the daemon's peak RSS on qg2l reached 0.94-1.4 GB; without, 0.55 GB for
+    // about 4 % more time (docs/benchmarks.md).
+    builder = builder
+        .with_memory_pattern(false)
+        .map_err(|e| gerr(format!("cannot turn off the memory pattern: {e}")))?;
     if options.threads > 0 {
         builder = builder
             .with_intra_threads(options.threads)
