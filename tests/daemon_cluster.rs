@@ -70,19 +70,19 @@ fn cluster_or_skip(dir: &std::path::Path) -> Option<NatsCluster> {
 }
 
 /// Stream in wall time, [`INTERVAL_MS`] per simulated cycle, with a cutoff of `cutoff_cycles`
-/// cycles of `cycle_seconds` (21,600 l96, 43,200 qg2l). A broker delivers each subscription's
+/// cycles of `testbed`. A broker delivers each subscription's
 /// messages in order, but not across subscriptions: NATS gives each topic filter its own
 /// JetStream consumer, and with the simulator at full speed (interval 0) one of them ran several
 /// cycles ahead of another (nats-server 2.15), so that its observations closed windows whose
 /// station reports then came late. A network's real pace and a cutoff of a few cycles leave room.
-fn on_a_wall_clock(config: &std::path::Path, cycle_seconds: u64, cutoff_cycles: u64) {
+fn on_a_wall_clock(config: &std::path::Path, testbed: &str, cutoff_cycles: u64) {
     let cfg = std::fs::read_to_string(config)
         .unwrap()
         .replace(
             "[ingest]\n",
             &format!(
                 "[ingest]\ncutoff_seconds = {}\n",
-                cutoff_cycles * cycle_seconds
+                cutoff_cycles * cycle_seconds(testbed)
             ),
         )
         .replace("interval_ms = 0", &format!("interval_ms = {INTERVAL_MS}"));
@@ -96,7 +96,7 @@ fn cluster_config(dir: &std::path::Path, c: &NatsCluster) -> Setup {
         .unwrap()
         .replace("port = 0\n", &format!("{}\n", c.hosts_toml()));
     std::fs::write(&s.config, cfg).unwrap();
-    on_a_wall_clock(&s.config, 21_600, CUTOFF_CYCLES);
+    on_a_wall_clock(&s.config, "l96", CUTOFF_CYCLES);
     s
 }
 
@@ -445,8 +445,7 @@ fn two_domains_share_one_cluster() {
                 &format!("prefix = \"{testbed}-domain\""),
             );
         std::fs::write(&s.config, cfg).unwrap();
-        let cycle_seconds = if testbed == "l96" { 21_600 } else { 43_200 };
-        on_a_wall_clock(&s.config, cycle_seconds, FLEET_CUTOFF);
+        on_a_wall_clock(&s.config, testbed, FLEET_CUTOFF);
         let d = Daemon::start(&s, &[]);
         domains.push((testbed, s, d));
     }
@@ -521,15 +520,25 @@ fn a_refused_subscription_is_counted_and_asked_again_until_granted() {
         .unwrap();
     };
     write_conf("\"test.obs.satellite\", \"test.obs.satellite.>\"");
-    let mut node = std::process::Command::new(&bin)
-        .arg("-c")
-        .arg(&conf)
-        .arg("-l")
-        .arg(tmp.join("nats.log"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // Killed when the test ends, passed or not.
+    struct Node(std::process::Child);
+    impl Drop for Node {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let node = Node(
+        std::process::Command::new(&bin)
+            .arg("-c")
+            .arg(&conf)
+            .arg("-l")
+            .arg(tmp.join("nats.log"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     wait_for("the NATS node's MQTT listener", || {
         std::net::TcpStream::connect(("127.0.0.1", mqtt_port)).ok()
     });
@@ -544,7 +553,7 @@ fn a_refused_subscription_is_counted_and_asked_again_until_granted() {
         ),
     );
     std::fs::write(&s.config, cfg).unwrap();
-    on_a_wall_clock(&s.config, 21_600, 2);
+    on_a_wall_clock(&s.config, "l96", 2);
     let d = Daemon::spawn(&s, &[]);
     // The first refusal and at least one refused retry.
     wait_for("two refused subscriptions counted", || {
@@ -562,7 +571,7 @@ fn a_refused_subscription_is_counted_and_asked_again_until_granted() {
     );
     // The operator lifts the restriction and reloads the broker's configuration.
     write_conf("\"nothing.denied\"");
-    unsafe { libc::kill(node.id() as i32, libc::SIGHUP) };
+    unsafe { libc::kill(node.0.id() as i32, libc::SIGHUP) };
     wait_for("the daemon subscribed once granted", || {
         metric(s.metrics_port, "assimd_mqtt_subscribed").filter(|v| *v == 1.0)
     });
@@ -572,8 +581,7 @@ fn a_refused_subscription_is_counted_and_asked_again_until_granted() {
         metric(s.metrics_port, "assimd_last_cycle").filter(|v| *v >= 2.0)
     });
     d.terminate();
-    let _ = node.kill();
-    let _ = node.wait();
+    drop(node);
     let per_cycle = messages_per_cycle("l96", "stations+satellite");
     assert_eq!(
         committed_messages(&inspect(&s.store)),

@@ -137,7 +137,6 @@ impl Mosquitto {
 
     /// Freeze the broker (SIGSTOP) for `frozen`, so that publications pile up unacknowledged,
     /// then SIGKILL it: nothing is saved, and every client's connection breaks at once.
-    #[allow(dead_code)]
     pub fn freeze_then_kill(&mut self, frozen: Duration) {
         if let Some(mut c) = self.child.take() {
             unsafe { libc::kill(c.id() as i32, libc::SIGSTOP) };
@@ -345,7 +344,6 @@ pub fn inspect(store: &Path) -> serde_json::Value {
 }
 
 /// `assimd state inspect --json --cycle K`: the cycle's journal, or the error it printed.
-#[allow(dead_code)]
 pub fn inspect_cycle(store: &Path, cycle: u64) -> Result<serde_json::Value, String> {
     let out = Command::new(ASSIMD)
         .args([
@@ -374,6 +372,15 @@ pub fn messages_per_cycle(testbed: &str, network: &str) -> u64 {
     let mut sim = assimd::simulate::Simulator::new(tb, net, 1);
     sim.step();
     sim.messages().len() as u64
+}
+
+/// Length of one cycle of this testbed in model seconds.
+pub fn cycle_seconds(testbed: &str) -> u64 {
+    use assimd_models::testbed::Testbed;
+    Testbed::new(testbed.parse().unwrap())
+        .dynamics
+        .cycle_seconds()
+        .round() as u64
 }
 
 /// A received message: topic and payload.
