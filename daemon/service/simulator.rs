@@ -136,6 +136,9 @@ async fn drive(
                 }
                 failures = 0;
             }
+            // Every message acknowledged and the DISCONNECT sent: the broker closes the
+            // connection now, which is the end, not a failure to report and retry.
+            Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
             Ok(_) => {}
             Err(e) => {
                 unacknowledged.keep(&eventloop);

@@ -3,7 +3,11 @@
 //! One sled database with these trees (DESIGN §8):
 //! - `journal`: accepted observation messages, key = cycle (u64 BE) ‖ message id, value = a
 //!   bincode [`JournalEntry`]. Written, and flushed, before the message is acknowledged.
-//! - `ids`: message id → cycle: de-duplication of redeliveries.
+//! - No id tree (schema 3): de-duplication of redeliveries reads an in-memory set of the journaled
+//!   message ids, built from the journal's keys when the store opens and pruned with the journal.
+//!   The set holds exactly the ids of the kept journal, as the `ids` tree (id → cycle) of schemas
+//!   1–2 did. One sled insert per message instead of a read and two inserts: the journal writes a
+//!   batch about twice as fast (`docs/benchmarks.md`, "Ingest and the daemon").
 //! - `truth`: cycle → the simulator's true state (OSSE mode), f64 LE.
 //! - `state`: filter ‖ cycle ‖ member → one member's f64 LE values. Members are stored one by one so
 //!   that every value stays below sled's ~128 KiB blob threshold (blobs are not fsynced by flush).
@@ -15,9 +19,10 @@
 //!   "assimilated up to" marker, the observation clock and (schema 2) the station monitor's
 //!   statistics (JSON [`MonitorState`]).
 //!
-//! A schema-1 store (before quality control) is upgraded in place on open: schema 2 only adds the
-//! `qc` tree and the monitor key, so the state and journal carry over. Any other schema fails,
-//! naming `assimd reset`.
+//! A schema-1 or schema-2 store is upgraded in place on open: schema 2 added the `qc` tree and the
+//! monitor key, schema 3 drops the `ids` tree, so the state and journal carry over. Any other schema
+//! fails, naming `assimd reset` (so a binary of schema 2 refuses a schema-3 store instead of
+//! missing its redeliveries).
 //!
 //! A cycle's ensembles, summary and marker are written in one transaction, then flushed: after a
 //! crash the store holds either the whole cycle or none of it, and the journal of every cycle after
@@ -35,7 +40,7 @@ use sled::Transactional;
 use std::path::Path;
 
 /// Layout version of the store; bumped when the trees change incompatibly.
-pub const SCHEMA: u64 = 2;
+pub const SCHEMA: u64 = 3;
 
 const META_SCHEMA: &[u8] = b"schema";
 const META_COMPAT: &[u8] = b"compat";
@@ -71,7 +76,8 @@ pub enum Journaled {
 pub struct Store {
     db: sled::Db,
     journal: sled::Tree,
-    ids: sled::Tree,
+    /// Ids of the messages in `journal` (the de-duplication set; see the module doc).
+    ids: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Box<[u8]>>>>,
     truth: sled::Tree,
     state: sled::Tree,
     cycles: sled::Tree,
@@ -166,9 +172,15 @@ impl Store {
                 )
             })?;
         let t = |n: &str| db.open_tree(n).with_context(|| format!("opening tree {n}"));
+        let journal = t("journal")?;
+        let mut ids = std::collections::HashSet::new();
+        for k in journal.iter().keys() {
+            let k = k.context("reading the journal's keys")?;
+            ids.insert(Box::<[u8]>::from(&k[8..]));
+        }
         Ok(Store {
-            journal: t("journal")?,
-            ids: t("ids")?,
+            journal,
+            ids: std::sync::Arc::new(std::sync::Mutex::new(ids)),
             truth: t("truth")?,
             state: t("state")?,
             cycles: t("cycles")?,
@@ -197,11 +209,13 @@ impl Store {
                 self.db.flush()?;
                 Ok(())
             }
-            Some(1) => {
-                // Schema 2 only adds the qc tree and the monitor statistics.
+            Some(old @ (1 | 2)) => {
+                // Schema 2 added the qc tree and the monitor statistics; schema 3 drops the `ids`
+                // tree, whose ids are the journal's keys (now an in-memory set).
+                self.db.drop_tree("ids").context("dropping the old ids tree")?;
                 self.meta.insert(META_SCHEMA, &be(SCHEMA))?;
                 self.db.flush()?;
-                tracing::info!("store upgraded in place from schema 1 to {SCHEMA} (quality control records)");
+                tracing::info!("store upgraded in place from schema {old} to {SCHEMA} (quality control records; no ids tree)");
                 self.check_or_init(compat, bundle_hash, config_hint)
             }
             Some(s) if s != SCHEMA => bail!(
@@ -273,23 +287,32 @@ impl Store {
             .map(|(_, _, e)| bincode::serde::encode_to_vec(e, bincode::config::standard()))
             .collect::<Result<_, _>>()
             .context("encoding a journal entry")?;
-        (&self.journal, &self.ids, &self.truth, &self.meta)
-            .transaction(|(journal, ids, truth, meta)| {
-                let mut out = Vec::with_capacity(msgs.len());
+        // One writer at a time: the lock is held until the batch's ids are in the set.
+        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        let mut in_batch = std::collections::HashSet::new();
+        let out: Vec<Journaled> = msgs
+            .iter()
+            .map(|(_, id, _)| {
+                if ids.contains(id.as_bytes()) || !in_batch.insert(id.as_str()) {
+                    Journaled::Duplicate
+                } else {
+                    Journaled::New
+                }
+            })
+            .collect();
+        (&self.journal, &self.truth, &self.meta)
+            .transaction(|(journal, truth, meta)| {
                 let mut clock = u64_of(meta.get(META_CLOCK)?).map(|v| v as i64);
                 let mut n_new = 0u64;
-                for ((cycle, id, entry), bytes) in msgs.iter().zip(&encoded) {
-                    if ids.get(id.as_bytes())?.is_some() {
-                        out.push(Journaled::Duplicate);
+                for (((cycle, id, entry), bytes), o) in msgs.iter().zip(&encoded).zip(&out) {
+                    if *o == Journaled::Duplicate {
                         continue;
                     }
-                    ids.insert(id.as_bytes(), &be(*cycle))?;
                     let mut key = be(*cycle).to_vec();
                     key.extend_from_slice(id.as_bytes());
                     journal.insert(key, bytes.as_slice())?;
                     clock = Some(clock.map_or(entry.time_ms, |c| c.max(entry.time_ms)));
                     n_new += 1;
-                    out.push(Journaled::New);
                 }
                 for (cycle, x) in truths {
                     truth.insert(&be(*cycle), f64s_to_bytes(x))?;
@@ -299,9 +322,15 @@ impl Store {
                 }
                 let total = u64_of(meta.get(META_JOURNALED)?).unwrap_or(0) + n_new;
                 meta.insert(META_JOURNALED, &be(total))?;
-                Ok(out)
+                Ok(())
             })
-            .map_err(tx_err)
+            .map_err(tx_err)?;
+        for ((_, id, _), o) in msgs.iter().zip(&out) {
+            if *o == Journaled::New {
+                ids.insert(Box::from(id.as_bytes()));
+            }
+        }
+        Ok(out)
     }
 
     /// Make everything written so far durable.
@@ -388,11 +417,13 @@ impl Store {
     /// Delete journal entries, ids and truths of cycles up to `cycle` (already assimilated and
     /// outside the rolling window). Idempotent; not part of the commit transaction.
     pub fn prune_journal(&self, up_to: u64) -> Result<()> {
-        for kv in self.journal.range(..be(up_to + 1).to_vec()) {
-            let (k, _) = kv?;
+        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        for k in self.journal.range(..be(up_to + 1).to_vec()).keys() {
+            let k = k?;
             self.journal.remove(&k)?;
-            self.ids.remove(&k[8..])?;
+            ids.remove(&k[8..]);
         }
+        drop(ids);
         for kv in self.truth.range(..be(up_to + 1).to_vec()) {
             let (k, _) = kv?;
             self.truth.remove(&k)?;
@@ -603,6 +634,16 @@ mod tests {
             &[3.0, 4.0]
         );
         assert_eq!(s.truth(1).unwrap(), Some(vec![1.0, 2.0]));
+        // The id set is rebuilt from the journal: a redelivery after a restart is still a duplicate.
+        assert_eq!(
+            s.journal_batch(
+                &[(1, "a".into(), entry(10)), (2, "c".into(), entry(30))],
+                &[]
+            )
+            .unwrap(),
+            vec![Journaled::Duplicate, Journaled::New]
+        );
+        assert_eq!(s.journaled_total().unwrap(), 3);
         let e = s
             .check_or_init(
                 &serde_json::json!({"testbed": "l96", "members": 3}),
@@ -622,6 +663,16 @@ mod tests {
         assert_eq!(m.stations["S01"].reports, 1);
         s.prune_journal(1).unwrap();
         assert!(s.journal_cycle(1).unwrap().is_empty());
+        assert_eq!(s.journal_cycle(2).unwrap().len(), 1);
+        // A pruned cycle's ids are forgotten with it; the kept cycle's are not.
+        assert_eq!(
+            s.journal_batch(
+                &[(1, "a".into(), entry(10)), (2, "c".into(), entry(30))],
+                &[]
+            )
+            .unwrap(),
+            vec![Journaled::New, Journaled::Duplicate]
+        );
         assert!(
             s.qc_rejections().unwrap().is_empty(),
             "QC records go with their cycle's journal"
@@ -629,7 +680,7 @@ mod tests {
     }
 
     #[test]
-    fn a_schema_1_store_is_upgraded_and_an_unknown_schema_names_reset() {
+    fn schema_1_and_2_stores_are_upgraded_and_an_unknown_schema_names_reset() {
         let compat = serde_json::json!({"testbed": "l96"});
         let dir = tempfile::tempdir().unwrap();
         {
@@ -642,6 +693,24 @@ mod tests {
         s.check_or_init(&compat, None, "c.toml").unwrap();
         assert_eq!(u64_of(s.meta.get(META_SCHEMA).unwrap()), Some(SCHEMA));
         assert_eq!(s.monitor_state().unwrap(), None);
+        drop(s);
+        // Schema 2, with the `ids` tree it kept and a journaled message: upgraded, the tree dropped,
+        // and the message's redelivery still recognised from the journal.
+        {
+            let s = reopen(dir.path());
+            s.journal_batch(&[(1, "a".into(), entry(10))], &[]).unwrap();
+            s.db.open_tree("ids").unwrap().insert("a", &be(1)).unwrap();
+            s.meta.insert(META_SCHEMA, &be(2)).unwrap();
+            s.flush().unwrap();
+        }
+        let s = reopen(dir.path());
+        s.check_or_init(&compat, None, "c.toml").unwrap();
+        assert_eq!(u64_of(s.meta.get(META_SCHEMA).unwrap()), Some(SCHEMA));
+        assert!(!s.db.tree_names().iter().any(|n| n.as_ref() == b"ids"));
+        assert_eq!(
+            s.journal_batch(&[(1, "a".into(), entry(10))], &[]).unwrap(),
+            vec![Journaled::Duplicate]
+        );
         s.meta.insert(META_SCHEMA, &be(99)).unwrap();
         let e = s.check_or_init(&compat, None, "c.toml").unwrap_err();
         assert!(
