@@ -111,12 +111,13 @@ unset -f _assimd_setup_promtool
 # groups for minutes; trixie's 2.10.27 can leave a push consumer inactive after a delivery over a
 # route to a killed node failed (fixed in 2.10.28) and restarts the MQTT packet identifiers at 1
 # whenever nothing is pending (monotonic from 2.14.4); docs/operations.md, "A clustered broker".
-# The binary (Go) is extracted from Debian testing's (forky) package into $REPO/.tools/bin, checked
-# along Debian's chain of trust: the InRelease signature (gpgv, debian-archive-keyring), the
-# Packages index's SHA-256 signed in it, the package's SHA-256 in that index. A nats-server 2.14.4
-# or later already on the PATH is used as it is. Exports ASSIMD_NATS_SERVER.
+# The binary (Go) is extracted from Debian testing's (forky; else unstable's, sid) package into
+# $REPO/.tools/bin, checked along Debian's chain of trust: the InRelease signature (gpgv,
+# debian-archive-keyring), the Packages index's SHA-256 signed in it, the package's SHA-256 in that
+# index. A nats-server 2.14.4 or later already on the PATH is used as it is. Exports
+# ASSIMD_NATS_SERVER.
 _assimd_setup_nats() {
-    local repo tools tmp mirror arch sum file
+    local repo tools suite
     repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
     tools="$repo/.tools/bin"
     _assimd_nats_recent() {
@@ -130,28 +131,40 @@ _assimd_setup_nats() {
     if command -v nats-server >/dev/null 2>&1 && _assimd_nats_recent "$(command -v nats-server)"; then
         export ASSIMD_NATS_SERVER="$(command -v nats-server)"; return 0
     fi
-    echo "setup: extracting nats-server from Debian testing's (forky) package into $tools"
+    # Debian testing first; unstable (sid) if testing has dropped the package (testing
+    # removes packages with release-critical bugs) or holds an older one.
+    for suite in forky sid; do
+        _assimd_nats_from "$suite" "$tools" && break
+    done
+    _assimd_nats_recent "$tools/nats-server" 2>/dev/null \
+        || { echo "setup: no nats-server 2.14.4 or later in Debian forky or sid (see the lines above); install one on the PATH" >&2; return 1; }
+    export ASSIMD_NATS_SERVER="$tools/nats-server"
+}
+# Extract nats-server from Debian suite $1's package into $2, checked along the chain of trust.
+_assimd_nats_from() {
+    local suite="$1" tools="$2" tmp mirror arch sum file
+    echo "setup: extracting nats-server from Debian $suite's package into $tools"
     mirror="http://deb.debian.org/debian"
     arch="$(dpkg --print-architecture)"
     tmp="$(mktemp -d)"
-    fail() { echo "setup: nats-server: $1" >&2; rm -rf "$tmp"; return 1; }
-    curl -sfL --max-time 120 "$mirror/dists/forky/InRelease" -o "$tmp/InRelease" || { fail "downloading forky's InRelease failed"; return 1; }
+    fail() { echo "setup: nats-server from $suite: $1" >&2; rm -rf "$tmp"; return 1; }
+    curl -sfL --max-time 120 "$mirror/dists/$suite/InRelease" -o "$tmp/InRelease" || { fail "downloading the InRelease failed"; return 1; }
     gpgv --keyring /usr/share/keyrings/debian-archive-keyring.gpg --output "$tmp/Release" "$tmp/InRelease" 2>/dev/null \
-        || { fail "forky's InRelease signature does not verify (debian-archive-keyring)"; return 1; }
+        || { fail "the InRelease signature does not verify (debian-archive-keyring)"; return 1; }
     sum="$(awk -v f="main/binary-$arch/Packages.xz" '/^SHA256:/{s=1;next} /^[^ ]/{s=0} s && $3==f {print $1}' "$tmp/Release")"
-    curl -sfL --max-time 300 "$mirror/dists/forky/main/binary-$arch/Packages.xz" -o "$tmp/Packages.xz" \
+    curl -sfL --max-time 300 "$mirror/dists/$suite/main/binary-$arch/Packages.xz" -o "$tmp/Packages.xz" \
         && echo "$sum  $tmp/Packages.xz" | sha256sum -c --quiet - \
-        || { fail "forky's Packages index is missing or does not match its signed checksum"; return 1; }
+        || { fail "the Packages index is missing or does not match its signed checksum"; return 1; }
     read -r file sum < <(xz -dc "$tmp/Packages.xz" | awk '/^Package: nats-server$/{p=1} p && /^Filename:/{f=$2} p && /^SHA256:/{s=$2} p && /^$/{print f, s; exit}')
-    [ -n "$file" ] || { fail "no nats-server in forky's index"; return 1; }
+    [ -n "$file" ] || { fail "no nats-server in the index"; return 1; }
     curl -sfL --max-time 300 "$mirror/$file" -o "$tmp/nats.deb" \
         && echo "$sum  $tmp/nats.deb" | sha256sum -c --quiet - \
         || { fail "$file is missing or does not match the index's checksum"; return 1; }
-    dpkg-deb -x "$tmp/nats.deb" "$tmp/x" && mkdir -p "$tools" && install -m 0755 "$tmp/x/usr/sbin/nats-server" "$tools/nats-server" \
-        || { fail "extracting $file failed"; return 1; }
+    dpkg-deb -x "$tmp/nats.deb" "$tmp/x" || { fail "extracting $file failed"; return 1; }
+    _assimd_nats_recent "$tmp/x/usr/sbin/nats-server" || { fail "$file is older than 2.14.4"; return 1; }
+    mkdir -p "$tools" && install -m 0755 "$tmp/x/usr/sbin/nats-server" "$tools/nats-server" \
+        || { fail "installing $file into $tools failed"; return 1; }
     rm -rf "$tmp"
-    _assimd_nats_recent "$tools/nats-server" || { echo "setup: $file is older than 2.14.4" >&2; return 1; }
-    export ASSIMD_NATS_SERVER="$tools/nats-server"
 }
 _assimd_setup_nats || exit 1
-unset -f _assimd_setup_nats _assimd_nats_recent
+unset -f _assimd_setup_nats _assimd_nats_recent _assimd_nats_from
