@@ -4,7 +4,8 @@
 //! - `journal`: accepted observation messages, key = cycle (u64 BE) ‖ message id, value = a
 //!   bincode [`JournalEntry`]. Written, and flushed, before the message is acknowledged.
 //! - No id tree (schema 3): de-duplication of redeliveries reads an in-memory set of the journaled
-//!   message ids, built from the journal's keys when the store opens and pruned with the journal.
+//!   message ids, built from the journal's keys at the first write or prune (so the read-only
+//!   commands do not pay for it) and pruned with the journal.
 //!   The set holds exactly the ids of the kept journal, as the `ids` tree (id → cycle) of schemas
 //!   1–2 did. One sled insert per message instead of a read and two inserts: the journal writes a
 //!   batch about twice as fast (`docs/benchmarks.md`, "Ingest and the daemon").
@@ -77,13 +78,16 @@ pub struct Store {
     db: sled::Db,
     journal: sled::Tree,
     /// Ids of the messages in `journal` (the de-duplication set; see the module doc).
-    ids: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Box<[u8]>>>>,
+    ids: std::sync::Arc<std::sync::Mutex<Option<IdSet>>>,
     truth: sled::Tree,
     state: sled::Tree,
     cycles: sled::Tree,
     qc: sled::Tree,
     meta: sled::Tree,
 }
+
+/// The ids of the journaled messages (the journal's keys without their cycle).
+type IdSet = std::collections::HashSet<Box<[u8]>>;
 
 fn qc_key(cycle: u64, r: &QcRejection) -> Vec<u8> {
     let mut k = be(cycle).to_vec();
@@ -173,14 +177,9 @@ impl Store {
             })?;
         let t = |n: &str| db.open_tree(n).with_context(|| format!("opening tree {n}"));
         let journal = t("journal")?;
-        let mut ids = std::collections::HashSet::new();
-        for k in journal.iter().keys() {
-            let k = k.context("reading the journal's keys")?;
-            ids.insert(Box::<[u8]>::from(&k[8..]));
-        }
         Ok(Store {
             journal,
-            ids: std::sync::Arc::new(std::sync::Mutex::new(ids)),
+            ids: Default::default(),
             truth: t("truth")?,
             state: t("state")?,
             cycles: t("cycles")?,
@@ -275,6 +274,19 @@ impl Store {
         Ok(u64_of(self.meta.get(META_ASSIMILATED_MSGS)?).unwrap_or(0))
     }
 
+    /// The set of journaled ids behind `guard`, read from the journal's keys on first use.
+    fn id_set<'a>(&self, guard: &'a mut Option<IdSet>) -> Result<&'a mut IdSet> {
+        if guard.is_none() {
+            let mut ids = IdSet::new();
+            for k in self.journal.iter().keys() {
+                let k = k.context("reading the journal's keys")?;
+                ids.insert(Box::from(&k[8..]));
+            }
+            *guard = Some(ids);
+        }
+        Ok(guard.as_mut().expect("filled above"))
+    }
+
     /// Journal a batch of messages (cycle, id, entry) and truths (cycle, state) in one transaction,
     /// advancing the observation clock. Does not flush: call [`Store::flush`] before acknowledging.
     pub fn journal_batch(
@@ -288,7 +300,8 @@ impl Store {
             .collect::<Result<_, _>>()
             .context("encoding a journal entry")?;
         // One writer at a time: the lock is held until the batch's ids are in the set.
-        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        let ids = self.id_set(&mut guard)?;
         let mut in_batch = std::collections::HashSet::new();
         let out: Vec<Journaled> = msgs
             .iter()
@@ -417,13 +430,14 @@ impl Store {
     /// Delete journal entries, ids and truths of cycles up to `cycle` (already assimilated and
     /// outside the rolling window). Idempotent; not part of the commit transaction.
     pub fn prune_journal(&self, up_to: u64) -> Result<()> {
-        let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.ids.lock().unwrap_or_else(|e| e.into_inner());
+        let ids = self.id_set(&mut guard)?;
         for k in self.journal.range(..be(up_to + 1).to_vec()).keys() {
             let k = k?;
             self.journal.remove(&k)?;
             ids.remove(&k[8..]);
         }
-        drop(ids);
+        drop(guard);
         for kv in self.truth.range(..be(up_to + 1).to_vec()) {
             let (k, _) = kv?;
             self.truth.remove(&k)?;
