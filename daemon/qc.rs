@@ -799,24 +799,11 @@ fn local_scale(
                 .collect()
         })
         .collect();
-    let scales: Vec<f64> = (0..ids.len())
-        .map(|i| {
-            let mut near: Vec<(f64, usize)> = (0..ids.len())
-                .filter(|&j| j != i && references[j])
-                .map(|j| (geometry.plane_distance_km(at[i], at[j]), j))
-                .collect();
-            // The k nearest (ties by index), in order: a partial selection, then a sort of k.
-            let by = |a: &(f64, usize), b: &(f64, usize)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
-            if near.len() > k {
-                near.select_nth_unstable_by(k, by);
-                near.truncate(k);
-            }
-            near.sort_by(by);
-            let mut pooled: Vec<f64> = near
-                .iter()
-                .take(k)
-                .flat_map(|&(_, j)| z2[j].iter().copied())
-                .collect();
+    let nearest = nearest_references(&at, references, k, geometry);
+    let scales: Vec<f64> = nearest
+        .iter()
+        .map(|near| {
+            let mut pooled: Vec<f64> = near.iter().flat_map(|&j| z2[j].iter().copied()).collect();
             if pooled.len() < 3 {
                 return 1.0;
             }
@@ -845,6 +832,128 @@ fn local_scale(
             }
         }
     }
+}
+
+/// The `k` nearest of the points `at` (plane coordinates) to each of them, itself left out and
+/// only those marked in `references`, in order of distance, ties by index: what a scan of every
+/// pair gives ([`nearest_by_scan`]), found through a grid of cells on the periodic plane.
+///
+/// The cells are about two points wide. Point i's search adds the cells at Chebyshev cell
+/// distance r = 0, 1, 2, … around its own; a point in a cell not yet added is at least r·s away
+/// (s the smaller cell side), so once the k-th smallest distance among the candidates is below
+/// r·s no point outside can come before it, and the selection among the candidates is exact. When
+/// the ring would wrap onto itself the point falls back to the scan. O(S·k) for S points at a
+/// roughly even density, against the scan's O(S²).
+fn nearest_references(
+    at: &[(f64, f64)],
+    references: &[bool],
+    k: usize,
+    geometry: &assimd_filter::Geometry,
+) -> Vec<Vec<usize>> {
+    let n = at.len();
+    let n_ref = references.iter().filter(|r| **r).count();
+    if k == 0 || n_ref < 64 {
+        return nearest_by_scan(at, references, k, geometry);
+    }
+    let (px, py) = geometry.plane_periods_km();
+    let (ncx, ncy) = match py {
+        Some(_) => {
+            let c = ((n_ref as f64 / 2.0).sqrt().floor() as usize).max(1);
+            (c, c)
+        }
+        None => ((n_ref / 2).max(1), 1),
+    };
+    let (sx, sy) = (
+        px / ncx as f64,
+        py.map_or(f64::INFINITY, |p| p / ncy as f64),
+    );
+    let cell_of = |(x, y): (f64, f64)| {
+        let cx = ((x.rem_euclid(px) / sx) as usize).min(ncx - 1);
+        let cy = py.map_or(0, |p| ((y.rem_euclid(p) / sy) as usize).min(ncy - 1));
+        (cx, cy)
+    };
+    let mut cells: Vec<Vec<usize>> = vec![Vec::new(); ncx * ncy];
+    for j in (0..n).filter(|&j| references[j]) {
+        let (cx, cy) = cell_of(at[j]);
+        cells[cy * ncx + cx].push(j);
+    }
+    let s = sx.min(sy);
+    let by = |a: &(f64, usize), b: &(f64, usize)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+    (0..n)
+        .map(|i| {
+            let (cx, cy) = cell_of(at[i]);
+            let mut near: Vec<(f64, usize)> = Vec::new();
+            let mut r = 0usize;
+            loop {
+                if 2 * r + 1 > ncx || (ncy > 1 && 2 * r + 1 > ncy) {
+                    return nearest_by_scan_one(i, at, references, k, geometry);
+                }
+                let (r_i, ncx_i, ncy_i) = (r as isize, ncx as isize, ncy as isize);
+                let ys: Vec<isize> = if ncy == 1 {
+                    vec![0]
+                } else {
+                    (-r_i..=r_i).collect()
+                };
+                for &dy in &ys {
+                    for dx in -r_i..=r_i {
+                        // Only the ring's cells: the inner ones were added before.
+                        if dx.abs() != r_i && dy.abs() != r_i {
+                            continue;
+                        }
+                        let x = (cx as isize + dx).rem_euclid(ncx_i) as usize;
+                        let y = (cy as isize + dy).rem_euclid(ncy_i) as usize;
+                        for &j in &cells[y * ncx + x] {
+                            if j != i {
+                                near.push((geometry.plane_distance_km(at[i], at[j]), j));
+                            }
+                        }
+                    }
+                }
+                if near.len() >= k {
+                    near.select_nth_unstable_by(k - 1, by);
+                    if near[k - 1].0 < r as f64 * s {
+                        near.truncate(k);
+                        near.sort_by(by);
+                        return near.into_iter().map(|(_, j)| j).collect();
+                    }
+                }
+                r += 1;
+            }
+        })
+        .collect()
+}
+
+/// [`nearest_references`] by a scan of every pair.
+fn nearest_by_scan(
+    at: &[(f64, f64)],
+    references: &[bool],
+    k: usize,
+    geometry: &assimd_filter::Geometry,
+) -> Vec<Vec<usize>> {
+    (0..at.len())
+        .map(|i| nearest_by_scan_one(i, at, references, k, geometry))
+        .collect()
+}
+
+fn nearest_by_scan_one(
+    i: usize,
+    at: &[(f64, f64)],
+    references: &[bool],
+    k: usize,
+    geometry: &assimd_filter::Geometry,
+) -> Vec<usize> {
+    let mut near: Vec<(f64, usize)> = (0..at.len())
+        .filter(|&j| j != i && references[j])
+        .map(|j| (geometry.plane_distance_km(at[i], at[j]), j))
+        .collect();
+    // The k nearest (ties by index), in order: a partial selection, then a sort of k.
+    let by = |a: &(f64, usize), b: &(f64, usize)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
+    if near.len() > k {
+        near.select_nth_unstable_by(k, by);
+        near.truncate(k);
+    }
+    near.sort_by(by);
+    near.into_iter().map(|(_, j)| j).collect()
 }
 
 #[cfg(test)]
@@ -1099,6 +1208,48 @@ mod tests {
             .unwrap_err()
             .to_string()
             .starts_with("qc.monitor.weight"));
+    }
+    /// The grid search for the nearest stations gives exactly what the scan of every pair gives,
+    /// on a ring and a periodic box, with duplicate positions (ties by index), points on the
+    /// period's edge, references missing and k from 1 to more than the references.
+    #[test]
+    fn nearest_references_through_the_grid_equal_the_scan() {
+        let ring = Testbed::new(TestbedKind::L96).space.geometry;
+        let boxed = assimd_filter::Geometry::PeriodicBox {
+            nx: 64,
+            ny: 64,
+            length_km: 1000.0,
+            lat0_deg: 45.0,
+            lon0_deg: 9.0,
+        };
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut uniform = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64
+        };
+        for geometry in [&ring, &boxed] {
+            let (px, py) = geometry.plane_periods_km();
+            for &(n, k) in &[(64, 1), (100, 4), (300, 4), (1000, 8), (200, 250)] {
+                let mut at: Vec<(f64, f64)> = (0..n)
+                    .map(|_| {
+                        let y = py.map_or(0.0, |p| (uniform() - 0.5) * p);
+                        ((uniform() - 0.5) * px, y)
+                    })
+                    .collect();
+                // Ties: the same position twice; points on the edges of the period.
+                at[7] = at[3];
+                at[11] = (-px / 2.0, py.map_or(0.0, |p| -p / 2.0));
+                at[12] = (px / 2.0 - 1e-9, 0.0);
+                let references: Vec<bool> = (0..n).map(|i| i % 9 != 4).collect();
+                assert_eq!(
+                    nearest_references(&at, &references, k, geometry),
+                    nearest_by_scan(&at, &references, k, geometry),
+                    "n {n}, k {k}, {geometry:?}"
+                );
+            }
+        }
     }
     /// The monitor's local scale: a biased station among good neighbours keeps its z; stations in
     /// a local excursion (all of them far off together) are scaled down to about the neighbourhood's

@@ -98,6 +98,18 @@ impl Geometry {
         self.latlon_to_xy(lat, lon)
     }
 
+    /// The periods (km) of the plane coordinates along x and y: the side of a periodic box on both;
+    /// the circumference along x for a ring, whose y is always 0 (None).
+    pub fn plane_periods_km(&self) -> (f64, Option<f64>) {
+        match self {
+            Geometry::Ring { lat_deg, .. } => (
+                2.0 * std::f64::consts::PI * EARTH_RADIUS_KM * lat_deg.to_radians().cos(),
+                None,
+            ),
+            Geometry::PeriodicBox { length_km, .. } => (*length_km, Some(*length_km)),
+        }
+    }
+
     /// Distance in km between two positions given in plane coordinates (see [`Self::to_plane`]);
     /// equal to [`Self::distance_km`] of the positions, without the trigonometry.
     pub fn plane_distance_km(&self, a: (f64, f64), b: (f64, f64)) -> f64 {
