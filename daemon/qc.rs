@@ -878,7 +878,6 @@ fn nearest_references(
         cells[cy * ncx + cx].push(j);
     }
     let s = sx.min(sy);
-    let by = |a: &(f64, usize), b: &(f64, usize)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
     (0..n)
         .map(|i| {
             let (cx, cy) = cell_of(at[i]);
@@ -889,12 +888,8 @@ fn nearest_references(
                     return nearest_by_scan_one(i, at, references, k, geometry);
                 }
                 let (r_i, ncx_i, ncy_i) = (r as isize, ncx as isize, ncy as isize);
-                let ys: Vec<isize> = if ncy == 1 {
-                    vec![0]
-                } else {
-                    (-r_i..=r_i).collect()
-                };
-                for &dy in &ys {
+                let ys = if ncy == 1 { 0..=0 } else { -r_i..=r_i };
+                for dy in ys {
                     for dx in -r_i..=r_i {
                         // Only the ring's cells: the inner ones were added before.
                         if dx.abs() != r_i && dy.abs() != r_i {
@@ -910,10 +905,10 @@ fn nearest_references(
                     }
                 }
                 if near.len() >= k {
-                    near.select_nth_unstable_by(k - 1, by);
+                    near.select_nth_unstable_by(k - 1, by_distance_then_index);
                     if near[k - 1].0 < r as f64 * s {
                         near.truncate(k);
-                        near.sort_by(by);
+                        near.sort_by(by_distance_then_index);
                         return near.into_iter().map(|(_, j)| j).collect();
                     }
                 }
@@ -921,6 +916,11 @@ fn nearest_references(
             }
         })
         .collect()
+}
+
+/// The order of (distance, index) candidates: nearer first, ties by index.
+fn by_distance_then_index(a: &(f64, usize), b: &(f64, usize)) -> std::cmp::Ordering {
+    a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))
 }
 
 /// [`nearest_references`] by a scan of every pair.
@@ -947,12 +947,11 @@ fn nearest_by_scan_one(
         .map(|j| (geometry.plane_distance_km(at[i], at[j]), j))
         .collect();
     // The k nearest (ties by index), in order: a partial selection, then a sort of k.
-    let by = |a: &(f64, usize), b: &(f64, usize)| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1));
     if near.len() > k {
-        near.select_nth_unstable_by(k, by);
+        near.select_nth_unstable_by(k, by_distance_then_index);
         near.truncate(k);
     }
-    near.sort_by(by);
+    near.sort_by(by_distance_then_index);
     near.into_iter().map(|(_, j)| j).collect()
 }
 

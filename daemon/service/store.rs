@@ -176,9 +176,8 @@ impl Store {
                 )
             })?;
         let t = |n: &str| db.open_tree(n).with_context(|| format!("opening tree {n}"));
-        let journal = t("journal")?;
         Ok(Store {
-            journal,
+            journal: t("journal")?,
             ids: Default::default(),
             truth: t("truth")?,
             state: t("state")?,
